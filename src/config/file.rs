@@ -1,0 +1,144 @@
+//! The file model: serde structs that mirror the YAML exactly, with no validation.
+//!
+//! Everything here is raw text as the user wrote it; `config::validate` turns it into the
+//! runtime model once. Unknown keys are rejected (`deny_unknown_fields`) so typos never pass
+//! silently.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    pub store: Option<StoreFile>,
+    pub identity: Option<Vec<IdentityFile>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub threads: Option<u64>,
+    pub instance: Option<String>,
+    /// How long a stopping sidecar keeps serving (SIGTERM) before it closes its listeners.
+    pub grace_period: Option<Text>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub addrs: Option<Vec<String>>,
+    pub connect_timeout: Option<Text>,
+    pub idle_timeout: Option<Text>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendFile {
+    Redis,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnErrorFile {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub backend: Option<BackendFile>,
+    pub url: Option<String>,
+    pub timeout: Option<Text>,
+    pub on_error: Option<OnErrorFile>,
+    pub prefix: Option<String>,
+    pub connections: Option<u64>,
+}
+
+/// One identity source: a map with exactly one of these keys (`- query: user_id`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    pub query: Option<String>,
+    pub header: Option<String>,
+    pub client_ip: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: MatchFile,
+    #[serde(default)]
+    pub limits: Vec<LimitFile>,
+    #[serde(default)]
+    pub overrides: BTreeMap<String, OverrideFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    pub requests: i64,
+    pub window: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideFile {
+    pub limits: Vec<LimitFile>,
+}
+
+/// A scalar kept as the text the user wrote, whether YAML saw a string or a number.
+///
+/// Durations are parsed by the validator, not by serde, so `window: 60` gets the same
+/// "invalid duration" message (naming the units) as `window: 5x`, and every bad duration of a
+/// file is reported, not only the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 10s")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Text, E> {
+                Ok(Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(TextVisitor)
+    }
+}

@@ -1,0 +1,391 @@
+//! The conversion from the file model to the runtime model: every rule of the config lives here.
+
+use super::file::*;
+use super::*;
+use crate::identity::{Cidr, IdentitySource, TrustedProxies};
+use crate::routes::{Limit, PathMatch, Route};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+
+/// Parses YAML into the file model; a problem is reported with its field path.
+pub(super) fn deserialize(text: &str) -> Result<FileConfig, String> {
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let location = inner.location();
+        let msg = readable(&inner.to_string());
+        // serde_yaml sometimes starts its message with the path itself.
+        let msg = msg.strip_prefix(&format!("{path}: ")).map(str::to_string).unwrap_or(msg);
+        match msg.strip_prefix("unknown field ") {
+            // serde names the parent's path plus the unknown key; report it at the parent.
+            Some(rest) => {
+                let field = rest.split(',').next().unwrap_or(rest);
+                let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+                at(parent, &format!("unknown field {field}"))
+            }
+            None if path == "." || path.is_empty() => match location {
+                Some(l) => format!("line {} column {}: {msg}", l.line(), l.column()),
+                None => msg,
+            },
+            None => at(&path, &msg),
+        }
+    })
+}
+
+/// serde's message without its position suffix and with "quotes" instead of `backticks`.
+fn readable(msg: &str) -> String {
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    msg.replace('`', "\"")
+}
+
+fn at(path: &str, msg: &str) -> String {
+    if path.is_empty() || path == "." {
+        msg.to_string()
+    } else {
+        format!("{path}: {msg}")
+    }
+}
+
+/// Collects problems with the field path each belongs to.
+struct Problems {
+    lines: Vec<String>,
+    /// Field paths whose value came from an environment variable, and that variable.
+    from_env: HashMap<&'static str, &'static str>,
+}
+
+impl Problems {
+    fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
+        let shown = match self.from_env.get(path) {
+            Some(var) => format!("{path} (from {var})"),
+            None => path.to_string(),
+        };
+        self.lines.push(format!("{shown}: {msg}"));
+    }
+}
+
+/// Applies the `SLUICE_*` overrides, then validates and converts the whole file.
+pub(super) fn build(mut file: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
+    let mut p = Problems {
+        lines: Vec::new(),
+        from_env: HashMap::new(),
+    };
+    apply_env(&mut file, env, &mut p.from_env);
+    let server = server(&file.server, &mut p);
+    let upstream = upstream(&file.upstream, &mut p);
+    let store = store(file.store.as_ref(), &mut p);
+    let trusted = trusted_proxies(&file.trusted_proxies, &mut p);
+    let sources = identity(file.identity.as_deref(), &mut p);
+    let routes = routes(&file.routes, &mut p);
+    if !p.lines.is_empty() {
+        return Err(p.lines);
+    }
+    Ok(Config {
+        server,
+        upstream,
+        store,
+        identity: IdentityExtractor { sources, trusted },
+        routes: RouteTable::new(routes),
+    })
+}
+
+fn apply_env(file: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>, from: &mut HashMap<&'static str, &'static str>) {
+    if let Some(v) = env("SLUICE_LISTEN") {
+        file.server.listen = Some(v);
+        from.insert("server.listen", "SLUICE_LISTEN");
+    }
+    if let Some(v) = env("SLUICE_ADMIN_LISTEN") {
+        file.server.admin_listen = Some(v);
+        from.insert("server.admin_listen", "SLUICE_ADMIN_LISTEN");
+    }
+    if let Some(v) = env("SLUICE_INSTANCE") {
+        file.server.instance = Some(v);
+        from.insert("server.instance", "SLUICE_INSTANCE");
+    }
+    if let Some(v) = env("SLUICE_UPSTREAMS") {
+        let addrs = v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty());
+        file.upstream.addrs = Some(addrs.collect());
+        from.insert("upstream.addrs", "SLUICE_UPSTREAMS");
+    }
+    if let Some(v) = env("SLUICE_REDIS_URL") {
+        let store = file.store.get_or_insert(StoreFile {
+            backend: None,
+            url: None,
+            timeout: None,
+            on_error: None,
+            prefix: None,
+            connections: None,
+        });
+        store.backend = Some(BackendFile::Redis);
+        store.url = Some(v);
+        from.insert("store.url", "SLUICE_REDIS_URL");
+    }
+}
+
+fn duration(text: Option<&Text>, default: Duration, path: &str, p: &mut Problems) -> Duration {
+    let Some(Text(text)) = text else {
+        return default;
+    };
+    match parse_duration(text) {
+        Some(d) => d,
+        None => {
+            p.add(path, format!("invalid duration \"{text}\" ({DURATION_HINT})"));
+            default
+        }
+    }
+}
+
+fn positive_duration(text: Option<&Text>, default: Duration, path: &str, p: &mut Problems) -> Duration {
+    let d = duration(text, default, path, p);
+    if d.is_zero() {
+        p.add(path, "must be longer than 0");
+    }
+    d
+}
+
+fn socket_addr(value: &str, path: &str, p: &mut Problems) {
+    if value.parse::<SocketAddr>().is_err() {
+        p.add(path, format!("invalid socket address \"{value}\" (use e.g. 127.0.0.1:8080 or [::1]:8080)"));
+    }
+}
+
+fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
+    let listen = s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
+    socket_addr(&listen, "server.listen", p);
+    let admin_listen = s.admin_listen.clone().unwrap_or_else(|| "127.0.0.1:9090".into());
+    socket_addr(&admin_listen, "server.admin_listen", p);
+    let threads = s.threads.unwrap_or(2);
+    if threads == 0 || threads > 256 {
+        p.add("server.threads", "must be between 1 and 256");
+    }
+    let instance = s.instance.clone().unwrap_or_else(|| default_instance(&listen));
+    if instance.is_empty() || !instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) {
+        p.add("server.instance", format!("invalid instance name \"{instance}\" (use letters, digits, '.', '_', ':', '-')"));
+    }
+    ServerConfig {
+        listen,
+        admin_listen,
+        threads: threads.clamp(1, 256) as usize,
+        instance,
+        grace_period: duration(s.grace_period.as_ref(), Duration::ZERO, "server.grace_period", p),
+    }
+}
+
+/// The host name and the proxy port (`web-1:8080`): unique per sidecar on one host or network.
+fn default_instance(listen: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".into());
+    let port = listen.rsplit_once(':').map_or("", |(_, port)| port);
+    format!("{host}:{port}")
+}
+
+fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
+    let addrs = u.addrs.clone().unwrap_or_default();
+    if addrs.is_empty() {
+        p.add("upstream.addrs", "at least one address is required (e.g. [\"127.0.0.1:9000\"])");
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        if !is_host_port(addr) {
+            p.add(&format!("upstream.addrs[{i}]"), format!("invalid address \"{addr}\" (use host:port)"));
+        }
+    }
+    UpstreamConfig {
+        addrs,
+        connect_timeout: positive_duration(u.connect_timeout.as_ref(), Duration::from_secs(1), "upstream.connect_timeout", p),
+        idle_timeout: positive_duration(u.idle_timeout.as_ref(), Duration::from_secs(30), "upstream.idle_timeout", p),
+    }
+}
+
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b)),
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
+    let url = s.and_then(|s| s.url.clone());
+    // A store section that names a URL but no backend means Redis; nothing at all means memory.
+    let kind = s.and_then(|s| s.backend).unwrap_or(match url {
+        Some(_) => BackendFile::Redis,
+        None => BackendFile::Memory,
+    });
+    let backend = match kind {
+        BackendFile::Memory => Backend::Memory,
+        BackendFile::Redis => {
+            let url = url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            let scheme_ok = ["redis://", "redis+unix://", "unix://"].iter().any(|s| url.starts_with(s));
+            if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
+                p.add("store.url", format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379)"));
+            }
+            Backend::Redis { url }
+        }
+    };
+    StoreConfig {
+        backend,
+        timeout: positive_duration(s.and_then(|s| s.timeout.as_ref()), Duration::from_millis(100), "store.timeout", p),
+        on_error: match s.and_then(|s| s.on_error) {
+            Some(OnErrorFile::Deny) => OnError::Deny,
+            _ => OnError::Allow,
+        },
+        prefix: s.and_then(|s| s.prefix.clone()).unwrap_or_else(|| "sluice:".into()),
+        connections: match s.and_then(|s| s.connections).unwrap_or(2) {
+            n @ 1..=64 => n as usize,
+            _ => {
+                p.add("store.connections", "must be between 1 and 64");
+                1
+            }
+        },
+    }
+}
+
+fn trusted_proxies(list: &[String], p: &mut Problems) -> TrustedProxies {
+    let mut cidrs = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        match Cidr::parse(text) {
+            Some(c) => cidrs.push(c),
+            None => p.add(&format!("trusted_proxies[{i}]"), format!("invalid CIDR \"{text}\" (use e.g. 10.0.0.0/8 or ::1/128)")),
+        }
+    }
+    TrustedProxies(cidrs)
+}
+
+fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySource> {
+    let Some(list) = list else {
+        return vec![
+            IdentitySource::Query("user_id".into()),
+            IdentitySource::Header(http::HeaderName::from_static("x-user-id")),
+            IdentitySource::ClientIp,
+        ];
+    };
+    if list.is_empty() {
+        p.add("identity", "at least one source is required (query, header or client_ip)");
+    }
+    let mut sources = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let at = format!("identity[{i}]");
+        match (&item.query, &item.header, item.client_ip) {
+            (Some(name), None, None) if name.is_empty() => p.add(&format!("{at}.query"), "must name a query parameter"),
+            (Some(name), None, None) => sources.push(IdentitySource::Query(name.clone())),
+            (None, Some(name), None) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => sources.push(IdentitySource::Header(h)),
+                Err(_) => p.add(&format!("{at}.header"), format!("invalid header name \"{name}\"")),
+            },
+            (None, None, Some(true)) => sources.push(IdentitySource::ClientIp),
+            (None, None, Some(false)) => p.add(&format!("{at}.client_ip"), "must be true (remove the entry to leave the client IP out)"),
+            _ => p.add(&at, "needs exactly one of \"query\", \"header\" or \"client_ip\""),
+        }
+    }
+    sources
+}
+
+fn routes(list: &[RouteFile], p: &mut Problems) -> Vec<Route> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in list.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            p.add(&format!("{path}.name"), format!("invalid route name \"{}\" (use letters, digits, '.', '_', '-')", r.name));
+        } else if let Some(first) = seen.insert(&r.name, i) {
+            p.add(&format!("{path}.name"), format!("duplicate route name \"{}\" (also routes[{first}])", r.name));
+        }
+        let (path_match, methods) = matcher(&r.matcher, &format!("{path}.match"), p);
+        let limits = limits(&r.limits, &format!("{path}.limits"), p);
+        let overrides = overrides(&r.overrides, &path, p);
+        routes.push(Route {
+            name: r.name.clone(),
+            path: path_match,
+            methods,
+            limits,
+            overrides,
+        });
+    }
+    routes
+}
+
+fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Vec<String>>) {
+    let path_match = match (&m.path, &m.path_prefix) {
+        (Some(exact), None) => PathMatch::Exact(exact.clone()),
+        (None, Some(prefix)) => PathMatch::Prefix(prefix.clone()),
+        _ => {
+            p.add(path, "needs exactly one of \"path\" or \"path_prefix\"");
+            PathMatch::Prefix("/".into())
+        }
+    };
+    let (field, value) = match &path_match {
+        PathMatch::Exact(v) => ("path", v),
+        PathMatch::Prefix(v) => ("path_prefix", v),
+    };
+    if !value.starts_with('/') {
+        p.add(&format!("{path}.{field}"), format!("must start with \"/\" (got \"{value}\")"));
+    }
+    let methods = m.methods.as_ref().map(|ms| {
+        if ms.is_empty() {
+            p.add(&format!("{path}.methods"), "must list at least one method (leave it out to match all)");
+        }
+        ms.iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let upper = m.to_ascii_uppercase();
+                if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                    p.add(&format!("{path}.methods[{j}]"), format!("invalid method \"{m}\""));
+                }
+                upper
+            })
+            .collect()
+    });
+    (path_match, methods)
+}
+
+fn limits(list: &[LimitFile], path: &str, p: &mut Problems) -> Vec<Limit> {
+    let mut out: Vec<Limit> = Vec::new();
+    for (j, l) in list.iter().enumerate() {
+        let at = format!("{path}[{j}]");
+        let requests = match u32::try_from(l.requests).ok().and_then(NonZeroU32::new) {
+            Some(n) => Some(n),
+            None if l.requests < 1 => {
+                p.add(&format!("{at}.requests"), "must be at least 1");
+                None
+            }
+            None => {
+                p.add(&format!("{at}.requests"), format!("must be at most {}", u32::MAX));
+                None
+            }
+        };
+        let window = positive_duration(Some(&l.window), Duration::ZERO, &format!("{at}.window"), p);
+        if window > Duration::from_secs(366 * 86_400) {
+            p.add(&format!("{at}.window"), "must be at most 366d");
+        }
+        if let Some(dup) = out.iter().position(|o| o.window == window && !window.is_zero()) {
+            p.add(
+                &format!("{at}.window"),
+                format!("duplicate window {} (also {path}[{dup}]; each limit of a route needs its own window)", format_duration(window)),
+            );
+        }
+        if let (Some(requests), false) = (requests, window.is_zero()) {
+            out.push(Limit { requests, window });
+        }
+    }
+    out
+}
+
+fn overrides(map: &BTreeMap<String, OverrideFile>, path: &str, p: &mut Problems) -> HashMap<Vec<u8>, Vec<Limit>> {
+    map.iter()
+        .map(|(user, o)| {
+            let at = format!("{path}.overrides.{user}.limits");
+            (user.as_bytes().to_vec(), limits(&o.limits, &at, p))
+        })
+        .collect()
+}

@@ -1,0 +1,20 @@
+//! sluice: a rate-limiting reverse-proxy sidecar on Pingora.
+//!
+//! # Layout
+//! - [`config`]: the YAML file model and the validated runtime model (`--check` lives here).
+//! - [`identity`]: who is calling (query parameter, header, client IP via trusted proxies).
+//! - [`routes`]: the ordered route table (method + path → route and its limits).
+//! - [`limiter`]: sliding-window logs in Redis (one Lua call) or in memory; [`limiter::Decision`].
+//! - [`response`]: the RateLimit headers and the 429/503 bodies, one helper for every path.
+//! - [`proxy`]: the Pingora `ProxyHttp` phases, each delegating to the modules above.
+//! - [`admin`]: `/health` and `/stats/{user}` on their own listener.
+//! - [`server`]: builds the Pingora server from a config.
+
+pub mod admin;
+pub mod config;
+pub mod identity;
+pub mod limiter;
+pub mod proxy;
+pub mod response;
+pub mod routes;
+pub mod server;

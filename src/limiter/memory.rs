@@ -1,0 +1,296 @@
+//! The in-process sliding-window log: exact for one instance, and Redis's semantics to the letter.
+
+use super::{Decision, Usage};
+use crate::routes::Limit;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A source of monotonic time in microseconds; injected so tests can move time by hand.
+pub trait Clock: Send + Sync {
+    fn now_us(&self) -> u64;
+}
+
+/// Microseconds since the limiter was created, from the monotonic clock.
+pub struct MonotonicClock(Instant);
+
+impl Clock for MonotonicClock {
+    fn now_us(&self) -> u64 {
+        self.0.elapsed().as_micros() as u64
+    }
+}
+
+/// A clock that only moves when told to (tests).
+#[derive(Default)]
+pub struct ManualClock(pub AtomicU64);
+
+impl ManualClock {
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One caller's logs on one route: a timestamp queue per window, oldest first.
+#[derive(Default)]
+struct CallerLog {
+    windows: Vec<(u64, VecDeque<u64>)>,
+    /// When every queue is empty, so the sweeper may drop the whole entry.
+    expires_at: u64,
+}
+
+impl CallerLog {
+    fn log(&mut self, window_us: u64, now: u64) -> &mut VecDeque<u64> {
+        let i = match self.windows.iter().position(|(w, _)| *w == window_us) {
+            Some(i) => i,
+            None => {
+                self.windows.push((window_us, VecDeque::new()));
+                self.windows.len() - 1
+            }
+        };
+        let log = &mut self.windows[i].1;
+        while log.front().is_some_and(|&t| t + window_us <= now) {
+            log.pop_front();
+        }
+        log
+    }
+}
+
+const SHARDS: usize = 64;
+/// Every this many decisions, one shard is swept of callers whose windows have emptied.
+const SWEEP_EVERY: u64 = 256;
+
+/// Sliding-window logs in a sharded map, keyed like Redis (route and caller).
+///
+/// All limits of one caller sit under one lock, so a decision is atomic exactly as the Redis
+/// script is. Memory stays bounded by the callers active within their windows: a sweep runs
+/// one shard every few hundred decisions and drops callers whose every window has emptied.
+pub struct MemoryLimiter {
+    shards: Box<[Mutex<HashMap<String, CallerLog>>]>,
+    hasher: RandomState,
+    clock: Arc<dyn Clock>,
+    decisions: AtomicU64,
+    next_sweep: AtomicUsize,
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryLimiter {
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(MonotonicClock(Instant::now())))
+    }
+
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            clock,
+            decisions: AtomicU64::new(0),
+            next_sweep: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, CallerLog>> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    /// Checks all `limits`; counts the request against every one only if all admit it.
+    pub fn check(&self, key: &str, limits: &[Limit]) -> Decision {
+        let now = self.clock.now_us();
+        if self.decisions.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
+            self.sweep_one(now);
+        }
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        if !shard.contains_key(key) {
+            shard.insert(key.to_string(), CallerLog::default());
+        }
+        let entry = shard.get_mut(key).expect("inserted above");
+        let admitted = limits.iter().all(|l| {
+            let n = entry.log(micros(l.window), now).len();
+            n < l.requests.get() as usize
+        });
+        let parts: Vec<_> = limits
+            .iter()
+            .map(|l| {
+                let window = micros(l.window);
+                let log = entry.log(window, now);
+                if admitted {
+                    log.push_back(now);
+                }
+                let n = log.len();
+                let reset = log.front().map_or(0, |&t| t + window - now);
+                // Refused: this limit admits again when the (n - requests)-th oldest leaves.
+                let full = !admitted && n >= l.requests.get() as usize;
+                let nth = full.then(|| log.get(n - l.requests.get() as usize)).flatten();
+                let retry = nth.map_or(0, |&t| t + window - now);
+                (n as u32, Duration::from_micros(reset), Duration::from_micros(retry))
+            })
+            .collect();
+        if admitted {
+            let longest = limits.iter().map(|l| micros(l.window)).max().unwrap_or(0);
+            entry.expires_at = entry.expires_at.max(now + longest);
+        }
+        if entry.windows.iter().all(|(_, log)| log.is_empty()) {
+            shard.remove(key);
+        }
+        Decision::from_parts(admitted, limits, parts)
+    }
+
+    /// The usage of each limit, without counting a request.
+    pub fn peek(&self, key: &str, limits: &[Limit]) -> Vec<Usage> {
+        let now = self.clock.now_us();
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = shard.get_mut(key) else {
+            return limits.iter().map(|_| Usage { used: 0, reset: Duration::ZERO }).collect();
+        };
+        limits
+            .iter()
+            .map(|l| {
+                let window = micros(l.window);
+                let log = entry.log(window, now);
+                let reset = log.front().map_or(0, |&t| t + window - now);
+                Usage {
+                    used: log.len() as u32,
+                    reset: Duration::from_micros(reset),
+                }
+            })
+            .collect()
+    }
+
+    fn sweep_one(&self, now: u64) {
+        let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        shard.retain(|_, entry| entry.expires_at > now);
+    }
+
+    /// Callers currently held (for tests and memory checks).
+    pub fn callers(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn limit(requests: u32, ms: u64) -> Limit {
+        Limit {
+            requests: NonZeroU32::new(requests).unwrap(),
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    fn limiter() -> (Arc<ManualClock>, MemoryLimiter) {
+        let clock = Arc::new(ManualClock::default());
+        clock.advance(Duration::from_secs(1000));
+        (clock.clone(), MemoryLimiter::with_clock(clock))
+    }
+
+    #[test]
+    fn admits_exactly_the_limit_then_refuses() {
+        let (clock, m) = limiter();
+        let l = [limit(3, 1000)];
+        for used in 1..=3 {
+            let d = m.check("k", &l);
+            assert!(d.is_admitted());
+            assert_eq!(d.states()[0].used, used);
+            assert_eq!(d.states()[0].remaining(), 3 - used);
+            clock.advance(Duration::from_millis(100));
+        }
+        let d = m.check("k", &l);
+        assert!(!d.is_admitted());
+        // The first request (at t=0) leaves at t=1000; now is t=300.
+        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(700));
+        assert_eq!(d.states()[0].reset, Duration::from_millis(700));
+    }
+
+    #[test]
+    fn the_window_slides_and_refusals_are_not_counted() {
+        let (clock, m) = limiter();
+        let l = [limit(2, 1000)];
+        assert!(m.check("k", &l).is_admitted());
+        clock.advance(Duration::from_millis(600));
+        assert!(m.check("k", &l).is_admitted());
+        for _ in 0..5 {
+            assert!(!m.check("k", &l).is_admitted());
+        }
+        clock.advance(Duration::from_millis(400)); // the first request leaves
+        let d = m.check("k", &l);
+        assert!(d.is_admitted(), "refusals must not extend the ban");
+        assert_eq!(d.states()[0].reset, Duration::from_millis(600));
+        assert!(!m.check("k", &l).is_admitted());
+    }
+
+    #[test]
+    fn all_limits_must_admit_and_all_are_counted() {
+        let (clock, m) = limiter();
+        let l = [limit(2, 1000), limit(3, 10_000)];
+        assert!(m.check("k", &l).is_admitted());
+        assert!(m.check("k", &l).is_admitted());
+        let d = m.check("k", &l);
+        assert!(!d.is_admitted());
+        assert_eq!(d.states()[1].used, 2, "a refused request counts against no limit");
+        clock.advance(Duration::from_millis(1000));
+        assert!(m.check("k", &l).is_admitted());
+        let d = m.check("k", &l);
+        assert!(!d.is_admitted(), "the 10 s limit is full");
+        assert_eq!(d.refusing().unwrap().limit, l[1]);
+        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(9000));
+    }
+
+    #[test]
+    fn callers_and_routes_are_independent() {
+        let (_, m) = limiter();
+        let l = [limit(1, 1000)];
+        assert!(m.check("a", &l).is_admitted());
+        assert!(m.check("b", &l).is_admitted());
+        assert!(!m.check("a", &l).is_admitted());
+    }
+
+    #[test]
+    fn a_lowered_limit_waits_for_enough_requests_to_leave() {
+        let (clock, m) = limiter();
+        for _ in 0..4 {
+            m.check("k", &[limit(10, 1000)]);
+            clock.advance(Duration::from_millis(100));
+        }
+        // Now 4 counted (t=0,100,200,300), limit lowered to 2: two must leave; now is t=400.
+        let d = m.check("k", &[limit(2, 1000)]);
+        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(700));
+    }
+
+    #[test]
+    fn peek_counts_nothing_and_expired_callers_are_swept() {
+        let (clock, m) = limiter();
+        let l = [limit(1, 1000)];
+        assert_eq!(m.peek("k", &l)[0].used, 0);
+        m.check("k", &l);
+        assert_eq!(m.peek("k", &l)[0].used, 1);
+        assert_eq!(m.peek("k", &l)[0].used, 1);
+        for i in 0..100 {
+            m.check(&format!("other{i}"), &l);
+        }
+        clock.advance(Duration::from_secs(2));
+        for _ in 0..(SWEEP_EVERY as usize * SHARDS) {
+            m.check("x", &[]);
+        }
+        assert_eq!(m.callers(), 0);
+    }
+}

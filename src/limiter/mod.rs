@@ -1,0 +1,197 @@
+//! The limiter: sliding-window logs, in Redis (shared) or in memory (one instance).
+//!
+//! Being limited is not an error: [`Decision`] is a value. `Err` means the store could not
+//! answer, and the caller applies the configured `on_error` policy.
+
+pub mod memory;
+pub mod redis;
+
+use crate::config::{Backend, StoreConfig};
+use crate::routes::Limit;
+use std::time::Duration;
+
+pub use self::memory::MemoryLimiter;
+pub use self::redis::RedisLimiter;
+
+/// The state of one limit after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    pub limit: Limit,
+    /// Requests counted in the window, this one included when it was admitted.
+    pub used: u32,
+    /// Until the oldest counted request leaves the window (zero when nothing is counted).
+    pub reset: Duration,
+    /// Until this limit would admit a request (zero when it admits now).
+    pub retry: Duration,
+}
+
+impl LimitState {
+    pub fn remaining(&self) -> u32 {
+        self.limit.requests.get().saturating_sub(self.used)
+    }
+}
+
+/// The outcome of checking every limit of a route for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Every limit admitted the request, and it was counted against all of them.
+    Admitted { states: Vec<LimitState> },
+    /// At least one limit refused; nothing was counted.
+    Limited { states: Vec<LimitState> },
+}
+
+impl Decision {
+    /// Builds a decision from the per-limit `(used, reset, retry)` triples a store returns.
+    pub fn from_parts(admitted: bool, limits: &[Limit], parts: impl IntoIterator<Item = (u32, Duration, Duration)>) -> Decision {
+        let states = limits
+            .iter()
+            .zip(parts)
+            .map(|(&limit, (used, reset, retry))| LimitState { limit, used, reset, retry })
+            .collect();
+        match admitted {
+            true => Decision::Admitted { states },
+            false => Decision::Limited { states },
+        }
+    }
+
+    pub fn states(&self) -> &[LimitState] {
+        match self {
+            Decision::Admitted { states } | Decision::Limited { states } => states,
+        }
+    }
+
+    pub fn is_admitted(&self) -> bool {
+        matches!(self, Decision::Admitted { .. })
+    }
+
+    /// For a limited request: the limit that refuses longest, whose retry time the 429 reports.
+    pub fn refusing(&self) -> Option<&LimitState> {
+        match self {
+            Decision::Limited { states } => states.iter().max_by_key(|s| (s.retry, s.limit.window)),
+            Decision::Admitted { .. } => None,
+        }
+    }
+}
+
+/// What `/stats` shows for one limit; reading it never counts a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub used: u32,
+    pub reset: Duration,
+}
+
+/// A store failure: the decision could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("unexpected reply from the store script: {0}")]
+    Reply(String),
+}
+
+/// The Redis key prefix shared by every limit of one caller on one route.
+///
+/// The `{...}` hash tag keeps all of them in one Redis Cluster slot, so one script can touch
+/// them atomically. Route names are validated to `[A-Za-z0-9._-]`; the caller is escaped (every
+/// byte outside `[A-Za-z0-9._-@]` becomes `%XX`), so the mapping is injective: no caller can
+/// collide with another or inject `}` or `:` into the key. An anonymous caller is `~`, which
+/// no escaped identity can be.
+pub fn caller_key(prefix: &str, route: &str, caller: Option<&[u8]>) -> String {
+    let mut key = String::with_capacity(prefix.len() + route.len() + 8 + caller.map_or(1, |c| c.len()));
+    key.push_str(prefix);
+    key.push('{');
+    key.push_str(route);
+    key.push(':');
+    match caller {
+        None => key.push('~'),
+        Some(bytes) => {
+            for &b in bytes {
+                if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@') {
+                    key.push(b as char);
+                } else {
+                    key.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+    }
+    key.push('}');
+    key
+}
+
+/// The store behind every decision: one enum, so the hot path needs no boxing or dynamic call.
+pub enum Store {
+    Memory(std::sync::Arc<MemoryLimiter>),
+    Redis(RedisLimiter),
+}
+
+impl Store {
+    pub fn new(config: &StoreConfig, instance: &str) -> Result<Store, StoreError> {
+        Ok(match &config.backend {
+            Backend::Memory => Store::Memory(std::sync::Arc::new(MemoryLimiter::new())),
+            Backend::Redis { url } => Store::Redis(RedisLimiter::new(url, config, instance)?),
+        })
+    }
+
+    /// A handle for another service (the admin listener): the same state, and for Redis its
+    /// own connections, so admin traffic never drives the proxy's connections from another
+    /// runtime.
+    pub fn sibling(&self) -> Store {
+        match self {
+            Store::Memory(m) => Store::Memory(m.clone()),
+            Store::Redis(r) => Store::Redis(r.sibling()),
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Checks every limit and, only if all admit, counts the request against all of them.
+    pub async fn check(&self, key: &str, limits: &[Limit]) -> Result<Decision, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.check(key, limits)),
+            Store::Redis(r) => r.check(key, limits).await,
+        }
+    }
+
+    /// Reads the current usage of each limit without counting anything.
+    pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.peek(key, limits)),
+            Store::Redis(r) => r.peek(key, limits).await,
+        }
+    }
+
+    /// Whether the store answers (always for memory).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.ping().await,
+        }
+    }
+}
+
+/// The per-limit key: the caller key plus the window, so a changed request count keeps its log.
+pub fn limit_key(caller_key: &str, limit: &Limit) -> String {
+    format!("{caller_key}:{}", limit.window.as_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_keys_escape_and_never_collide() {
+        assert_eq!(caller_key("sluice:", "api", Some(b"alice")), "sluice:{api:alice}");
+        assert_eq!(caller_key("sluice:", "api", Some(b"a}b:c")), "sluice:{api:a%7Db%3Ac}");
+        assert_eq!(caller_key("sluice:", "api", Some(b"%7D")), "sluice:{api:%257D}");
+        assert_eq!(caller_key("sluice:", "api", None), "sluice:{api:~}");
+        assert_eq!(caller_key("sluice:", "api", Some(b"~")), "sluice:{api:%7E}");
+        assert_eq!(caller_key("p:", "r", Some("ö".as_bytes())), "p:{r:%C3%B6}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The shared sliding-window log in Redis: one atomic Lua call per decision.
+
+use super::{limit_key, Decision, StoreError, Usage};
+use crate::config::StoreConfig;
+use crate::routes::Limit;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Checks and counts in one script, so concurrent requests on any number of instances see
+/// one order: N concurrent requests against a limit L admit exactly min(N, L).
+///
+/// Time comes from Redis `TIME` inside the script, so instances with skewed clocks agree.
+/// Each admitted request adds a member that is unique across instances (a random instance id
+/// and a counter), so requests in the same microsecond never collapse into one.
+pub struct RedisLimiter {
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    /// Multiplexed connections, made lazily inside the runtime that first uses them (each
+    /// Pingora service has its own runtime, and redis-rs drives a connection from the
+    /// runtime that created it). Concurrent calls pipeline on each connection.
+    connections: OnceLock<Vec<ConnectionManager>>,
+    pool_size: usize,
+    next: AtomicUsize,
+    check_script: Arc<Script>,
+    peek_script: Arc<Script>,
+    timeout: Duration,
+    member_prefix: String,
+    counter: AtomicU64,
+}
+
+impl RedisLimiter {
+    pub fn new(url: &str, config: &StoreConfig, instance: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Self {
+            client,
+            manager_config,
+            connections: OnceLock::new(),
+            pool_size: config.connections,
+            next: AtomicUsize::new(0),
+            check_script: Arc::new(Script::new(include_str!("sliding_window.lua"))),
+            peek_script: Arc::new(Script::new(include_str!("peek.lua"))),
+            timeout: config.timeout,
+            member_prefix: unique_prefix(instance),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// Same store, own connections (for a service on another runtime).
+    pub fn sibling(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            manager_config: self.manager_config.clone(),
+            connections: OnceLock::new(),
+            pool_size: self.pool_size,
+            next: AtomicUsize::new(0),
+            check_script: self.check_script.clone(),
+            peek_script: self.peek_script.clone(),
+            timeout: self.timeout,
+            member_prefix: unique_prefix("sibling"),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(pool) = self.connections.get() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+            return Ok(pool[i].clone());
+        }
+        let pool: Result<Vec<_>, _> = (0..self.pool_size.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config.clone()))
+            .collect();
+        let pool = self.connections.get_or_init(|| pool.unwrap_or_default());
+        pool.first().cloned().ok_or_else(|| StoreError::Reply("no Redis connection could be set up".into()))
+    }
+
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    pub async fn check(&self, key: &str, limits: &[Limit]) -> Result<Decision, StoreError> {
+        let mut conn = self.connection()?;
+        let member = format!("{}{:x}", self.member_prefix, self.counter.fetch_add(1, Ordering::Relaxed));
+        let mut call = self.check_script.prepare_invoke();
+        call.arg(member);
+        for l in limits {
+            call.key(limit_key(key, l)).arg(l.requests.get()).arg(l.window.as_micros() as u64);
+        }
+        let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
+        if reply.len() != 1 + 3 * limits.len() {
+            return Err(StoreError::Reply(format!("{reply:?}")));
+        }
+        let parts = reply[1..].chunks(3).map(|c| (c[0].max(0) as u32, micros(c[1]), micros(c[2])));
+        Ok(Decision::from_parts(reply[0] == 1, limits, parts))
+    }
+
+    pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
+        let mut conn = self.connection()?;
+        let mut call = self.peek_script.prepare_invoke();
+        for l in limits {
+            call.key(limit_key(key, l)).arg(l.window.as_micros() as u64);
+        }
+        let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
+        if reply.len() != 2 * limits.len() {
+            return Err(StoreError::Reply(format!("{reply:?}")));
+        }
+        Ok(reply
+            .chunks(2)
+            .map(|c| Usage {
+                used: c[0].max(0) as u32,
+                reset: micros(c[1]),
+            })
+            .collect())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection()?;
+        let pong: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        match pong.as_str() {
+            "PONG" => Ok(()),
+            other => Err(StoreError::Reply(other.to_string())),
+        }
+    }
+}
+
+fn micros(v: i64) -> Duration {
+    Duration::from_micros(v.max(0) as u64)
+}
+
+/// A member prefix unique to this process with overwhelming probability: 64 random bits from
+/// the standard library's randomly keyed hasher, mixed with the instance name and process id.
+fn unique_prefix(instance: &str) -> String {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one((instance, std::process::id()));
+    format!("{random:016x}:")
+}

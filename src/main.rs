@@ -1,0 +1,48 @@
+//! The `sluice` command: parse the CLI, load the config, run the sidecar (or only check).
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A rate-limiting reverse-proxy sidecar.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (YAML).
+    #[arg(long, short = 'c', default_value = "conf/sluice.yaml")]
+    config: PathBuf,
+    /// Validate the config (environment overrides included) and exit: 0 valid, 2 invalid.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,sluice=info")).init();
+    let config = match sluice::config::load(&cli.config, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    log::info!(
+        "sluice {} listening on {} (admin {}), store {:?}, instance {}",
+        env!("CARGO_PKG_VERSION"),
+        config.server.listen,
+        config.server.admin_listen,
+        config.store.backend,
+        config.server.instance
+    );
+    match sluice::server::build(config) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The ordered route table: which route (and so which limits) a request falls under.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// One quota: at most `requests` in any sliding `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub requests: NonZeroU32,
+    pub window: Duration,
+}
+
+impl Limit {
+    /// The window in whole seconds, rounded up, as the RateLimit headers and the 429 body show it.
+    pub fn window_secs(&self) -> u64 {
+        self.window.as_millis().div_ceil(1000) as u64
+    }
+}
+
+/// How a route recognises its requests; the path is compared after [`normalize_path`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// A named route: its matcher, its limits, and per-caller overrides of those limits.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub path: PathMatch,
+    /// Upper-case method names; `None` matches every method.
+    pub methods: Option<Vec<String>>,
+    pub limits: Vec<Limit>,
+    /// Caller identity → limits that replace `limits` for that caller (empty: unlimited).
+    pub overrides: HashMap<Vec<u8>, Vec<Limit>>,
+}
+
+impl Route {
+    fn matches(&self, method: &str, path: &str) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        };
+        path_ok
+            && self
+                .methods
+                .as_ref()
+                .is_none_or(|ms| ms.iter().any(|m| m == method))
+    }
+
+    /// The limits that apply to `caller`: an override when one names the caller, else the route's.
+    pub fn limits_for(&self, caller: &[u8]) -> &[Limit] {
+        self.overrides
+            .get(caller)
+            .map_or(self.limits.as_slice(), Vec::as_slice)
+    }
+
+    /// Whether any caller can be limited on this route (stats list only such routes).
+    pub fn has_limits(&self) -> bool {
+        !self.limits.is_empty() || self.overrides.values().any(|l| !l.is_empty())
+    }
+}
+
+/// Routes in file order; the first that matches wins, like nginx `location` blocks would not
+/// (nginx picks the longest prefix) but like every firewall rule list does: order is policy.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self { routes }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The first route matching `method` and the request-target `path` (query excluded).
+    pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
+        let path = normalize_path(path);
+        self.routes.iter().find(|r| r.matches(method, &path))
+    }
+}
+
+/// Puts a path in the form route matching compares: percent-encoded unreserved characters
+/// decoded (`/%61pi/` is `/api/`) and dot segments resolved (`/x/../api/` is `/api/`).
+///
+/// Without this a client could step around a limited prefix with an encoding the upstream
+/// decodes anyway. Other escapes (`%2F`) stay encoded, as the upstream will see them.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') && !path.contains("/.") {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+        // A trailing "." or ".." leaves a directory: keep the trailing slash.
+        if i == last && (*seg == "." || *seg == "..") {
+            out.push("");
+        }
+    }
+    std::borrow::Cow::Owned(format!("/{}", out.join("/")))
+}
+
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let v = hex_value(bytes[i + 1]).zip(hex_value(bytes[i + 2]));
+            if let Some(v) = v.map(|(hi, lo)| hi << 4 | lo) {
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    // Only ASCII bytes were decoded into ASCII, so valid UTF-8 stays valid.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(requests: u32, secs: u64) -> Limit {
+        Limit {
+            requests: NonZeroU32::new(requests).unwrap(),
+            window: Duration::from_secs(secs),
+        }
+    }
+
+    fn route(name: &str, path: PathMatch, methods: Option<&[&str]>) -> Route {
+        Route {
+            name: name.into(),
+            path,
+            methods: methods.map(|ms| ms.iter().map(|m| m.to_string()).collect()),
+            limits: vec![limit(1, 1)],
+            overrides: HashMap::new(),
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(vec![
+            route("login", PathMatch::Exact("/login".into()), Some(&["POST"])),
+            route("api", PathMatch::Prefix("/api/".into()), Some(&["GET", "POST"])),
+            route("open", PathMatch::Prefix("/".into()), None),
+        ])
+    }
+
+    fn found(method: &str, path: &str) -> Option<String> {
+        table().find(method, path).map(|r| r.name.clone())
+    }
+
+    #[test]
+    fn first_match_wins_in_file_order() {
+        assert_eq!(found("GET", "/api/data").as_deref(), Some("api"));
+        assert_eq!(found("POST", "/login").as_deref(), Some("login"));
+        assert_eq!(found("GET", "/other").as_deref(), Some("open"));
+    }
+
+    #[test]
+    fn methods_restrict_a_route() {
+        assert_eq!(found("GET", "/login").as_deref(), Some("open"));
+        assert_eq!(found("DELETE", "/api/data").as_deref(), Some("open"));
+    }
+
+    #[test]
+    fn exact_paths_do_not_match_longer_paths() {
+        assert_eq!(found("POST", "/login/x").as_deref(), Some("open"));
+        assert_eq!(found("POST", "/loginx").as_deref(), Some("open"));
+    }
+
+    #[test]
+    fn prefix_is_a_plain_string_prefix() {
+        assert_eq!(found("GET", "/api").as_deref(), Some("open"));
+        assert_eq!(found("GET", "/api/").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn encoded_and_dotted_paths_cannot_dodge_a_route() {
+        assert_eq!(found("GET", "/%61pi/data").as_deref(), Some("api"));
+        assert_eq!(found("GET", "/x/../api/data").as_deref(), Some("api"));
+        assert_eq!(found("GET", "/./api/./data").as_deref(), Some("api"));
+        assert_eq!(found("POST", "/%6C%6Fgin").as_deref(), Some("login"));
+        assert_eq!(normalize_path("/a/b/.."), "/a/");
+        assert_eq!(normalize_path("/a%2Fb"), "/a%2Fb");
+        assert_eq!(normalize_path("/%zz%4"), "/%zz%4");
+        assert_eq!(normalize_path("/../../x"), "/x");
+    }
+
+    #[test]
+    fn overrides_replace_the_route_limits_for_one_caller() {
+        let mut r = route("api", PathMatch::Prefix("/".into()), None);
+        r.overrides.insert(b"vip".to_vec(), vec![limit(1000, 60)]);
+        assert_eq!(r.limits_for(b"vip"), &[limit(1000, 60)]);
+        assert_eq!(r.limits_for(b"bob"), &[limit(1, 1)]);
+    }
+}

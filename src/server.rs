@@ -1,0 +1,101 @@
+//! Assembles a running sidecar from a validated [`Config`]: the proxy and admin services.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::limiter::{Store, StoreError};
+use crate::proxy::Sidecar;
+use pingora::prelude::HttpPeer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+
+/// Why a valid config still could not start (exit status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("upstream {addr}: cannot resolve: {reason}")]
+    Resolve { addr: String, reason: String },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Resolves every upstream once, so the request path never does DNS (and never panics on it).
+fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
+    config
+        .upstream
+        .addrs
+        .iter()
+        .map(|addr| {
+            let resolved: SocketAddr = addr
+                .to_socket_addrs()
+                .map_err(|e| StartError::Resolve {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?
+                .next()
+                .ok_or_else(|| StartError::Resolve {
+                    addr: addr.clone(),
+                    reason: "no address".into(),
+                })?;
+            let mut peer = HttpPeer::new(resolved, false, String::new());
+            peer.options.connection_timeout = Some(config.upstream.connect_timeout);
+            peer.options.idle_timeout = Some(config.upstream.idle_timeout);
+            Ok(peer)
+        })
+        .collect()
+}
+
+/// Fails early with a clear message when a port is taken, before Pingora takes over.
+fn check_listen(addr: &str, what: &'static str) -> Result<(), StartError> {
+    TcpListener::bind(addr).map(drop).map_err(|source| StartError::Listen {
+        addr: addr.to_string(),
+        what,
+        source,
+    })
+}
+
+/// Builds the Pingora server with the proxy and admin services, ready to `run_forever`.
+pub fn build(config: Config) -> Result<Server, StartError> {
+    check_listen(&config.server.listen, "proxy")?;
+    check_listen(&config.server.admin_listen, "admin")?;
+    let peers = peers(&config)?;
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let store = Store::new(&config.store, &config.server.instance)?;
+    let admin = Admin {
+        store: store.sibling(),
+        routes: config.routes.clone(),
+        key_prefix: config.store.prefix.clone(),
+        instance: config.server.instance.clone(),
+    };
+    let sidecar = Sidecar::new(
+        config.routes,
+        config.identity,
+        store,
+        config.store.on_error,
+        config.store.prefix,
+        peers,
+        &config.server.instance,
+    );
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, sidecar, "sluice proxy");
+    proxy.add_tcp(&config.server.listen);
+    let mut admin = Service::new("sluice admin".to_string(), admin);
+    admin.threads = Some(1);
+    admin.add_tcp(&config.server.admin_listen);
+    server.add_service(proxy);
+    server.add_service(admin);
+    Ok(server)
+}
