@@ -271,9 +271,10 @@ mod tests {
             m.check("k", &[limit(10, 1000)]);
             clock.advance(Duration::from_millis(100));
         }
-        // Now 4 counted (t=0,100,200,300), limit lowered to 2: two must leave; now is t=400.
+        // 4 counted (t=0,100,200,300), limit lowered to 2: a request is admitted once only 1
+        // is left, so when the one from t=200 leaves at t=1200; now is t=400.
         let d = m.check("k", &[limit(2, 1000)]);
-        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(700));
+        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(800));
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! Test harness: real `redis-server`, `upstream-demo` and `sluice` processes on loopback.
+//!
+//! Every process is a child that dies with its guard; every wait is bounded. Logs go to a
+//! per-process file that is printed when a part fails to come up.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Tests that put a burst of load on the machine take this lock, so two bursts never overlap
+/// on a 2-core machine (where an overlap could push store calls past their deadline).
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn sluice_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// `upstream-demo` is another workspace member: cargo builds it beside `sluice` when the
+/// whole workspace is built (`cargo test --workspace` or `scripts/test`).
+pub fn upstream_bin() -> PathBuf {
+    let bin = sluice_bin().with_file_name("upstream-demo");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace, or run scripts/test)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh directory for one test's files and logs.
+pub fn scratch_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("local addr").port()
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("create log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
+        Proc {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails the test with the log when the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited ({status}); its log:\n{}", self.name, self.log_text());
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `ready` until it is true, failing with the process log after `limit`.
+pub async fn wait_until(proc: &mut Proc, limit: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        proc.assert_running();
+        if ready().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} did not become ready in {limit:?}; its log:\n{}", proc.name, proc.log_text());
+}
+
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start(dir: &Path) -> Redis {
+        let which = Command::new("sh").args(["-c", "command -v redis-server"]).output();
+        assert!(
+            which.is_ok_and(|o| o.status.success()),
+            "redis-server is not installed: install the Debian package redis-server (apt-get install redis-server)"
+        );
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        cmd.current_dir(dir);
+        let mut proc = Proc::spawn("redis", &mut cmd, dir);
+        wait_until(&mut proc, Duration::from_secs(10), async || redis_cmd(port, "PING").await.is_some_and(|r| r.starts_with("+PONG"))).await;
+        Redis { proc, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn cmd(&self, command: &str) -> String {
+        redis_cmd(self.port, command).await.expect("redis answers")
+    }
+}
+
+/// Sends one inline command to Redis and returns the raw reply.
+pub async fn redis_cmd(port: u16, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("{command}\r\n").as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+pub struct Upstream {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub async fn start(dir: &Path) -> Upstream {
+        let port = free_port();
+        let mut cmd = Command::new(upstream_bin());
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+        let mut proc = Proc::spawn("upstream", &mut cmd, dir);
+        wait_until(&mut proc, Duration::from_secs(10), async || get(port, "/ready").await.is_ok_and(|r| r.status == 200)).await;
+        Upstream { proc, port }
+    }
+}
+
+pub struct Sidecar {
+    pub proc: Proc,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts a sidecar on fresh ports with `body` (store, identity, routes...) as its config.
+    pub async fn start(dir: &Path, name: &str, upstream: u16, body: &str) -> Sidecar {
+        let (port, admin_port) = (free_port(), free_port());
+        let config = dir.join(format!("{name}.yaml"));
+        let text = format!(
+            "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin_port}\"\n  threads: 2\n  instance: {name}\nupstream:\n  addrs: [\"127.0.0.1:{upstream}\"]\n{body}"
+        );
+        std::fs::write(&config, text).expect("write config");
+        Self::start_with(dir, name, &config, port, admin_port).await
+    }
+
+    pub async fn start_with(dir: &Path, name: &str, config: &Path, port: u16, admin_port: u16) -> Sidecar {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.arg("--config").arg(config).env("RUST_LOG", "warn,sluice=info");
+        let mut proc = Proc::spawn(name, &mut cmd, dir);
+        wait_until(&mut proc, Duration::from_secs(15), async || {
+            // A bare connect: a request here could count against a limit.
+            get(admin_port, "/health").await.is_ok_and(|r| r.status == 200) && TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        Sidecar {
+            proc,
+            port,
+            admin_port,
+            config: config.to_path_buf(),
+        }
+    }
+}
+
+/// One HTTP response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of header `name` (case-insensitive), if present once or more (first one).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+pub async fn get(port: u16, target: &str) -> std::io::Result<Reply> {
+    request(port, "GET", target, &[], b"").await
+}
+
+/// Sends one request on a fresh connection (`Connection: close`) and reads the whole reply.
+pub async fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    send(&mut s, method, target, headers, body).await
+}
+
+pub async fn send(s: &mut TcpStream, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::other("response timed out"))??;
+    parse(&raw, method == "HEAD")
+}
+
+fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Reply> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked && !head_only { dechunk(body) } else { body.to_string() };
+    Ok(Reply { status, headers, body })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Sends `n` requests at once (all connected first, then all sent together) and returns the
+/// status of each, spread round robin over `ports`.
+pub async fn burst(ports: &[u16], n: usize, target: &str) -> Vec<Reply> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let port = ports[i % ports.len()];
+            let (barrier, target) = (barrier.clone(), target.to_string());
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                barrier.wait().await;
+                send(&mut s, "GET", &target, &[], b"").await.expect("reply")
+            })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(n);
+    for t in tasks {
+        replies.push(t.await.expect("task"));
+    }
+    replies
+}
+
+pub fn count_status(replies: &[Reply], status: u16) -> usize {
+    replies.iter().filter(|r| r.status == status).count()
+}
