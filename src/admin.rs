@@ -44,7 +44,12 @@ impl Admin {
             let key = caller_key(&self.key_prefix, &route.name, Some(user));
             let usage = match self.store.peek(&key, limits).await {
                 Ok(u) => u,
-                Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "store_unavailable", "detail": e.to_string()})),
+                Err(e) => {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"error": "store_unavailable", "detail": e.to_string()}),
+                    )
+                }
             };
             let limits: Vec<Value> = limits
                 .iter()
@@ -67,7 +72,10 @@ impl Admin {
 
     async fn route(&self, method: &http::Method, path: &str) -> (StatusCode, Value) {
         if method != http::Method::GET && method != http::Method::HEAD {
-            return (StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method_not_allowed"}));
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed"}),
+            );
         }
         if path == "/health" {
             return self.health().await;
@@ -77,7 +85,10 @@ impl Admin {
                 let user: Vec<u8> = percent_decode_str(user).collect();
                 self.stats(&user).await
             }
-            _ => (StatusCode::NOT_FOUND, json!({"error": "not_found", "paths": ["/health", "/stats/{user}"]})),
+            _ => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "paths": ["/health", "/stats/{user}"]}),
+            ),
         }
     }
 }

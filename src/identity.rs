@@ -135,7 +135,12 @@ impl IdentityExtractor {
     ///
     /// The value is the same whatever source it came from, so `?user_id=alice` and
     /// `x-user-id: alice` are one caller. Empty values count as absent.
-    pub fn caller(&self, query: Option<&str>, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<Vec<u8>> {
+    pub fn caller(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Option<Vec<u8>> {
         self.sources.iter().find_map(|source| match source {
             IdentitySource::Query(name) => query.and_then(|q| query_param(q, name)),
             IdentitySource::Header(name) => headers
@@ -175,7 +180,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -204,9 +212,15 @@ mod tests {
         let e = extractor(&[]);
         let h = headers(&[("x-user-id", "bob")]);
         let peer = Some(ip("192.0.2.7"));
-        assert_eq!(e.caller(Some("user_id=alice"), &h, peer), Some(b"alice".to_vec()));
+        assert_eq!(
+            e.caller(Some("user_id=alice"), &h, peer),
+            Some(b"alice".to_vec())
+        );
         assert_eq!(e.caller(Some("other=1"), &h, peer), Some(b"bob".to_vec()));
-        assert_eq!(e.caller(None, &HeaderMap::new(), peer), Some(b"192.0.2.7".to_vec()));
+        assert_eq!(
+            e.caller(None, &HeaderMap::new(), peer),
+            Some(b"192.0.2.7".to_vec())
+        );
     }
 
     #[test]
@@ -220,17 +234,26 @@ mod tests {
 
     #[test]
     fn query_values_are_form_decoded() {
-        assert_eq!(query_param("a=1&user_id=j%C3%B6rg+x", "user_id"), Some("jörg x".as_bytes().to_vec()));
+        assert_eq!(
+            query_param("a=1&user_id=j%C3%B6rg+x", "user_id"),
+            Some("jörg x".as_bytes().to_vec())
+        );
         assert_eq!(query_param("user%5Fid=z", "user_id"), Some(b"z".to_vec()));
         assert_eq!(query_param("user_idx=z", "user_id"), None);
         assert_eq!(query_param("user_id", "user_id"), None);
-        assert_eq!(query_param("user_id=&user_id=second", "user_id"), Some(b"second".to_vec()));
+        assert_eq!(
+            query_param("user_id=&user_id=second", "user_id"),
+            Some(b"second".to_vec())
+        );
     }
 
     #[test]
     fn untrusted_peers_cannot_pick_their_ip() {
         let t = trusted(&[]);
-        let h = headers(&[("x-forwarded-for", "203.0.113.9"), ("x-real-ip", "203.0.113.9")]);
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+        ]);
         assert_eq!(t.client_ip(ip("192.0.2.7"), &h), ip("192.0.2.7"));
     }
 
@@ -240,7 +263,10 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.2.3")]);
         assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.9"));
         // Split across two header lines, in order.
-        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.9")]);
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
         assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.9"));
         // Every hop trusted: the leftmost is the client.
         let h = headers(&[("x-forwarded-for", "10.0.0.5, 10.0.0.6")]);
@@ -251,19 +277,37 @@ mod tests {
         // No X-Forwarded-For: X-Real-IP from a trusted peer.
         let h = headers(&[("x-real-ip", "203.0.113.9")]);
         assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.9"));
-        assert_eq!(t.client_ip(ip("127.0.0.1"), &HeaderMap::new()), ip("127.0.0.1"));
+        assert_eq!(
+            t.client_ip(ip("127.0.0.1"), &HeaderMap::new()),
+            ip("127.0.0.1")
+        );
     }
 
     #[test]
     fn cidrs_parse_and_match() {
-        assert!(Cidr::parse("10.0.0.0/8").unwrap().contains(ip("10.200.1.1")));
+        assert!(Cidr::parse("10.0.0.0/8")
+            .unwrap()
+            .contains(ip("10.200.1.1")));
         assert!(!Cidr::parse("10.0.0.0/8").unwrap().contains(ip("11.0.0.1")));
-        assert!(Cidr::parse("172.16.0.0/12").unwrap().contains(ip("172.31.255.255")));
-        assert!(!Cidr::parse("172.16.0.0/12").unwrap().contains(ip("172.32.0.0")));
+        assert!(Cidr::parse("172.16.0.0/12")
+            .unwrap()
+            .contains(ip("172.31.255.255")));
+        assert!(!Cidr::parse("172.16.0.0/12")
+            .unwrap()
+            .contains(ip("172.32.0.0")));
         assert!(Cidr::parse("::1").unwrap().contains(ip("::1")));
-        assert!(Cidr::parse("127.0.0.1").unwrap().contains(ip("::ffff:127.0.0.1")));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains(ip("::ffff:127.0.0.1")));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
-        for bad in ["10.0.0.0/33", "10.0.0/8", "x", "::1/129", "10.0.0.0/", "10.0.0.0/-1"] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "x",
+            "::1/129",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+        ] {
             assert_eq!(Cidr::parse(bad), None, "{bad}");
         }
     }

@@ -18,7 +18,8 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,sluice=info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,sluice=info"))
+        .init();
     let config = match sluice::config::load(&cli.config, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {

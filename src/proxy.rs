@@ -53,7 +53,11 @@ impl Sidecar {
     }
 
     /// Writes a complete response sluice made itself (429 or 503) and keeps the connection.
-    async fn respond(&self, session: &mut Session, (mut head, body): (Box<ResponseHeader>, Bytes)) -> Result<bool> {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        (mut head, body): (Box<ResponseHeader>, Bytes),
+    ) -> Result<bool> {
         head.append_header("Via", &self.via)?;
         let head_only = session.req_header().method == http::Method::HEAD;
         let written = match session.write_response_header(head, head_only).await {
@@ -77,7 +81,10 @@ pub struct RequestCtx {
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 #[async_trait]
@@ -93,7 +100,9 @@ impl ProxyHttp for Sidecar {
         let Some(route) = self.routes.find(req.method.as_str(), req.uri.path()) else {
             return Ok(false);
         };
-        let caller = self.identity.caller(req.uri.query(), &req.headers, peer_ip(session));
+        let caller = self
+            .identity
+            .caller(req.uri.query(), &req.headers, peer_ip(session));
         let limits = route.limits_for(caller.as_deref().unwrap_or_default());
         if limits.is_empty() {
             return Ok(false);
@@ -104,18 +113,35 @@ impl ProxyHttp for Sidecar {
                 ctx.rate_headers = RateLimitHeaders::new(&route.name, &decision);
                 Ok(false)
             }
-            Ok(decision) => self.respond(session, response::too_many_requests(&route.name, &decision)?).await,
+            Ok(decision) => {
+                self.respond(
+                    session,
+                    response::too_many_requests(&route.name, &decision)?,
+                )
+                .await
+            }
             Err(e) => {
-                log::warn!("store failed on route {}: {e}; on_error={:?}", route.name, self.on_error);
+                log::warn!(
+                    "store failed on route {}: {e}; on_error={:?}",
+                    route.name,
+                    self.on_error
+                );
                 match self.on_error {
                     OnError::Allow => Ok(false),
-                    OnError::Deny => self.respond(session, response::store_unavailable(&route.name)?).await,
+                    OnError::Deny => {
+                        self.respond(session, response::store_unavailable(&route.name)?)
+                            .await
+                    }
                 }
             }
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         ctx.upstream_tries += 1;
         let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len();
         Ok(Box::new(self.peers[i].clone()))
@@ -135,7 +161,12 @@ impl ProxyHttp for Sidecar {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if let Some(ip) = peer_ip(session) {
             let mut forwarded: Vec<String> = upstream
                 .headers
@@ -151,7 +182,12 @@ impl ProxyHttp for Sidecar {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }

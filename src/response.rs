@@ -33,20 +33,36 @@ impl RateLimitHeaders {
         let states = decision.states();
         let reported = match decision.refusing() {
             Some(refusing) => refusing,
-            None => states.iter().min_by_key(|s| (s.remaining(), Reverse(s.limit.window)))?,
+            None => states
+                .iter()
+                .min_by_key(|s| (s.remaining(), Reverse(s.limit.window)))?,
         };
         let policy = states
             .iter()
-            .map(|s| format!("\"{}\";q={};w={}", policy_name(route, states, s), s.limit.requests, s.limit.window_secs()))
+            .map(|s| {
+                format!(
+                    "\"{}\";q={};w={}",
+                    policy_name(route, states, s),
+                    s.limit.requests,
+                    s.limit.window_secs()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let reset = match decision.is_admitted() {
             true => ceil_secs(reported.reset),
             false => retry_after_secs(reported),
         };
-        let remaining = if decision.is_admitted() { reported.remaining() } else { 0 };
+        let remaining = if decision.is_admitted() {
+            reported.remaining()
+        } else {
+            0
+        };
         Some(Self {
-            ratelimit: format!("\"{}\";r={remaining};t={reset}", policy_name(route, states, reported)),
+            ratelimit: format!(
+                "\"{}\";r={remaining};t={reset}",
+                policy_name(route, states, reported)
+            ),
             policy,
             limit: reported.limit.requests.get(),
             remaining,
@@ -79,10 +95,16 @@ pub fn retry_after_secs(refusing: &LimitState) -> u64 {
 
 /// A complete 429 for a refused request: headers (Content-Length included, so the
 /// connection stays open for the next request) and the JSON body.
-pub fn too_many_requests(route: &str, decision: &Decision) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
-    let refusing = decision
-        .refusing()
-        .ok_or_else(|| pingora::Error::explain(pingora::ErrorType::InternalError, "429 for an admitted request"))?;
+pub fn too_many_requests(
+    route: &str,
+    decision: &Decision,
+) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
+    let refusing = decision.refusing().ok_or_else(|| {
+        pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "429 for an admitted request",
+        )
+    })?;
     let retry_after = retry_after_secs(refusing);
     let body = format!(
         "{{\"error\":\"rate_limited\",\"route\":\"{route}\",\"limit\":{},\"window_s\":{},\"retry_after\":{retry_after}}}",
@@ -145,7 +167,10 @@ mod tests {
     #[test]
     fn least_remaining_is_reported_and_ties_go_to_the_longer_window() {
         let d = Decision::Admitted {
-            states: vec![state(10, 1, 8, 500, 0), state(1000, 3600, 998, 3_000_000, 0)],
+            states: vec![
+                state(10, 1, 8, 500, 0),
+                state(1000, 3600, 998, 3_000_000, 0),
+            ],
         };
         let h = RateLimitHeaders::new("api", &d).unwrap();
         assert_eq!(h.policy, "\"api-1s\";q=10;w=1, \"api-1h\";q=1000;w=3600");
@@ -162,7 +187,10 @@ mod tests {
         let (head, body) = too_many_requests("r", &d).unwrap();
         assert_eq!(head.status.as_u16(), 429);
         assert_eq!(head.headers.get("retry-after").unwrap(), "20");
-        assert_eq!(head.headers.get("content-length").unwrap(), &body.len().to_string());
+        assert_eq!(
+            head.headers.get("content-length").unwrap(),
+            &body.len().to_string()
+        );
         assert_eq!(
             &body[..],
             br#"{"error":"rate_limited","route":"r","limit":5,"window_s":60,"retry_after":20}"#

@@ -165,7 +165,11 @@ mod tests {
     fn table() -> RouteTable {
         RouteTable::new(vec![
             route("login", PathMatch::Exact("/login".into()), Some(&["POST"])),
-            route("api", PathMatch::Prefix("/api/".into()), Some(&["GET", "POST"])),
+            route(
+                "api",
+                PathMatch::Prefix("/api/".into()),
+                Some(&["GET", "POST"]),
+            ),
             route("open", PathMatch::Prefix("/".into()), None),
         ])
     }

@@ -53,11 +53,13 @@ fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
 
 /// Fails early with a clear message when a port is taken, before Pingora takes over.
 fn check_listen(addr: &str, what: &'static str) -> Result<(), StartError> {
-    TcpListener::bind(addr).map(drop).map_err(|source| StartError::Listen {
-        addr: addr.to_string(),
-        what,
-        source,
-    })
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Listen {
+            addr: addr.to_string(),
+            what,
+            source,
+        })
 }
 
 /// Builds the Pingora server with the proxy and admin services, ready to `run_forever`.
@@ -90,7 +92,11 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         peers,
         &config.server.instance,
     );
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, sidecar, "sluice proxy");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        sidecar,
+        "sluice proxy",
+    );
     proxy.add_tcp(&config.server.listen);
     let mut admin = Service::new("sluice admin".to_string(), admin);
     admin.threads = Some(1);

@@ -6,7 +6,10 @@ use common::*;
 use std::time::Duration;
 
 fn redis_store(redis: &Redis) -> String {
-    format!("store:\n  backend: redis\n  url: \"{}\"\n  timeout: 100ms\n", redis.url())
+    format!(
+        "store:\n  backend: redis\n  url: \"{}\"\n  timeout: 100ms\n",
+        redis.url()
+    )
 }
 
 const API_5_PER_MIN: &str = "routes:
@@ -22,7 +25,13 @@ async fn one_sidecar(routes: &str) -> (Redis, Upstream, Sidecar) {
     let dir = scratch_dir();
     let redis = Redis::start(&dir).await;
     let upstream = Upstream::start(&dir).await;
-    let sidecar = Sidecar::start(&dir, "s1", upstream.port, &format!("{}{routes}", redis_store(&redis))).await;
+    let sidecar = Sidecar::start(
+        &dir,
+        "s1",
+        upstream.port,
+        &format!("{}{routes}", redis_store(&redis)),
+    )
+    .await;
     (redis, upstream, sidecar)
 }
 
@@ -35,16 +44,25 @@ async fn a_limit_admits_exactly_l_then_answers_429_with_every_header() {
         assert_eq!(r.json()["user_id"], "alice");
         assert_eq!(r.header("ratelimit-policy"), Some("\"api\";q=5;w=60"));
         assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
-        assert_eq!(r.header("x-ratelimit-remaining"), Some(expected_remaining.to_string().as_str()));
+        assert_eq!(
+            r.header("x-ratelimit-remaining"),
+            Some(expected_remaining.to_string().as_str())
+        );
         let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
         assert!((59..=60).contains(&reset), "reset {reset}");
-        assert_eq!(r.header("ratelimit").unwrap(), format!("\"api\";r={expected_remaining};t={reset}"));
+        assert_eq!(
+            r.header("ratelimit").unwrap(),
+            format!("\"api\";r={expected_remaining};t={reset}")
+        );
         assert_eq!(r.header("via"), Some("1.1 s1"));
     }
     let r = get(s.port, "/api/data?user_id=alice").await.unwrap();
     assert_eq!(r.status, 429);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.header("content-length").unwrap(), r.body.len().to_string());
+    assert_eq!(
+        r.header("content-length").unwrap(),
+        r.body.len().to_string()
+    );
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((59..=60).contains(&retry), "retry-after {retry}");
     let body = r.json();
@@ -54,10 +72,16 @@ async fn a_limit_admits_exactly_l_then_answers_429_with_every_header() {
     assert_eq!(body["window_s"], 60);
     assert_eq!(body["retry_after"], retry);
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-    assert_eq!(r.header("ratelimit").unwrap(), format!("\"api\";r=0;t={retry}"));
+    assert_eq!(
+        r.header("ratelimit").unwrap(),
+        format!("\"api\";r=0;t={retry}")
+    );
     assert_eq!(r.header("via"), Some("1.1 s1"));
     // Another caller is untouched, and an unlimited route carries no RateLimit headers.
-    assert_eq!(get(s.port, "/api/data?user_id=bob").await.unwrap().status, 200);
+    assert_eq!(
+        get(s.port, "/api/data?user_id=bob").await.unwrap().status,
+        200
+    );
     let open = get(s.port, "/other?user_id=alice").await.unwrap();
     assert_eq!(open.status, 200);
     assert_eq!(open.header("ratelimit"), None);
@@ -65,25 +89,42 @@ async fn a_limit_admits_exactly_l_then_answers_429_with_every_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_keeps_the_connection_open_and_head_gets_no_body() {
-    let (_redis, _up, s) = one_sidecar(API_5_PER_MIN.replace("requests: 5", "requests: 1").as_str()).await;
+    let (_redis, _up, s) =
+        one_sidecar(API_5_PER_MIN.replace("requests: 5", "requests: 1").as_str()).await;
     assert_eq!(get(s.port, "/api/x?user_id=k").await.unwrap().status, 200);
     // Three requests on one keep-alive connection: every 429 arrives whole, the connection stays.
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for i in 0..3 {
-        conn.write_all(b"GET /api/x?user_id=k HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        conn.write_all(b"GET /api/x?user_id=k HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         while !buf.ends_with(b"}") {
-            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk)).await.unwrap().unwrap();
-            assert!(n > 0, "request {i}: connection closed after {:?}", String::from_utf8_lossy(&buf));
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                n > 0,
+                "request {i}: connection closed after {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.extend_from_slice(&chunk[..n]);
         }
         let text = String::from_utf8_lossy(&buf);
         assert!(text.starts_with("HTTP/1.1 429"), "{text}");
-        assert!(text.to_ascii_lowercase().contains("connection: keep-alive"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{text}"
+        );
     }
-    let head = request(s.port, "HEAD", "/api/x?user_id=k", &[], b"").await.unwrap();
+    let head = request(s.port, "HEAD", "/api/x?user_id=k", &[], b"")
+        .await
+        .unwrap();
     assert_eq!(head.status, 429);
     assert!(head.body.is_empty());
 }
@@ -92,8 +133,20 @@ async fn a_429_keeps_the_connection_open_and_head_gets_no_body() {
 async fn admitted_requests_reach_the_upstream_unchanged() {
     let (_redis, _up, s) = one_sidecar(API_5_PER_MIN).await;
     let body = vec![b'x'; 100_000];
-    let headers = [("x-echo", "1"), ("x-custom", "kept"), ("x-forwarded-for", "203.0.113.5")];
-    let r = request(s.port, "POST", "/api/items?user_id=al%20ice&b=2", &headers, &body).await.unwrap();
+    let headers = [
+        ("x-echo", "1"),
+        ("x-custom", "kept"),
+        ("x-forwarded-for", "203.0.113.5"),
+    ];
+    let r = request(
+        s.port,
+        "POST",
+        "/api/items?user_id=al%20ice&b=2",
+        &headers,
+        &body,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     let seen = r.json();
     assert_eq!(seen["method"], "POST");
@@ -102,7 +155,10 @@ async fn admitted_requests_reach_the_upstream_unchanged() {
     assert_eq!(seen["user_id"], "al ice");
     assert_eq!(seen["body_bytes"], 100_000);
     assert_eq!(seen["headers"]["x-custom"][0], "kept");
-    assert_eq!(seen["headers"]["x-forwarded-for"][0], "203.0.113.5, 127.0.0.1");
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"][0],
+        "203.0.113.5, 127.0.0.1"
+    );
     assert_eq!(seen["headers"]["via"][0], "1.1 s1");
 }
 
@@ -128,7 +184,10 @@ async fn two_limits_on_one_route_must_both_admit() {
     let routes = "routes:\n  - name: api\n    match: { path_prefix: / }\n    limits:\n      - { requests: 2, window: 1s }\n      - { requests: 3, window: 10s }\n";
     let (_redis, _up, s) = one_sidecar(routes).await;
     let r = get(s.port, "/?user_id=t").await.unwrap();
-    assert_eq!(r.header("ratelimit-policy"), Some("\"api-1s\";q=2;w=1, \"api-10s\";q=3;w=10"));
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"api-1s\";q=2;w=1, \"api-10s\";q=3;w=10")
+    );
     // Remaining: 1 of 2 (1 s) and 2 of 3 (10 s): the 1 s limit has least remaining.
     assert_eq!(r.header("ratelimit"), Some("\"api-1s\";r=1;t=1"));
     assert_eq!(get(s.port, "/?user_id=t").await.unwrap().status, 200);
@@ -139,10 +198,20 @@ async fn two_limits_on_one_route_must_both_admit() {
     let third = get(s.port, "/?user_id=t").await.unwrap();
     assert_eq!(third.status, 200);
     // Both limits at 0 remaining: the tie goes to the longer window.
-    assert!(third.header("ratelimit").unwrap().starts_with("\"api-10s\";r=0;t="), "{third:?}");
+    assert!(
+        third
+            .header("ratelimit")
+            .unwrap()
+            .starts_with("\"api-10s\";r=0;t="),
+        "{third:?}"
+    );
     let refused = get(s.port, "/?user_id=t").await.unwrap();
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.json()["window_s"], 10, "the 429 reports the limit that refuses longest");
+    assert_eq!(
+        refused.json()["window_s"],
+        10,
+        "the 429 reports the limit that refuses longest"
+    );
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((8..=9).contains(&retry), "retry-after {retry}");
 }
@@ -163,18 +232,46 @@ async fn routes_match_by_path_and_method_in_order() {
     match: { path_prefix: / }
 ";
     let (_redis, _up, s) = one_sidecar(routes).await;
-    let post = |path: &'static str| async move { request(s.port, "POST", path, &[], b"x").await.unwrap() };
+    let post =
+        |path: &'static str| async move { request(s.port, "POST", path, &[], b"x").await.unwrap() };
     assert_eq!(post("/login?user_id=m").await.status, 200);
     assert_eq!(post("/login?user_id=m").await.json()["route"], "login");
     assert_eq!(post("/api/a?user_id=m").await.status, 200);
     assert_eq!(post("/api/a?user_id=m").await.json()["route"], "writes");
     // GET goes to "reads", a separate quota; DELETE too (no methods listed).
-    assert_eq!(get(s.port, "/api/a?user_id=m").await.unwrap().header("ratelimit-policy"), Some("\"reads\";q=2;w=60"));
-    assert_eq!(request(s.port, "DELETE", "/api/a?user_id=m", &[], b"").await.unwrap().status, 200);
-    assert_eq!(get(s.port, "/api/a?user_id=m").await.unwrap().json()["route"], "reads");
+    assert_eq!(
+        get(s.port, "/api/a?user_id=m")
+            .await
+            .unwrap()
+            .header("ratelimit-policy"),
+        Some("\"reads\";q=2;w=60")
+    );
+    assert_eq!(
+        request(s.port, "DELETE", "/api/a?user_id=m", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get(s.port, "/api/a?user_id=m").await.unwrap().json()["route"],
+        "reads"
+    );
     // An exact path matches only itself; an encoded path cannot dodge its route.
-    assert_eq!(get(s.port, "/login?user_id=m").await.unwrap().header("ratelimit"), None);
-    assert_eq!(request(s.port, "POST", "/login/x?user_id=m", &[], b"").await.unwrap().header("ratelimit"), None);
+    assert_eq!(
+        get(s.port, "/login?user_id=m")
+            .await
+            .unwrap()
+            .header("ratelimit"),
+        None
+    );
+    assert_eq!(
+        request(s.port, "POST", "/login/x?user_id=m", &[], b"")
+            .await
+            .unwrap()
+            .header("ratelimit"),
+        None
+    );
     assert_eq!(get(s.port, "/%61pi/a?user_id=m").await.unwrap().status, 429);
 }
 
@@ -214,28 +311,106 @@ routes:
 ";
     let (_redis, _up, s) = one_sidecar(routes).await;
     // The query parameter names the caller even when a header is present.
-    assert_eq!(request(s.port, "GET", "/?user_id=ann", &[("x-user-id", "ben")], b"").await.unwrap().status, 200);
+    assert_eq!(
+        request(s.port, "GET", "/?user_id=ann", &[("x-user-id", "ben")], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // The same caller through the header is already counted.
-    assert_eq!(request(s.port, "GET", "/", &[("x-user-id", "ann")], b"").await.unwrap().status, 429);
+    assert_eq!(
+        request(s.port, "GET", "/", &[("x-user-id", "ann")], b"")
+            .await
+            .unwrap()
+            .status,
+        429
+    );
     // "ben" (header) was never counted, although the first request carried his header.
-    assert_eq!(request(s.port, "GET", "/", &[("x-user-id", "ben")], b"").await.unwrap().status, 200);
+    assert_eq!(
+        request(s.port, "GET", "/", &[("x-user-id", "ben")], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // No query or header: the client IP, read through the trusted proxy 127.0.0.1.
     let xff = |ip: &'static str| [("x-forwarded-for", ip)];
-    assert_eq!(request(s.port, "GET", "/", &xff("198.51.100.1"), b"").await.unwrap().status, 200);
-    assert_eq!(request(s.port, "GET", "/", &xff("198.51.100.1"), b"").await.unwrap().status, 429);
-    assert_eq!(request(s.port, "GET", "/", &xff("198.51.100.2"), b"").await.unwrap().status, 200);
+    assert_eq!(
+        request(s.port, "GET", "/", &xff("198.51.100.1"), b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request(s.port, "GET", "/", &xff("198.51.100.1"), b"")
+            .await
+            .unwrap()
+            .status,
+        429
+    );
+    assert_eq!(
+        request(s.port, "GET", "/", &xff("198.51.100.2"), b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // Empty values count as absent: this is the IP 198.51.100.2 again.
-    assert_eq!(request(s.port, "GET", "/?user_id=", &[("x-user-id", ""), ("x-forwarded-for", "198.51.100.2")], b"").await.unwrap().status, 429);
+    assert_eq!(
+        request(
+            s.port,
+            "GET",
+            "/?user_id=",
+            &[("x-user-id", ""), ("x-forwarded-for", "198.51.100.2")],
+            b""
+        )
+        .await
+        .unwrap()
+        .status,
+        429
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_peer_cannot_choose_its_ip() {
     let routes = "identity: [{ client_ip: true }]\nroutes:\n  - name: api\n    match: { path_prefix: / }\n    limits: [{ requests: 1, window: 60s }]\n";
     let (_redis, _up, s) = one_sidecar(routes).await;
-    assert_eq!(request(s.port, "GET", "/", &[("x-forwarded-for", "198.51.100.1")], b"").await.unwrap().status, 200);
+    assert_eq!(
+        request(
+            s.port,
+            "GET",
+            "/",
+            &[("x-forwarded-for", "198.51.100.1")],
+            b""
+        )
+        .await
+        .unwrap()
+        .status,
+        200
+    );
     // A different forged address is still the same peer, 127.0.0.1.
-    assert_eq!(request(s.port, "GET", "/", &[("x-forwarded-for", "198.51.100.2")], b"").await.unwrap().status, 429);
-    assert_eq!(request(s.port, "GET", "/", &[("x-real-ip", "198.51.100.3")], b"").await.unwrap().status, 429);
+    assert_eq!(
+        request(
+            s.port,
+            "GET",
+            "/",
+            &[("x-forwarded-for", "198.51.100.2")],
+            b""
+        )
+        .await
+        .unwrap()
+        .status,
+        429
+    );
+    assert_eq!(
+        request(s.port, "GET", "/", &[("x-real-ip", "198.51.100.3")], b"")
+            .await
+            .unwrap()
+            .status,
+        429
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,25 +426,50 @@ async fn stats_show_usage_and_never_consume_quota() {
 ";
     let (_redis, _up, s) = one_sidecar(routes).await;
     for _ in 0..3 {
-        assert_eq!(get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status, 200);
+        assert_eq!(
+            get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status,
+            200
+        );
     }
     for _ in 0..5 {
         let stats = get(s.admin_port, "/stats/st%2Fat").await.unwrap();
         assert_eq!(stats.status, 200);
         let j = stats.json();
         assert_eq!(j["user"], "st/at");
-        assert_eq!(j["routes"].as_array().unwrap().len(), 1, "only routes with limits: {j}");
+        assert_eq!(
+            j["routes"].as_array().unwrap().len(),
+            1,
+            "only routes with limits: {j}"
+        );
         assert_eq!(j["routes"][0]["route"], "api");
         let l = &j["routes"][0]["limits"];
-        assert_eq!((l[0]["requests"].as_u64(), l[0]["window_s"].as_u64()), (Some(5), Some(60)));
-        assert_eq!((l[0]["used"].as_u64(), l[0]["remaining"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(
+            (l[0]["requests"].as_u64(), l[0]["window_s"].as_u64()),
+            (Some(5), Some(60))
+        );
+        assert_eq!(
+            (l[0]["used"].as_u64(), l[0]["remaining"].as_u64()),
+            (Some(3), Some(2))
+        );
         assert!((59..=60).contains(&l[0]["reset_s"].as_u64().unwrap()));
-        assert_eq!((l[1]["requests"].as_u64(), l[1]["used"].as_u64()), (Some(50), Some(3)));
+        assert_eq!(
+            (l[1]["requests"].as_u64(), l[1]["used"].as_u64()),
+            (Some(50), Some(3))
+        );
     }
     // Stats were read five times and used nothing: exactly 2 more are admitted.
-    assert_eq!(get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status, 200);
-    assert_eq!(get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status, 200);
-    assert_eq!(get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status, 429);
+    assert_eq!(
+        get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        get(s.port, "/api/x?user_id=st%2Fat").await.unwrap().status,
+        429
+    );
     let vip = get(s.admin_port, "/stats/vip").await.unwrap().json();
     assert_eq!(vip["routes"][0]["limits"][0]["requests"], 500);
     assert_eq!(vip["routes"][0]["limits"][0]["used"], 0);
@@ -301,7 +501,10 @@ async fn three_sidecars_on_one_redis_admit_exactly_l_of_1000_concurrent() {
         assert_eq!(count_status(&replies, 200), 100, "trial {trial}: admitted");
         assert_eq!(count_status(&replies, 429), 900, "trial {trial}: refused");
         for s in &sidecars {
-            let stats = get(s.admin_port, &format!("/stats/burst{trial}")).await.unwrap().json();
+            let stats = get(s.admin_port, &format!("/stats/burst{trial}"))
+                .await
+                .unwrap()
+                .json();
             assert_eq!(stats["routes"][0]["limits"][0]["used"], 100);
         }
     }
@@ -323,7 +526,10 @@ async fn the_memory_backend_is_exact_for_one_instance() {
     let stats = get(s.admin_port, "/stats/m").await.unwrap().json();
     assert_eq!(stats["routes"][0]["limits"][0]["used"], 50);
     let health = get(s.admin_port, "/health").await.unwrap().json();
-    assert_eq!((health["store"].as_str(), health["backend"].as_str()), (Some("ok"), Some("memory")));
+    assert_eq!(
+        (health["store"].as_str(), health["backend"].as_str()),
+        (Some("ok"), Some("memory"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,11 +539,21 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
     assert!(redis.cmd("SCRIPT FLUSH").await.starts_with("+OK"));
     let r = get(s.port, "/api/x?user_id=f").await.unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("x-ratelimit-remaining"), Some("3"), "the count survived the flush");
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("3"),
+        "the count survived the flush"
+    );
     // Keys carry the prefix and the caller's hash tag, and expire with their window.
     let keys = redis.cmd("KEYS *").await;
     assert!(keys.contains("sluice:{api:f}:60000"), "{keys}");
-    let ttl: i64 = redis.cmd("PTTL sluice:{api:f}:60000").await.trim_start_matches(':').trim().parse().unwrap();
+    let ttl: i64 = redis
+        .cmd("PTTL sluice:{api:f}:60000")
+        .await
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap();
     assert!((59_000..=60_000).contains(&ttl), "pttl {ttl}");
 }
 
@@ -347,11 +563,16 @@ async fn when_redis_is_down_on_error_decides_and_health_says_degraded() {
     let up = Upstream::start(&dir).await;
     let dead = free_port();
     let routes = "routes:\n  - name: api\n    match: { path_prefix: /api/ }\n    limits: [{ requests: 1, window: 60s }]\n  - name: open\n    match: { path_prefix: / }\n";
-    let store = |on_error: &str| format!("store:\n  backend: redis\n  url: \"redis://127.0.0.1:{dead}\"\n  timeout: 100ms\n  on_error: {on_error}\n{routes}");
+    let store = |on_error: &str| {
+        format!("store:\n  backend: redis\n  url: \"redis://127.0.0.1:{dead}\"\n  timeout: 100ms\n  on_error: {on_error}\n{routes}")
+    };
     let allow = Sidecar::start(&dir, "allow", up.port, &store("allow")).await;
     let deny = Sidecar::start(&dir, "deny", up.port, &store("deny")).await;
     for _ in 0..3 {
-        assert_eq!(get(allow.port, "/api/x?user_id=z").await.unwrap().status, 200);
+        assert_eq!(
+            get(allow.port, "/api/x?user_id=z").await.unwrap().status,
+            200
+        );
         let refused = get(deny.port, "/api/x?user_id=z").await.unwrap();
         assert_eq!(refused.status, 503);
         assert_eq!(refused.json()["error"], "store_unavailable");

@@ -22,14 +22,21 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "d" => 86_400_000,
         _ => return None,
     };
-    value.checked_mul(millis_per_unit).map(Duration::from_millis)
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
 }
 
 /// Formats a duration the way a user would write it (`1500ms`, `60s`, `2m`): used in messages.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms % size == 0 {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -52,7 +59,17 @@ mod tests {
 
     #[test]
     fn rejects_what_is_ambiguous_or_malformed() {
-        for bad in ["", "60", "5x", "s", "1.5s", "-1s", "1 s", "10sec", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "60",
+            "5x",
+            "s",
+            "1.5s",
+            "-1s",
+            "1 s",
+            "10sec",
+            "99999999999999999999d",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad:?} must be rejected");
         }
     }

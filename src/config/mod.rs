@@ -96,10 +96,125 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 }
 
 /// Validates config `text`; `name` is the file name that every message starts with.
-pub fn parse(name: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+pub fn parse(
+    name: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let prefix = |problems: Vec<String>| ConfigError {
-        lines: problems.into_iter().map(|p| format!("{name}: {p}")).collect(),
+        lines: problems
+            .into_iter()
+            .map(|p| format!("{name}: {p}"))
+            .collect(),
     };
     let file = validate::deserialize(text).map_err(|p| prefix(vec![p]))?;
     validate::build(file, env).map_err(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentitySource;
+    use crate::routes::PathMatch;
+
+    const EXAMPLE: &str = r#"
+server: { listen: "0.0.0.0:8080", admin_listen: "127.0.0.1:9090", threads: 4 }
+upstream: { addrs: ["127.0.0.1:9000", "upstream:9001"] }
+store: { backend: redis, url: "redis://127.0.0.1:6379", timeout: 100ms, on_error: deny }
+identity: [{ query: user_id }, { header: X-User-Id }, { client_ip: true }]
+routes:
+  - name: api
+    match: { path_prefix: /api/, methods: [get, POST] }
+    limits: [{ requests: 100, window: 60s }, { requests: 1000, window: 1h }]
+    overrides:
+      vip: { limits: [{ requests: 1000, window: 60s }] }
+  - name: open
+    match: { path_prefix: / }
+    limits: []
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_documented_example_parses_into_the_runtime_model() {
+        let c = parse("x.yaml", EXAMPLE, &no_env).unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:8080");
+        assert_eq!(c.server.threads, 4);
+        assert_eq!(c.upstream.addrs, ["127.0.0.1:9000", "upstream:9001"]);
+        assert_eq!(
+            c.store.backend,
+            Backend::Redis {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(c.store.timeout, Duration::from_millis(100));
+        assert_eq!(c.store.on_error, OnError::Deny);
+        assert_eq!(c.store.prefix, "sluice:");
+        assert_eq!(
+            c.identity.sources[1],
+            IdentitySource::Header(http::HeaderName::from_static("x-user-id"))
+        );
+        let api = &c.routes.routes()[0];
+        assert_eq!(api.path, PathMatch::Prefix("/api/".into()));
+        assert_eq!(
+            api.methods.as_deref(),
+            Some(&["GET".to_string(), "POST".to_string()][..])
+        );
+        assert_eq!(api.limits[1].window, Duration::from_secs(3600));
+        assert_eq!(api.limits_for(b"vip")[0].requests.get(), 1000);
+        assert!(c.routes.routes()[1].limits.is_empty());
+    }
+
+    #[test]
+    fn a_file_without_store_uses_memory_and_defaults() {
+        let c = parse("x.yaml", "upstream: { addrs: [\"h:1\"] }", &no_env).unwrap();
+        assert_eq!(c.store.backend, Backend::Memory);
+        assert_eq!(c.store.on_error, OnError::Allow);
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.server.admin_listen, "127.0.0.1:9090");
+        assert_eq!(c.identity.sources.len(), 3);
+        assert!(c.identity.trusted.0.is_empty(), "trust nobody by default");
+        assert!(c.server.instance.ends_with(":8080"));
+    }
+
+    #[test]
+    fn environment_overrides_win_over_the_file() {
+        let env = |k: &str| match k {
+            "SLUICE_LISTEN" => Some("127.0.0.1:1".to_string()),
+            "SLUICE_ADMIN_LISTEN" => Some("127.0.0.1:2".to_string()),
+            "SLUICE_UPSTREAMS" => Some("a:1, b:2".to_string()),
+            "SLUICE_REDIS_URL" => Some("redis://r:6379".to_string()),
+            "SLUICE_INSTANCE" => Some("east-1".to_string()),
+            _ => None,
+        };
+        let c = parse("x.yaml", "upstream: { addrs: [\"h:1\"] }", &env).unwrap();
+        assert_eq!(
+            (c.server.listen.as_str(), c.server.admin_listen.as_str()),
+            ("127.0.0.1:1", "127.0.0.1:2")
+        );
+        assert_eq!(c.upstream.addrs, ["a:1", "b:2"]);
+        assert_eq!(
+            c.store.backend,
+            Backend::Redis {
+                url: "redis://r:6379".into()
+            }
+        );
+        assert_eq!(c.server.instance, "east-1");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_file_and_path() {
+        let text = "upstream: { addrs: [] }\nstore: { timeout: 0ms }\nroutes: [{ name: a, match: { path: x } }]";
+        let e = parse("f.yaml", text, &no_env).unwrap_err();
+        assert_eq!(
+            e.lines,
+            [
+                "f.yaml: upstream.addrs: at least one address is required (e.g. [\"127.0.0.1:9000\"])",
+                "f.yaml: store.timeout: must be longer than 0",
+                "f.yaml: routes[0].match.path: must start with \"/\" (got \"x\")",
+            ]
+        );
+    }
 }

@@ -17,8 +17,11 @@ pub(super) fn deserialize(text: &str) -> Result<FileConfig, String> {
         let inner = e.into_inner();
         let location = inner.location();
         let msg = readable(&inner.to_string());
-        // serde_yaml sometimes starts its message with the path itself.
-        let msg = msg.strip_prefix(&format!("{path}: ")).map(str::to_string).unwrap_or(msg);
+        // serde_yaml starts some messages with its own path ("routes[0]: ..."); ours replaces it.
+        let msg = match msg.split_once(": ") {
+            Some((head, rest)) if !head.contains(char::is_whitespace) => rest.to_string(),
+            _ => msg,
+        };
         match msg.strip_prefix("unknown field ") {
             // serde names the parent's path plus the unknown key; report it at the parent.
             Some(rest) => {
@@ -70,7 +73,10 @@ impl Problems {
 }
 
 /// Applies the `SLUICE_*` overrides, then validates and converts the whole file.
-pub(super) fn build(mut file: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
+pub(super) fn build(
+    mut file: FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<String>> {
     let mut p = Problems {
         lines: Vec::new(),
         from_env: HashMap::new(),
@@ -94,7 +100,11 @@ pub(super) fn build(mut file: FileConfig, env: &dyn Fn(&str) -> Option<String>) 
     })
 }
 
-fn apply_env(file: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>, from: &mut HashMap<&'static str, &'static str>) {
+fn apply_env(
+    file: &mut FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    from: &mut HashMap<&'static str, &'static str>,
+) {
     if let Some(v) = env("SLUICE_LISTEN") {
         file.server.listen = Some(v);
         from.insert("server.listen", "SLUICE_LISTEN");
@@ -108,7 +118,10 @@ fn apply_env(file: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>, from: 
         from.insert("server.instance", "SLUICE_INSTANCE");
     }
     if let Some(v) = env("SLUICE_UPSTREAMS") {
-        let addrs = v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty());
+        let addrs = v
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty());
         file.upstream.addrs = Some(addrs.collect());
         from.insert("upstream.addrs", "SLUICE_UPSTREAMS");
     }
@@ -127,52 +140,90 @@ fn apply_env(file: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>, from: 
     }
 }
 
-fn duration(text: Option<&Text>, default: Duration, path: &str, p: &mut Problems) -> Duration {
+/// The duration at `path`: `default` when absent, `None` (and a problem) when malformed.
+fn duration(
+    text: Option<&Text>,
+    default: Duration,
+    path: &str,
+    p: &mut Problems,
+) -> Option<Duration> {
     let Some(Text(text)) = text else {
-        return default;
+        return Some(default);
     };
-    match parse_duration(text) {
-        Some(d) => d,
-        None => {
-            p.add(path, format!("invalid duration \"{text}\" ({DURATION_HINT})"));
-            default
-        }
+    let parsed = parse_duration(text);
+    if parsed.is_none() {
+        p.add(
+            path,
+            format!("invalid duration \"{text}\" ({DURATION_HINT})"),
+        );
     }
+    parsed
 }
 
-fn positive_duration(text: Option<&Text>, default: Duration, path: &str, p: &mut Problems) -> Duration {
-    let d = duration(text, default, path, p);
+/// Like [`duration`], and zero is a problem too.
+fn positive_duration(
+    text: Option<&Text>,
+    default: Duration,
+    path: &str,
+    p: &mut Problems,
+) -> Option<Duration> {
+    let d = duration(text, default, path, p)?;
     if d.is_zero() {
         p.add(path, "must be longer than 0");
+        return None;
     }
-    d
+    Some(d)
 }
 
 fn socket_addr(value: &str, path: &str, p: &mut Problems) {
     if value.parse::<SocketAddr>().is_err() {
-        p.add(path, format!("invalid socket address \"{value}\" (use e.g. 127.0.0.1:8080 or [::1]:8080)"));
+        p.add(
+            path,
+            format!("invalid socket address \"{value}\" (use e.g. 127.0.0.1:8080 or [::1]:8080)"),
+        );
     }
 }
 
 fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
     let listen = s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
     socket_addr(&listen, "server.listen", p);
-    let admin_listen = s.admin_listen.clone().unwrap_or_else(|| "127.0.0.1:9090".into());
+    let admin_listen = s
+        .admin_listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
     socket_addr(&admin_listen, "server.admin_listen", p);
     let threads = s.threads.unwrap_or(2);
     if threads == 0 || threads > 256 {
         p.add("server.threads", "must be between 1 and 256");
     }
-    let instance = s.instance.clone().unwrap_or_else(|| default_instance(&listen));
-    if instance.is_empty() || !instance.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) {
-        p.add("server.instance", format!("invalid instance name \"{instance}\" (use letters, digits, '.', '_', ':', '-')"));
+    let instance = s
+        .instance
+        .clone()
+        .unwrap_or_else(|| default_instance(&listen));
+    if instance.is_empty()
+        || !instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        p.add(
+            "server.instance",
+            format!(
+                "invalid instance name \"{instance}\" (use letters, digits, '.', '_', ':', '-')"
+            ),
+        );
     }
     ServerConfig {
         listen,
         admin_listen,
         threads: threads.clamp(1, 256) as usize,
         instance,
-        grace_period: duration(s.grace_period.as_ref(), Duration::ZERO, "server.grace_period", p),
+        grace_period: duration(
+            s.grace_period.as_ref(),
+            Duration::ZERO,
+            "server.grace_period",
+            p,
+        )
+        .unwrap_or_default(),
     }
 }
 
@@ -190,17 +241,35 @@ fn default_instance(listen: &str) -> String {
 fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
     let addrs = u.addrs.clone().unwrap_or_default();
     if addrs.is_empty() {
-        p.add("upstream.addrs", "at least one address is required (e.g. [\"127.0.0.1:9000\"])");
+        p.add(
+            "upstream.addrs",
+            "at least one address is required (e.g. [\"127.0.0.1:9000\"])",
+        );
     }
     for (i, addr) in addrs.iter().enumerate() {
         if !is_host_port(addr) {
-            p.add(&format!("upstream.addrs[{i}]"), format!("invalid address \"{addr}\" (use host:port)"));
+            p.add(
+                &format!("upstream.addrs[{i}]"),
+                format!("invalid address \"{addr}\" (use host:port)"),
+            );
         }
     }
     UpstreamConfig {
         addrs,
-        connect_timeout: positive_duration(u.connect_timeout.as_ref(), Duration::from_secs(1), "upstream.connect_timeout", p),
-        idle_timeout: positive_duration(u.idle_timeout.as_ref(), Duration::from_secs(30), "upstream.idle_timeout", p),
+        connect_timeout: positive_duration(
+            u.connect_timeout.as_ref(),
+            Duration::from_secs(1),
+            "upstream.connect_timeout",
+            p,
+        )
+        .unwrap_or_default(),
+        idle_timeout: positive_duration(
+            u.idle_timeout.as_ref(),
+            Duration::from_secs(30),
+            "upstream.idle_timeout",
+            p,
+        )
+        .unwrap_or_default(),
     }
 }
 
@@ -210,7 +279,12 @@ fn is_host_port(addr: &str) -> bool {
     };
     let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b)),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
+        }
     };
     host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
@@ -226,21 +300,34 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
         BackendFile::Memory => Backend::Memory,
         BackendFile::Redis => {
             let url = url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-            let scheme_ok = ["redis://", "redis+unix://", "unix://"].iter().any(|s| url.starts_with(s));
+            let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| url.starts_with(s));
             if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
-                p.add("store.url", format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379)"));
+                p.add(
+                    "store.url",
+                    format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379)"),
+                );
             }
             Backend::Redis { url }
         }
     };
     StoreConfig {
         backend,
-        timeout: positive_duration(s.and_then(|s| s.timeout.as_ref()), Duration::from_millis(100), "store.timeout", p),
+        timeout: positive_duration(
+            s.and_then(|s| s.timeout.as_ref()),
+            Duration::from_millis(100),
+            "store.timeout",
+            p,
+        )
+        .unwrap_or_default(),
         on_error: match s.and_then(|s| s.on_error) {
             Some(OnErrorFile::Deny) => OnError::Deny,
             _ => OnError::Allow,
         },
-        prefix: s.and_then(|s| s.prefix.clone()).unwrap_or_else(|| "sluice:".into()),
+        prefix: s
+            .and_then(|s| s.prefix.clone())
+            .unwrap_or_else(|| "sluice:".into()),
         connections: match s.and_then(|s| s.connections).unwrap_or(2) {
             n @ 1..=64 => n as usize,
             _ => {
@@ -256,7 +343,10 @@ fn trusted_proxies(list: &[String], p: &mut Problems) -> TrustedProxies {
     for (i, text) in list.iter().enumerate() {
         match Cidr::parse(text) {
             Some(c) => cidrs.push(c),
-            None => p.add(&format!("trusted_proxies[{i}]"), format!("invalid CIDR \"{text}\" (use e.g. 10.0.0.0/8 or ::1/128)")),
+            None => p.add(
+                &format!("trusted_proxies[{i}]"),
+                format!("invalid CIDR \"{text}\" (use e.g. 10.0.0.0/8 or ::1/128)"),
+            ),
         }
     }
     TrustedProxies(cidrs)
@@ -271,21 +361,35 @@ fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySour
         ];
     };
     if list.is_empty() {
-        p.add("identity", "at least one source is required (query, header or client_ip)");
+        p.add(
+            "identity",
+            "at least one source is required (query, header or client_ip)",
+        );
     }
     let mut sources = Vec::new();
     for (i, item) in list.iter().enumerate() {
         let at = format!("identity[{i}]");
         match (&item.query, &item.header, item.client_ip) {
-            (Some(name), None, None) if name.is_empty() => p.add(&format!("{at}.query"), "must name a query parameter"),
+            (Some(name), None, None) if name.is_empty() => {
+                p.add(&format!("{at}.query"), "must name a query parameter")
+            }
             (Some(name), None, None) => sources.push(IdentitySource::Query(name.clone())),
             (None, Some(name), None) => match http::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(h) => sources.push(IdentitySource::Header(h)),
-                Err(_) => p.add(&format!("{at}.header"), format!("invalid header name \"{name}\"")),
+                Err(_) => p.add(
+                    &format!("{at}.header"),
+                    format!("invalid header name \"{name}\""),
+                ),
             },
             (None, None, Some(true)) => sources.push(IdentitySource::ClientIp),
-            (None, None, Some(false)) => p.add(&format!("{at}.client_ip"), "must be true (remove the entry to leave the client IP out)"),
-            _ => p.add(&at, "needs exactly one of \"query\", \"header\" or \"client_ip\""),
+            (None, None, Some(false)) => p.add(
+                &format!("{at}.client_ip"),
+                "must be true (remove the entry to leave the client IP out)",
+            ),
+            _ => p.add(
+                &at,
+                "needs exactly one of \"query\", \"header\" or \"client_ip\"",
+            ),
         }
     }
     sources
@@ -296,10 +400,24 @@ fn routes(list: &[RouteFile], p: &mut Problems) -> Vec<Route> {
     let mut routes = Vec::new();
     for (i, r) in list.iter().enumerate() {
         let path = format!("routes[{i}]");
-        if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            p.add(&format!("{path}.name"), format!("invalid route name \"{}\" (use letters, digits, '.', '_', '-')", r.name));
+        if r.name.is_empty()
+            || !r
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            p.add(
+                &format!("{path}.name"),
+                format!(
+                    "invalid route name \"{}\" (use letters, digits, '.', '_', '-')",
+                    r.name
+                ),
+            );
         } else if let Some(first) = seen.insert(&r.name, i) {
-            p.add(&format!("{path}.name"), format!("duplicate route name \"{}\" (also routes[{first}])", r.name));
+            p.add(
+                &format!("{path}.name"),
+                format!("duplicate route name \"{}\" (also routes[{first}])", r.name),
+            );
         }
         let (path_match, methods) = matcher(&r.matcher, &format!("{path}.match"), p);
         let limits = limits(&r.limits, &format!("{path}.limits"), p);
@@ -329,18 +447,27 @@ fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Ve
         PathMatch::Prefix(v) => ("path_prefix", v),
     };
     if !value.starts_with('/') {
-        p.add(&format!("{path}.{field}"), format!("must start with \"/\" (got \"{value}\")"));
+        p.add(
+            &format!("{path}.{field}"),
+            format!("must start with \"/\" (got \"{value}\")"),
+        );
     }
     let methods = m.methods.as_ref().map(|ms| {
         if ms.is_empty() {
-            p.add(&format!("{path}.methods"), "must list at least one method (leave it out to match all)");
+            p.add(
+                &format!("{path}.methods"),
+                "must list at least one method (leave it out to match all)",
+            );
         }
         ms.iter()
             .enumerate()
             .map(|(j, m)| {
                 let upper = m.to_ascii_uppercase();
                 if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
-                    p.add(&format!("{path}.methods[{j}]"), format!("invalid method \"{m}\""));
+                    p.add(
+                        &format!("{path}.methods[{j}]"),
+                        format!("invalid method \"{m}\""),
+                    );
                 }
                 upper
             })
@@ -360,28 +487,38 @@ fn limits(list: &[LimitFile], path: &str, p: &mut Problems) -> Vec<Limit> {
                 None
             }
             None => {
-                p.add(&format!("{at}.requests"), format!("must be at most {}", u32::MAX));
+                p.add(
+                    &format!("{at}.requests"),
+                    format!("must be at most {}", u32::MAX),
+                );
                 None
             }
         };
         let window = positive_duration(Some(&l.window), Duration::ZERO, &format!("{at}.window"), p);
-        if window > Duration::from_secs(366 * 86_400) {
-            p.add(&format!("{at}.window"), "must be at most 366d");
+        if let Some(window) = window {
+            if window > Duration::from_secs(366 * 86_400) {
+                p.add(&format!("{at}.window"), "must be at most 366d");
+            }
+            if let Some(dup) = out.iter().position(|o| o.window == window) {
+                let shown = format_duration(window);
+                p.add(
+                    &format!("{at}.window"),
+                    format!("duplicate window {shown} (also {path}[{dup}]; each limit of a route needs its own window)"),
+                );
+            }
         }
-        if let Some(dup) = out.iter().position(|o| o.window == window && !window.is_zero()) {
-            p.add(
-                &format!("{at}.window"),
-                format!("duplicate window {} (also {path}[{dup}]; each limit of a route needs its own window)", format_duration(window)),
-            );
-        }
-        if let (Some(requests), false) = (requests, window.is_zero()) {
+        if let (Some(requests), Some(window)) = (requests, window) {
             out.push(Limit { requests, window });
         }
     }
     out
 }
 
-fn overrides(map: &BTreeMap<String, OverrideFile>, path: &str, p: &mut Problems) -> HashMap<Vec<u8>, Vec<Limit>> {
+fn overrides(
+    map: &BTreeMap<String, OverrideFile>,
+    path: &str,
+    p: &mut Problems,
+) -> HashMap<Vec<u8>, Vec<Limit>> {
     map.iter()
         .map(|(user, o)| {
             let at = format!("{path}.overrides.{user}.limits");

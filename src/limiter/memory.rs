@@ -109,7 +109,7 @@ impl MemoryLimiter {
     /// Checks all `limits`; counts the request against every one only if all admit it.
     pub fn check(&self, key: &str, limits: &[Limit]) -> Decision {
         let now = self.clock.now_us();
-        if self.decisions.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
+        if self.decisions.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
             self.sweep_one(now);
         }
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
@@ -133,9 +133,15 @@ impl MemoryLimiter {
                 let reset = log.front().map_or(0, |&t| t + window - now);
                 // Refused: this limit admits again when the (n - requests)-th oldest leaves.
                 let full = !admitted && n >= l.requests.get() as usize;
-                let nth = full.then(|| log.get(n - l.requests.get() as usize)).flatten();
+                let nth = full
+                    .then(|| log.get(n - l.requests.get() as usize))
+                    .flatten();
                 let retry = nth.map_or(0, |&t| t + window - now);
-                (n as u32, Duration::from_micros(reset), Duration::from_micros(retry))
+                (
+                    n as u32,
+                    Duration::from_micros(reset),
+                    Duration::from_micros(retry),
+                )
             })
             .collect();
         if admitted {
@@ -153,7 +159,13 @@ impl MemoryLimiter {
         let now = self.clock.now_us();
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = shard.get_mut(key) else {
-            return limits.iter().map(|_| Usage { used: 0, reset: Duration::ZERO }).collect();
+            return limits
+                .iter()
+                .map(|_| Usage {
+                    used: 0,
+                    reset: Duration::ZERO,
+                })
+                .collect();
         };
         limits
             .iter()
@@ -177,7 +189,10 @@ impl MemoryLimiter {
 
     /// Callers currently held (for tests and memory checks).
     pub fn callers(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 }
 
@@ -246,7 +261,11 @@ mod tests {
         assert!(m.check("k", &l).is_admitted());
         let d = m.check("k", &l);
         assert!(!d.is_admitted());
-        assert_eq!(d.states()[1].used, 2, "a refused request counts against no limit");
+        assert_eq!(
+            d.states()[1].used,
+            2,
+            "a refused request counts against no limit"
+        );
         clock.advance(Duration::from_millis(1000));
         assert!(m.check("k", &l).is_admitted());
         let d = m.check("k", &l);

@@ -42,11 +42,20 @@ pub enum Decision {
 
 impl Decision {
     /// Builds a decision from the per-limit `(used, reset, retry)` triples a store returns.
-    pub fn from_parts(admitted: bool, limits: &[Limit], parts: impl IntoIterator<Item = (u32, Duration, Duration)>) -> Decision {
+    pub fn from_parts(
+        admitted: bool,
+        limits: &[Limit],
+        parts: impl IntoIterator<Item = (u32, Duration, Duration)>,
+    ) -> Decision {
         let states = limits
             .iter()
             .zip(parts)
-            .map(|(&limit, (used, reset, retry))| LimitState { limit, used, reset, retry })
+            .map(|(&limit, (used, reset, retry))| LimitState {
+                limit,
+                used,
+                reset,
+                retry,
+            })
             .collect();
         match admitted {
             true => Decision::Admitted { states },
@@ -99,7 +108,8 @@ pub enum StoreError {
 /// collide with another or inject `}` or `:` into the key. An anonymous caller is `~`, which
 /// no escaped identity can be.
 pub fn caller_key(prefix: &str, route: &str, caller: Option<&[u8]>) -> String {
-    let mut key = String::with_capacity(prefix.len() + route.len() + 8 + caller.map_or(1, |c| c.len()));
+    let mut key =
+        String::with_capacity(prefix.len() + route.len() + 8 + caller.map_or(1, |c| c.len()));
     key.push_str(prefix);
     key.push('{');
     key.push_str(route);
@@ -123,14 +133,14 @@ pub fn caller_key(prefix: &str, route: &str, caller: Option<&[u8]>) -> String {
 /// The store behind every decision: one enum, so the hot path needs no boxing or dynamic call.
 pub enum Store {
     Memory(std::sync::Arc<MemoryLimiter>),
-    Redis(RedisLimiter),
+    Redis(Box<RedisLimiter>),
 }
 
 impl Store {
     pub fn new(config: &StoreConfig, instance: &str) -> Result<Store, StoreError> {
         Ok(match &config.backend {
             Backend::Memory => Store::Memory(std::sync::Arc::new(MemoryLimiter::new())),
-            Backend::Redis { url } => Store::Redis(RedisLimiter::new(url, config, instance)?),
+            Backend::Redis { url } => Store::Redis(Box::new(RedisLimiter::new(url, config, instance)?)),
         })
     }
 
@@ -140,7 +150,7 @@ impl Store {
     pub fn sibling(&self) -> Store {
         match self {
             Store::Memory(m) => Store::Memory(m.clone()),
-            Store::Redis(r) => Store::Redis(r.sibling()),
+            Store::Redis(r) => Store::Redis(Box::new(r.sibling())),
         }
     }
 
@@ -187,9 +197,18 @@ mod tests {
 
     #[test]
     fn caller_keys_escape_and_never_collide() {
-        assert_eq!(caller_key("sluice:", "api", Some(b"alice")), "sluice:{api:alice}");
-        assert_eq!(caller_key("sluice:", "api", Some(b"a}b:c")), "sluice:{api:a%7Db%3Ac}");
-        assert_eq!(caller_key("sluice:", "api", Some(b"%7D")), "sluice:{api:%257D}");
+        assert_eq!(
+            caller_key("sluice:", "api", Some(b"alice")),
+            "sluice:{api:alice}"
+        );
+        assert_eq!(
+            caller_key("sluice:", "api", Some(b"a}b:c")),
+            "sluice:{api:a%7Db%3Ac}"
+        );
+        assert_eq!(
+            caller_key("sluice:", "api", Some(b"%7D")),
+            "sluice:{api:%257D}"
+        );
         assert_eq!(caller_key("sluice:", "api", None), "sluice:{api:~}");
         assert_eq!(caller_key("sluice:", "api", Some(b"~")), "sluice:{api:%7E}");
         assert_eq!(caller_key("p:", "r", Some("ö".as_bytes())), "p:{r:%C3%B6}");

@@ -76,13 +76,23 @@ impl RedisLimiter {
             return Ok(pool[i].clone());
         }
         let pool: Result<Vec<_>, _> = (0..self.pool_size.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config.clone()))
+            .map(|_| {
+                ConnectionManager::new_lazy_with_config(
+                    self.client.clone(),
+                    self.manager_config.clone(),
+                )
+            })
             .collect();
         let pool = self.connections.get_or_init(|| pool.unwrap_or_default());
-        pool.first().cloned().ok_or_else(|| StoreError::Reply("no Redis connection could be set up".into()))
+        pool.first()
+            .cloned()
+            .ok_or_else(|| StoreError::Reply("no Redis connection could be set up".into()))
     }
 
-    async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
@@ -91,17 +101,25 @@ impl RedisLimiter {
 
     pub async fn check(&self, key: &str, limits: &[Limit]) -> Result<Decision, StoreError> {
         let mut conn = self.connection()?;
-        let member = format!("{}{:x}", self.member_prefix, self.counter.fetch_add(1, Ordering::Relaxed));
+        let member = format!(
+            "{}{:x}",
+            self.member_prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
         let mut call = self.check_script.prepare_invoke();
         call.arg(member);
         for l in limits {
-            call.key(limit_key(key, l)).arg(l.requests.get()).arg(l.window.as_micros() as u64);
+            call.key(limit_key(key, l))
+                .arg(l.requests.get())
+                .arg(l.window.as_micros() as u64);
         }
         let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
         if reply.len() != 1 + 3 * limits.len() {
             return Err(StoreError::Reply(format!("{reply:?}")));
         }
-        let parts = reply[1..].chunks(3).map(|c| (c[0].max(0) as u32, micros(c[1]), micros(c[2])));
+        let parts = reply[1..]
+            .chunks(3)
+            .map(|c| (c[0].max(0) as u32, micros(c[1]), micros(c[2])));
         Ok(Decision::from_parts(reply[0] == 1, limits, parts))
     }
 
@@ -126,7 +144,9 @@ impl RedisLimiter {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.connection()?;
-        let pong: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        let pong: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
         match pong.as_str() {
             "PONG" => Ok(()),
             other => Err(StoreError::Reply(other.to_string())),
@@ -142,6 +162,7 @@ fn micros(v: i64) -> Duration {
 /// the standard library's randomly keyed hasher, mixed with the instance name and process id.
 fn unique_prefix(instance: &str) -> String {
     use std::hash::BuildHasher;
-    let random = std::collections::hash_map::RandomState::new().hash_one((instance, std::process::id()));
+    let random =
+        std::collections::hash_map::RandomState::new().hash_one((instance, std::process::id()));
     format!("{random:016x}:")
 }

@@ -40,14 +40,22 @@ pub fn repo_root() -> PathBuf {
 /// A fresh directory for one test's files and logs.
 pub fn scratch_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// A child process killed when dropped.
@@ -85,7 +93,11 @@ impl Proc {
     /// Fails the test with the log when the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited ({status}); its log:\n{}", self.name, self.log_text());
+            panic!(
+                "{} exited ({status}); its log:\n{}",
+                self.name,
+                self.log_text()
+            );
         }
     }
 
@@ -111,7 +123,11 @@ pub async fn wait_until(proc: &mut Proc, limit: Duration, mut ready: impl AsyncF
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("{} did not become ready in {limit:?}; its log:\n{}", proc.name, proc.log_text());
+    panic!(
+        "{} did not become ready in {limit:?}; its log:\n{}",
+        proc.name,
+        proc.log_text()
+    );
 }
 
 pub struct Redis {
@@ -121,17 +137,33 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start(dir: &Path) -> Redis {
-        let which = Command::new("sh").args(["-c", "command -v redis-server"]).output();
+        let which = Command::new("sh")
+            .args(["-c", "command -v redis-server"])
+            .output();
         assert!(
             which.is_ok_and(|o| o.status.success()),
             "redis-server is not installed: install the Debian package redis-server (apt-get install redis-server)"
         );
         let port = free_port();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
         cmd.current_dir(dir);
         let mut proc = Proc::spawn("redis", &mut cmd, dir);
-        wait_until(&mut proc, Duration::from_secs(10), async || redis_cmd(port, "PING").await.is_some_and(|r| r.starts_with("+PONG"))).await;
+        wait_until(&mut proc, Duration::from_secs(10), async || {
+            redis_cmd(port, "PING")
+                .await
+                .is_some_and(|r| r.starts_with("+PONG"))
+        })
+        .await;
         Redis { proc, port }
     }
 
@@ -147,9 +179,14 @@ impl Redis {
 /// Sends one inline command to Redis and returns the raw reply.
 pub async fn redis_cmd(port: u16, command: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("{command}\r\n").as_bytes()).await.ok()?;
+    s.write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = vec![0u8; 65536];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.ok()?.ok()?;
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
@@ -164,7 +201,10 @@ impl Upstream {
         let mut cmd = Command::new(upstream_bin());
         cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
         let mut proc = Proc::spawn("upstream", &mut cmd, dir);
-        wait_until(&mut proc, Duration::from_secs(10), async || get(port, "/ready").await.is_ok_and(|r| r.status == 200)).await;
+        wait_until(&mut proc, Duration::from_secs(10), async || {
+            get(port, "/ready").await.is_ok_and(|r| r.status == 200)
+        })
+        .await;
         Upstream { proc, port }
     }
 }
@@ -188,13 +228,24 @@ impl Sidecar {
         Self::start_with(dir, name, &config, port, admin_port).await
     }
 
-    pub async fn start_with(dir: &Path, name: &str, config: &Path, port: u16, admin_port: u16) -> Sidecar {
+    pub async fn start_with(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        port: u16,
+        admin_port: u16,
+    ) -> Sidecar {
         let mut cmd = Command::new(sluice_bin());
-        cmd.arg("--config").arg(config).env("RUST_LOG", "warn,sluice=info");
+        cmd.arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn,sluice=info");
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         wait_until(&mut proc, Duration::from_secs(15), async || {
             // A bare connect: a request here could count against a limit.
-            get(admin_port, "/health").await.is_ok_and(|r| r.status == 200) && TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            get(admin_port, "/health")
+                .await
+                .is_ok_and(|r| r.status == 200)
+                && TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
         .await;
         Sidecar {
@@ -217,11 +268,15 @@ pub struct Reply {
 impl Reply {
     /// The value of header `name` (case-insensitive), if present once or more (first one).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 }
 
@@ -230,13 +285,26 @@ pub async fn get(port: u16, target: &str) -> std::io::Result<Reply> {
 }
 
 /// Sends one request on a fresh connection (`Connection: close`) and reads the whole reply.
-pub async fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
+pub async fn request(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
     send(&mut s, method, target, headers, body).await
 }
 
-pub async fn send(s: &mut TcpStream, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+pub async fn send(
+    s: &mut TcpStream,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut head =
+        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -255,7 +323,9 @@ pub async fn send(s: &mut TcpStream, method: &str, target: &str, headers: &[(&st
 
 fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Reply> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -266,9 +336,19 @@ fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Reply> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked && !head_only { dechunk(body) } else { body.to_string() };
-    Ok(Reply { status, headers, body })
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked && !head_only {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -293,7 +373,9 @@ pub async fn burst(ports: &[u16], n: usize, target: &str) -> Vec<Reply> {
             let port = ports[i % ports.len()];
             let (barrier, target) = (barrier.clone(), target.to_string());
             tokio::spawn(async move {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                let mut s = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
                 barrier.wait().await;
                 send(&mut s, "GET", &target, &[], b"").await.expect("reply")
             })

@@ -19,7 +19,10 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(version, about = "Demo upstream for sluice: 200 and a small JSON body for every request")]
+#[command(
+    version,
+    about = "Demo upstream for sluice: 200 and a small JSON body for every request"
+)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
@@ -54,7 +57,9 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service_fn(handle));
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service_fn(handle));
             let _ = conn.await;
         });
     }
@@ -66,7 +71,13 @@ fn user_id(query: Option<&str>) -> Value {
         .flat_map(|q| q.split('&'))
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == "user_id")
-        .map(|(_, v)| Value::String(percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned()))
+        .map(|(_, v)| {
+            Value::String(
+                percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        })
         .unwrap_or(Value::Null)
 }
 
@@ -82,14 +93,22 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     out.insert("path".into(), parts.uri.path().into());
     out.insert("user_id".into(), user_id(parts.uri.query()));
     if parts.uri.path() == "/api/data" {
-        out.insert("data".into(), json!({"items": [1, 2, 3], "message": "Hello from the demo upstream"}));
+        out.insert(
+            "data".into(),
+            json!({"items": [1, 2, 3], "message": "Hello from the demo upstream"}),
+        );
     }
     if parts.headers.get("x-echo").is_some_and(|v| v == "1") {
         let headers: Map<String, Value> = parts
             .headers
             .keys()
             .map(|k| {
-                let values: Vec<Value> = parts.headers.get_all(k).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into()).collect();
+                let values: Vec<Value> = parts
+                    .headers
+                    .get_all(k)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into())
+                    .collect();
                 (k.as_str().to_string(), Value::Array(values))
             })
             .collect();
