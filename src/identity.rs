@@ -154,6 +154,27 @@ impl IdentityExtractor {
     }
 }
 
+/// The request id a trusted load balancer set (`X-Request-Id`, e.g. nginx's `$request_id`).
+///
+/// Only a trusted peer's id is used: the limiter admits a repeated id without counting it
+/// (that is what makes a load balancer's retry exact), so a client choosing its own id could
+/// replay one forever. Ids must be 1-64 characters of `[A-Za-z0-9._-]`.
+pub fn request_id<'a>(
+    trusted: &TrustedProxies,
+    peer: Option<IpAddr>,
+    headers: &'a HeaderMap,
+) -> Option<&'a str> {
+    if !peer.is_some_and(|p| trusted.trusts(p)) {
+        return None;
+    }
+    let id = headers.get("x-request-id")?.to_str().ok()?;
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    valid.then_some(id)
+}
+
 /// The first non-empty value of the query parameter `name`, form-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| {
@@ -281,6 +302,19 @@ mod tests {
             t.client_ip(ip("127.0.0.1"), &HeaderMap::new()),
             ip("127.0.0.1")
         );
+    }
+
+    #[test]
+    fn request_ids_count_only_from_trusted_peers() {
+        let t = trusted(&["127.0.0.1"]);
+        let h = headers(&[("x-request-id", "0f3a9c")]);
+        assert_eq!(request_id(&t, Some(ip("127.0.0.1")), &h), Some("0f3a9c"));
+        assert_eq!(request_id(&t, Some(ip("192.0.2.1")), &h), None);
+        assert_eq!(request_id(&t, None, &h), None);
+        let bad = headers(&[("x-request-id", "a b")]);
+        assert_eq!(request_id(&t, Some(ip("127.0.0.1")), &bad), None);
+        let long = headers(&[("x-request-id", &"a".repeat(65))]);
+        assert_eq!(request_id(&t, Some(ip("127.0.0.1")), &long), None);
     }
 
     #[test]

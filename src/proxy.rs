@@ -4,7 +4,7 @@
 //! logic; this file only wires it to Pingora's request lifecycle.
 
 use crate::config::OnError;
-use crate::identity::IdentityExtractor;
+use crate::identity::{self, IdentityExtractor};
 use crate::limiter::{caller_key, Store};
 use crate::response::{self, RateLimitHeaders};
 use crate::routes::RouteTable;
@@ -100,15 +100,15 @@ impl ProxyHttp for Sidecar {
         let Some(route) = self.routes.find(req.method.as_str(), req.uri.path()) else {
             return Ok(false);
         };
-        let caller = self
-            .identity
-            .caller(req.uri.query(), &req.headers, peer_ip(session));
+        let peer = peer_ip(session);
+        let caller = self.identity.caller(req.uri.query(), &req.headers, peer);
+        let request_id = identity::request_id(&self.identity.trusted, peer, &req.headers);
         let limits = route.limits_for(caller.as_deref().unwrap_or_default());
         if limits.is_empty() {
             return Ok(false);
         }
         let key = caller_key(&self.key_prefix, &route.name, caller.as_deref());
-        match self.store.check(&key, limits).await {
+        match self.store.check(&key, limits, request_id).await {
             Ok(decision) if decision.is_admitted() => {
                 ctx.rate_headers = RateLimitHeaders::new(&route.name, &decision);
                 Ok(false)

@@ -109,7 +109,11 @@ impl MemoryLimiter {
     /// Checks all `limits`; counts the request against every one only if all admit it.
     pub fn check(&self, key: &str, limits: &[Limit]) -> Decision {
         let now = self.clock.now_us();
-        if self.decisions.fetch_add(1, Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
+        if self
+            .decisions
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
             self.sweep_one(now);
         }
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());

@@ -140,7 +140,9 @@ impl Store {
     pub fn new(config: &StoreConfig, instance: &str) -> Result<Store, StoreError> {
         Ok(match &config.backend {
             Backend::Memory => Store::Memory(std::sync::Arc::new(MemoryLimiter::new())),
-            Backend::Redis { url } => Store::Redis(Box::new(RedisLimiter::new(url, config, instance)?)),
+            Backend::Redis { url } => {
+                Store::Redis(Box::new(RedisLimiter::new(url, config, instance)?))
+            }
         })
     }
 
@@ -162,10 +164,19 @@ impl Store {
     }
 
     /// Checks every limit and, only if all admit, counts the request against all of them.
-    pub async fn check(&self, key: &str, limits: &[Limit]) -> Result<Decision, StoreError> {
+    ///
+    /// `request_id` (from a trusted load balancer) makes the decision idempotent in Redis: a
+    /// retry of a request that a dead sidecar already counted is admitted without counting it
+    /// twice. The memory store is one process, which no retry can reach twice.
+    pub async fn check(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        request_id: Option<&str>,
+    ) -> Result<Decision, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.check(key, limits)),
-            Store::Redis(r) => r.check(key, limits).await,
+            Store::Redis(r) => r.check(key, limits, request_id).await,
         }
     }
 

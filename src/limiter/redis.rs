@@ -99,13 +99,22 @@ impl RedisLimiter {
         }
     }
 
-    pub async fn check(&self, key: &str, limits: &[Limit]) -> Result<Decision, StoreError> {
+    pub async fn check(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        request_id: Option<&str>,
+    ) -> Result<Decision, StoreError> {
         let mut conn = self.connection()?;
-        let member = format!(
-            "{}{:x}",
-            self.member_prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let member = match request_id {
+            // "r:" keeps request ids apart from generated members ("<hex>:<hex>").
+            Some(id) => format!("r:{id}"),
+            None => format!(
+                "{}{:x}",
+                self.member_prefix,
+                self.counter.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
         let mut call = self.check_script.prepare_invoke();
         call.arg(member);
         for l in limits {
