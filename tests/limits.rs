@@ -597,12 +597,26 @@ routes:
     let with_id = |id: &'static str| [("x-request-id", id)];
     // The same request retried (as nginx does after a sidecar dies) counts once.
     for _ in 0..3 {
-        let r = request(s.port, "GET", "/?user_id=rid", &with_id("3f2a"), b"").await.unwrap();
+        let r = request(s.port, "GET", "/?user_id=rid", &with_id("3f2a"), b"")
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
     }
-    assert_eq!(request(s.port, "GET", "/?user_id=rid", &with_id("77b1"), b"").await.unwrap().status, 200);
-    assert_eq!(request(s.port, "GET", "/?user_id=rid", &with_id("9c9c"), b"").await.unwrap().status, 429);
+    assert_eq!(
+        request(s.port, "GET", "/?user_id=rid", &with_id("77b1"), b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request(s.port, "GET", "/?user_id=rid", &with_id("9c9c"), b"")
+            .await
+            .unwrap()
+            .status,
+        429
+    );
     assert_eq!(get(s.port, "/?user_id=rid").await.unwrap().status, 429);
 }
 
@@ -610,7 +624,19 @@ routes:
 async fn request_ids_from_untrusted_peers_are_ignored() {
     let (_redis, _up, s) = one_sidecar(API_5_PER_MIN).await;
     for expected in ["200", "200", "200", "200", "200", "429"] {
-        let r = request(s.port, "GET", "/api/x?user_id=u", &[("x-request-id", "same")], b"").await.unwrap();
-        assert_eq!(r.status.to_string(), expected, "a replayed id must not bypass the limit");
+        let r = request(
+            s.port,
+            "GET",
+            "/api/x?user_id=u",
+            &[("x-request-id", "same")],
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.status.to_string(),
+            expected,
+            "a replayed id must not bypass the limit"
+        );
     }
 }

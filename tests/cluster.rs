@@ -1,0 +1,352 @@
+//! The headline deployment end to end: nginx → three sidecars → upstream, all on one Redis,
+//! started by `scripts/cluster` exactly as a user starts it (on free loopback ports).
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A running native cluster; `scripts/cluster down` runs when it is dropped.
+struct Cluster {
+    env: Vec<(&'static str, String)>,
+    run_dir: PathBuf,
+    lb: u16,
+    admin: Vec<u16>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let run_dir = scratch_dir().join("cluster");
+        let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
+        let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+        let env = vec![
+            ("LB_PORT", ports[0].to_string()),
+            ("REDIS_PORT", ports[1].to_string()),
+            ("UPSTREAM_PORT", ports[2].to_string()),
+            ("PROXY_PORTS", list(&ports[3..6])),
+            ("ADMIN_PORTS", list(&ports[6..9])),
+            ("RUN_DIR", run_dir.display().to_string()),
+            (
+                "BIN_DIR",
+                sluice_bin().parent().unwrap().display().to_string(),
+            ),
+        ];
+        Cluster {
+            env,
+            run_dir,
+            lb: ports[0],
+            admin: ports[6..9].to_vec(),
+        }
+    }
+
+    fn run(&self, verb: &str) -> Output {
+        let out = Command::new(repo_root().join("scripts/cluster"))
+            .arg(verb)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("run scripts/cluster");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "scripts/cluster {verb} failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    fn up() -> Cluster {
+        let c = Cluster::new();
+        c.run("up");
+        c
+    }
+
+    fn pid(&self, part: &str) -> u32 {
+        let text =
+            std::fs::read_to_string(self.run_dir.join(format!("{part}.pid"))).expect("pid file");
+        text.trim().parse().expect("pid")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/cluster"))
+            .arg("down")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output();
+    }
+}
+
+fn via_instances(replies: &[Reply]) -> BTreeSet<String> {
+    replies
+        .iter()
+        .filter_map(|r| r.header("via"))
+        .map(|v| v.trim_start_matches("1.1 ").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_three_sidecars_admit_exactly_100_of_1000_concurrent() {
+    let _heavy = HEAVY.lock().await;
+    let c = Cluster::up();
+    let replies = burst(&[c.lb], 1000, "/api/data?user_id=fresh_burst_user").await;
+    assert_eq!(count_status(&replies, 200), 100, "admitted");
+    assert_eq!(count_status(&replies, 429), 900, "refused");
+    let expected: BTreeSet<String> = ["sluice1", "sluice2", "sluice3"].map(String::from).into();
+    assert_eq!(
+        via_instances(&replies),
+        expected,
+        "every sidecar served some of the burst"
+    );
+    for port in &c.admin {
+        let stats = get(*port, "/stats/fresh_burst_user").await.unwrap().json();
+        let limit = &stats["routes"][0]["limits"][0];
+        assert_eq!(
+            (limit["used"].as_u64(), limit["remaining"].as_u64()),
+            (Some(100), Some(0)),
+            "admin port {port}"
+        );
+    }
+    let health = get(c.lb, "/health").await.unwrap();
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["store"], "ok");
+    assert!(health.json()["instance"]
+        .as_str()
+        .unwrap()
+        .starts_with("sluice"));
+    let status = String::from_utf8(c.run("status").stdout).unwrap();
+    assert_eq!(
+        status.lines().filter(|l| l.ends_with(" up")).count(),
+        6,
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sidecar_costs_clients_nothing_and_rejoins_after_up() {
+    let _heavy = HEAVY.lock().await;
+    let c = Cluster::up();
+    let (lb, victim) = (c.lb, c.pid("sluice2"));
+    // A bounded stream: 4 clients, 150 requests each, for one fresh user (limit 100 per 60 s).
+    // The sidecar dies once 150 replies are in, so 450 requests run against two sidecars
+    // (and against nginx still trying the dead one until its passive health check trips).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut replies = Vec::new();
+                for _ in 0..150 {
+                    replies.push(get(lb, "/api/data?user_id=stream_user").await);
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                replies
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 150 {
+        assert!(Instant::now() < deadline, "the stream stalled");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let at_kill = done.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        at_kill < 450,
+        "the kill came too late to matter ({at_kill} done)"
+    );
+    let mut replies = Vec::new();
+    for client in clients {
+        for r in client.await.unwrap() {
+            replies.push(r.expect("no client sees a connection error"));
+        }
+    }
+    let statuses: BTreeSet<u16> = replies.iter().map(|r| r.status).collect();
+    assert!(
+        statuses.is_subset(&[200, 429].into()),
+        "clients saw {statuses:?}"
+    );
+    assert_eq!(
+        count_status(&replies, 200),
+        100,
+        "the limit holds exactly across the kill"
+    );
+    // `up` again restarts only the missing sidecar, which then serves again.
+    let others = [
+        c.pid("redis"),
+        c.pid("sluice1"),
+        c.pid("sluice3"),
+        c.pid("nginx"),
+    ];
+    let out = String::from_utf8(c.run("up").stdout).unwrap();
+    assert!(out.contains("sluice2: started"), "{out}");
+    assert_eq!(
+        others,
+        [
+            c.pid("redis"),
+            c.pid("sluice1"),
+            c.pid("sluice3"),
+            c.pid("nginx")
+        ]
+    );
+    assert_ne!(c.pid("sluice2"), victim);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(lb, "/open?user_id=rejoin").await.unwrap();
+        assert_eq!(r.status, 200);
+        if r.header("via") == Some("1.1 sluice2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice2 did not serve again through nginx"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn the_native_nginx_config_passes_nginx_t() {
+    let c = Cluster::new();
+    let out = c.run("check");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("test is successful"), "{text}");
+}
+
+#[test]
+fn the_compose_nginx_config_passes_nginx_t_with_names_resolved() {
+    let dir = scratch_dir();
+    let conf = std::fs::read_to_string(repo_root().join("nginx/nginx.conf")).unwrap();
+    let snippet = repo_root().join("nginx/sluice-proxy.conf");
+    let local = conf
+        .replace("sluice1:", "127.0.0.1:")
+        .replace("sluice2:", "127.0.0.2:")
+        .replace("sluice3:", "127.0.0.3:")
+        .replace(
+            "/etc/nginx/sluice-proxy.conf",
+            &snippet.display().to_string(),
+        );
+    assert_ne!(local, conf);
+    let file = dir.join("nginx.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "pid {0}/nginx.pid;\nerror_log {0}/error.log;\n{local}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("nginx")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(["-t", "-c"])
+        .arg(&file)
+        .arg("-p")
+        .arg(&dir)
+        .output()
+        .expect("nginx is installed (apt-get install nginx)");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("test is successful"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_compose_file_has_the_topology_and_every_mounted_config_checks() {
+    let text = std::fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
+    doc.apply_merge().expect("merge keys");
+    let services = doc["services"].as_mapping().expect("services");
+    let names: BTreeSet<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "nginx",
+            "redis",
+            "sluice1",
+            "sluice2",
+            "sluice3",
+            "upstream-demo"
+        ]
+        .into()
+    );
+    let ports = |s: &str| {
+        doc["services"][s]["ports"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        ports("nginx").iter().any(|p| p.as_str() == Some("80:80")),
+        "nginx publishes port 80"
+    );
+    for (i, sidecar) in ["sluice1", "sluice2", "sluice3"].iter().enumerate() {
+        let s = &doc["services"][sidecar];
+        assert_eq!(s["environment"]["SLUICE_INSTANCE"].as_str(), Some(*sidecar));
+        assert!(
+            s["healthcheck"]["test"].is_sequence(),
+            "{sidecar} has a health check"
+        );
+        for dep in ["redis", "upstream-demo"] {
+            assert_eq!(
+                s["depends_on"][dep]["condition"].as_str(),
+                Some("service_healthy"),
+                "{sidecar} → {dep}"
+            );
+        }
+        assert!(ports(sidecar)
+            .iter()
+            .any(|p| p.as_str() == Some(&format!("127.0.0.1:909{}:9090", i + 1))));
+        assert_eq!(
+            doc["services"]["nginx"]["depends_on"][sidecar]["condition"].as_str(),
+            Some("service_healthy")
+        );
+    }
+    for s in ["redis", "upstream-demo", "nginx"] {
+        assert!(
+            doc["services"][s]["healthcheck"]["test"].is_sequence(),
+            "{s} has a health check"
+        );
+    }
+    // Every file the Compose file mounts exists, and every sluice config among them checks.
+    let mut sluice_configs = 0;
+    for service in services.values() {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let host = volume.as_str().unwrap().split(':').next().unwrap();
+            let path = repo_root().join(host);
+            assert!(path.exists(), "mounted {host} exists");
+            if host.starts_with("./conf/") {
+                let out = Command::new(sluice_bin())
+                    .current_dir(repo_root())
+                    .args(["--check", "--config", host])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{host}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                sluice_configs += 1;
+            }
+        }
+    }
+    assert!(sluice_configs >= 3, "each sidecar mounts its config");
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    assert_eq!(
+        dockerfile
+            .lines()
+            .filter(|l| l.starts_with("FROM "))
+            .count(),
+        2,
+        "multi-stage"
+    );
+    assert!(dockerfile.contains("cmake"));
+}
