@@ -5,6 +5,7 @@
 
 use crate::config::OnError;
 use crate::identity::{self, IdentityExtractor};
+use crate::limiter::denials::DenialCache;
 use crate::limiter::{caller_key, Store};
 use crate::response::{self, RateLimitHeaders};
 use crate::routes::RouteTable;
@@ -15,12 +16,15 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::Result;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 /// Everything one sidecar needs to decide and forward.
 pub struct Sidecar {
     pub routes: RouteTable,
     pub identity: IdentityExtractor,
     pub store: Store,
+    /// Refusals answered locally until Redis would certainly refuse again (Redis store only).
+    denials: Option<DenialCache>,
     pub on_error: OnError,
     pub key_prefix: String,
     /// Upstream peers, resolved once at start-up (building a peer from a name resolves it).
@@ -43,6 +47,7 @@ impl Sidecar {
         Self {
             routes,
             identity,
+            denials: store.is_remote().then(DenialCache::default),
             store,
             on_error,
             key_prefix,
@@ -108,17 +113,27 @@ impl ProxyHttp for Sidecar {
             return Ok(false);
         }
         let key = caller_key(&self.key_prefix, &route.name, caller.as_deref());
+        let denials = self.denials.as_ref();
+        // A request with a trusted request id may be a retry that only Redis can recognise.
+        if let Some(refused) = denials
+            .filter(|_| request_id.is_none())
+            .and_then(|d| d.get(&key, Instant::now()))
+        {
+            let refusal = response::too_many_requests(&route.name, &refused)?;
+            return self.respond(session, refusal).await;
+        }
+        let sent = Instant::now();
         match self.store.check(&key, limits, request_id).await {
             Ok(decision) if decision.is_admitted() => {
                 ctx.rate_headers = RateLimitHeaders::new(&route.name, &decision);
                 Ok(false)
             }
             Ok(decision) => {
-                self.respond(
-                    session,
-                    response::too_many_requests(&route.name, &decision)?,
-                )
-                .await
+                if let Some(d) = denials {
+                    d.insert(&key, &decision, sent, Instant::now());
+                }
+                let refusal = response::too_many_requests(&route.name, &decision)?;
+                self.respond(session, refusal).await
             }
             Err(e) => {
                 log::warn!(

@@ -3,6 +3,7 @@
 //! Being limited is not an error: [`Decision`] is a value. `Err` means the store could not
 //! answer, and the caller applies the configured `on_error` policy.
 
+pub mod denials;
 pub mod memory;
 pub mod redis;
 
@@ -154,6 +155,12 @@ impl Store {
             Store::Memory(m) => Store::Memory(m.clone()),
             Store::Redis(r) => Store::Redis(Box::new(r.sibling())),
         }
+    }
+
+    /// Whether refusals are worth caching locally: a Redis call costs a round trip, a memory
+    /// check costs what a cache lookup costs.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Store::Redis(_))
     }
 
     pub fn backend_name(&self) -> &'static str {

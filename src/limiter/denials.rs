@@ -1,0 +1,179 @@
+//! A local cache of refusals: a caller over its limit is refused without asking Redis again.
+
+use super::Decision;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Denial {
+    /// Until when a local refusal is certainly right (see [`DenialCache`]).
+    until: Instant,
+    /// When Redis's answer arrived; the durations in `decision` count from here.
+    received: Instant,
+    decision: Decision,
+}
+
+const SHARDS: usize = 32;
+const SWEEP_EVERY: u64 = 1024;
+
+/// Remembers, per caller key, until when Redis will certainly refuse that caller.
+///
+/// **Why this is exact for the sliding log.** Redis refused at its time `T` and said the
+/// caller is admitted again no earlier than `T + retry` (when enough counted requests leave
+/// the window). Counted requests only ever leave the window by time passing; every other
+/// instance can only *add* requests, which pushes that moment later, never earlier; and a
+/// refusal adds nothing. So until `T + retry` Redis refuses every request of that caller, and
+/// answering locally changes no outcome. The cache keeps `sent + retry`, where `sent` is when
+/// the call left this process: `sent <= T`, so the local deadline is never later than the real
+/// one. The `Retry-After` a cached refusal reports counts from when the answer arrived
+/// (`>= T`), so it is never earlier than the real moment of admission either.
+///
+/// One exception is left to Redis: a request carrying a trusted load-balancer request id may be
+/// a retry of a request an earlier attempt already counted (which Redis admits again), so the
+/// proxy does not answer those from this cache.
+pub struct DenialCache {
+    shards: Box<[Mutex<HashMap<String, Denial>>]>,
+    hasher: RandomState,
+    inserts: AtomicU64,
+    next_sweep: AtomicU64,
+}
+
+impl Default for DenialCache {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            inserts: AtomicU64::new(0),
+            next_sweep: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DenialCache {
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Denial>> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    /// The refusal still certain at `now`, its durations counted down to `now`.
+    pub fn get(&self, key: &str, now: Instant) -> Option<Decision> {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let denial = shard.get(key)?;
+        if now >= denial.until {
+            shard.remove(key);
+            return None;
+        }
+        let elapsed = now.saturating_duration_since(denial.received);
+        let mut decision = denial.decision.clone();
+        if let Decision::Limited { states } = &mut decision {
+            for s in states {
+                s.retry = s.retry.saturating_sub(elapsed);
+                s.reset = s.reset.saturating_sub(elapsed);
+            }
+        }
+        Some(decision)
+    }
+
+    /// Records Redis's refusal of a call sent at `sent` whose answer arrived at `received`.
+    pub fn insert(&self, key: &str, decision: &Decision, sent: Instant, received: Instant) {
+        let Some(retry) = decision.refusing().map(|s| s.retry) else {
+            return;
+        };
+        if retry < Duration::from_millis(1) {
+            return;
+        }
+        let n = self.inserts.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(SWEEP_EVERY) {
+            self.sweep_one(received);
+        }
+        let denial = Denial {
+            until: sent + retry,
+            received,
+            decision: decision.clone(),
+        };
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        shard.insert(key.to_string(), denial);
+    }
+
+    fn sweep_one(&self, now: Instant) {
+        let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) as usize % SHARDS;
+        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        shard.retain(|_, d| d.until > now);
+    }
+
+    /// Callers currently refused locally (tests and memory checks).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::LimitState;
+    use crate::routes::Limit;
+    use std::num::NonZeroU32;
+
+    fn limited(retry_ms: u64) -> Decision {
+        Decision::Limited {
+            states: vec![LimitState {
+                limit: Limit {
+                    requests: NonZeroU32::new(1).unwrap(),
+                    window: Duration::from_secs(10),
+                },
+                used: 1,
+                reset: Duration::from_millis(retry_ms),
+                retry: Duration::from_millis(retry_ms),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_served_until_sent_plus_retry_and_no_longer() {
+        let cache = DenialCache::default();
+        let sent = Instant::now();
+        let received = sent + Duration::from_millis(5);
+        cache.insert("k", &limited(1000), sent, received);
+        let later = received + Duration::from_millis(400);
+        let d = cache.get("k", later).expect("still refused");
+        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(600));
+        assert!(cache.get("k", sent + Duration::from_millis(999)).is_some());
+        assert!(
+            cache.get("k", sent + Duration::from_millis(1000)).is_none(),
+            "the deadline counts from the send"
+        );
+        assert!(cache.is_empty(), "expired entries are dropped");
+    }
+
+    #[test]
+    fn admissions_and_instant_retries_are_not_cached() {
+        let cache = DenialCache::default();
+        let now = Instant::now();
+        cache.insert("a", &Decision::Admitted { states: vec![] }, now, now);
+        cache.insert("b", &limited(0), now, now);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn expired_callers_are_swept() {
+        let cache = DenialCache::default();
+        let now = Instant::now();
+        for i in 0..500 {
+            cache.insert(&format!("k{i}"), &limited(10), now, now);
+        }
+        let later = now + Duration::from_secs(1);
+        for i in 0..(SWEEP_EVERY as usize * SHARDS) {
+            cache.insert(&format!("x{}", i % 3), &limited(10_000), later, later);
+        }
+        assert_eq!(cache.len(), 3);
+    }
+}
