@@ -65,7 +65,6 @@ pub struct StoreFile {
     pub timeout: Option<Text>,
     pub on_error: Option<OnErrorFile>,
     pub prefix: Option<String>,
-    pub connections: Option<u64>,
 }
 
 /// One identity source: a map with exactly one of these keys (`- query: user_id`).

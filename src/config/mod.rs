@@ -73,8 +73,6 @@ pub struct StoreConfig {
     pub on_error: OnError,
     /// Prefix of every Redis key, so several deployments can share one Redis.
     pub prefix: String,
-    /// Multiplexed Redis connections per service; concurrent calls pipeline on each.
-    pub connections: usize,
 }
 
 /// Every problem found in a config file, one line each, ready for stderr.

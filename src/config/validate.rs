@@ -132,7 +132,6 @@ fn apply_env(
             timeout: None,
             on_error: None,
             prefix: None,
-            connections: None,
         });
         store.backend = Some(BackendFile::Redis);
         store.url = Some(v);
@@ -328,13 +327,6 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
         prefix: s
             .and_then(|s| s.prefix.clone())
             .unwrap_or_else(|| "sluice:".into()),
-        connections: match s.and_then(|s| s.connections).unwrap_or(2) {
-            n @ 1..=64 => n as usize,
-            _ => {
-                p.add("store.connections", "must be between 1 and 64");
-                1
-            }
-        },
     }
 }
 

@@ -132,29 +132,23 @@ pub fn caller_key(prefix: &str, route: &str, caller: Option<&[u8]>) -> String {
 }
 
 /// The store behind every decision: one enum, so the hot path needs no boxing or dynamic call.
+///
+/// Clones share the state (the admin listener reads what the proxy counts); Redis connections
+/// are per thread (see [`RedisLimiter`]), so admin traffic never drives the proxy's.
+#[derive(Clone)]
 pub enum Store {
     Memory(std::sync::Arc<MemoryLimiter>),
-    Redis(Box<RedisLimiter>),
+    Redis(std::sync::Arc<RedisLimiter>),
 }
 
 impl Store {
     pub fn new(config: &StoreConfig, instance: &str) -> Result<Store, StoreError> {
         Ok(match &config.backend {
             Backend::Memory => Store::Memory(std::sync::Arc::new(MemoryLimiter::new())),
-            Backend::Redis { url } => {
-                Store::Redis(Box::new(RedisLimiter::new(url, config, instance)?))
-            }
+            Backend::Redis { url } => Store::Redis(std::sync::Arc::new(RedisLimiter::new(
+                url, config, instance,
+            )?)),
         })
-    }
-
-    /// A handle for another service (the admin listener): the same state, and for Redis its
-    /// own connections, so admin traffic never drives the proxy's connections from another
-    /// runtime.
-    pub fn sibling(&self) -> Store {
-        match self {
-            Store::Memory(m) => Store::Memory(m.clone()),
-            Store::Redis(r) => Store::Redis(Box::new(r.sibling())),
-        }
     }
 
     /// Whether refusals are worth caching locally: a Redis call costs a round trip, a memory

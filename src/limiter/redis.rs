@@ -5,8 +5,9 @@ use crate::config::StoreConfig;
 use crate::routes::Limit;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Checks and counts in one script, so concurrent requests on any number of instances see
@@ -16,23 +17,30 @@ use std::time::Duration;
 /// Each admitted request adds a member that is unique across instances (a random instance id
 /// and a counter), so requests in the same microsecond never collapse into one.
 pub struct RedisLimiter {
+    /// Tells this limiter's connections apart in the per-thread table.
+    id: u64,
     client: redis::Client,
     manager_config: ConnectionManagerConfig,
-    /// Multiplexed connections, made lazily inside the runtime that first uses them (each
-    /// Pingora service has its own runtime, and redis-rs drives a connection from the
-    /// runtime that created it). Concurrent calls pipeline on each connection.
-    connections: OnceLock<Vec<ConnectionManager>>,
-    pool_size: usize,
-    next: AtomicUsize,
-    check_script: Arc<Script>,
-    peek_script: Arc<Script>,
+    check_script: Script,
+    peek_script: Script,
     timeout: Duration,
     member_prefix: String,
     counter: AtomicU64,
 }
 
+thread_local! {
+    /// One multiplexed connection per limiter per worker thread, made lazily on that thread.
+    ///
+    /// Pingora runs each worker thread as its own runtime, and redis-rs drives a connection
+    /// from the runtime that created it: a connection made here is written, read and woken on
+    /// the same thread as the requests that use it, with no cross-thread hand-off. Concurrent
+    /// requests on a thread pipeline on its connection.
+    static CONNECTIONS: RefCell<HashMap<u64, ConnectionManager>> = RefCell::new(HashMap::new());
+}
+
 impl RedisLimiter {
     pub fn new(url: &str, config: &StoreConfig, instance: &str) -> Result<Self, StoreError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let client = redis::Client::open(url)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
@@ -41,52 +49,30 @@ impl RedisLimiter {
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(500));
         Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             client,
             manager_config,
-            connections: OnceLock::new(),
-            pool_size: config.connections,
-            next: AtomicUsize::new(0),
-            check_script: Arc::new(Script::new(include_str!("sliding_window.lua"))),
-            peek_script: Arc::new(Script::new(include_str!("peek.lua"))),
+            check_script: Script::new(include_str!("sliding_window.lua")),
+            peek_script: Script::new(include_str!("peek.lua")),
             timeout: config.timeout,
             member_prefix: unique_prefix(instance),
             counter: AtomicU64::new(0),
         })
     }
 
-    /// Same store, own connections (for a service on another runtime).
-    pub fn sibling(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            manager_config: self.manager_config.clone(),
-            connections: OnceLock::new(),
-            pool_size: self.pool_size,
-            next: AtomicUsize::new(0),
-            check_script: self.check_script.clone(),
-            peek_script: self.peek_script.clone(),
-            timeout: self.timeout,
-            member_prefix: unique_prefix("sibling"),
-            counter: AtomicU64::new(0),
-        }
-    }
-
+    /// This thread's connection (made on first use; must run inside a tokio runtime).
     fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(pool) = self.connections.get() {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
-            return Ok(pool[i].clone());
-        }
-        let pool: Result<Vec<_>, _> = (0..self.pool_size.max(1))
-            .map(|_| {
-                ConnectionManager::new_lazy_with_config(
-                    self.client.clone(),
-                    self.manager_config.clone(),
-                )
-            })
-            .collect();
-        let pool = self.connections.get_or_init(|| pool.unwrap_or_default());
-        pool.first()
-            .cloned()
-            .ok_or_else(|| StoreError::Reply("no Redis connection could be set up".into()))
+        CONNECTIONS.with(|table| {
+            if let Some(conn) = table.borrow().get(&self.id) {
+                return Ok(conn.clone());
+            }
+            let conn = ConnectionManager::new_lazy_with_config(
+                self.client.clone(),
+                self.manager_config.clone(),
+            )?;
+            table.borrow_mut().insert(self.id, conn.clone());
+            Ok(conn)
+        })
     }
 
     async fn bounded<T>(

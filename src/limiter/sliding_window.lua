@@ -10,7 +10,8 @@ local used = {}
 local admitted = 1
 -- A retried request (same member: a request id from the load balancer) that an earlier
 -- attempt already counted is admitted again without counting it twice.
-local replay = n > 0 and redis.call('ZSCORE', KEYS[1], ARGV[1])
+-- Generated members are never repeated, so only request ids ("r:...") need the lookup.
+local replay = n > 0 and string.sub(ARGV[1], 1, 2) == 'r:' and redis.call('ZSCORE', KEYS[1], ARGV[1])
 for i = 1, n do
   local window = tonumber(ARGV[2 * i + 1])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
@@ -30,7 +31,9 @@ for i = 1, n do
     c = c + 1
   end
   local reset, retry = 0, 0
-  if c > 0 then
+  if c == 1 and admitted == 1 and not replay then
+    reset = window -- this request is the only one counted
+  elseif c > 0 then
     local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
     reset = tonumber(oldest[2]) + window - now
   end
