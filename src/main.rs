@@ -23,8 +23,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,sluice=info"))
-        .init();
+    // pingora_core::connectors logs an ERROR each time a pooled upstream connection loses a
+    // benign race with its idle watcher (Pingora then opens a new one); under load that is
+    // thousands of lines a second and no action to take, so it is off unless RUST_LOG asks.
+    let default_log = "warn,sluice=info,pingora_core::connectors=off";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     let config = match sluice::config::load(&cli.config, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {

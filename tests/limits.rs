@@ -655,14 +655,25 @@ routes:
     assert_eq!(get(s.port, "/?user_id=hot").await.unwrap().status, 200);
     assert_eq!(get(s.port, "/?user_id=hot").await.unwrap().status, 429);
     // Forget the caller in Redis: only the local cache can still refuse.
-    assert!(redis.cmd("DEL sluice:{api:hot}:1000").await.starts_with(":1"));
+    assert!(redis
+        .cmd("DEL sluice:{api:hot}:1000")
+        .await
+        .starts_with(":1"));
     let cached = get(s.port, "/?user_id=hot").await.unwrap();
     assert_eq!(cached.status, 429, "answered from the local cache");
     assert_eq!(cached.header("retry-after"), Some("1"));
     assert_eq!(cached.json()["route"], "api");
     assert_eq!(cached.header("x-ratelimit-remaining"), Some("0"));
     // A request id from a trusted proxy may be a retry only Redis can recognise: no cache.
-    let with_id = request(s.port, "GET", "/?user_id=hot", &[("x-request-id", "abc")], b"").await.unwrap();
+    let with_id = request(
+        s.port,
+        "GET",
+        "/?user_id=hot",
+        &[("x-request-id", "abc")],
+        b"",
+    )
+    .await
+    .unwrap();
     assert_eq!(with_id.status, 200);
     // The cache lets go no later than the moment Redis would admit again (1 s after the first).
     tokio::time::sleep(Duration::from_millis(1050).saturating_sub(start.elapsed())).await;

@@ -1,0 +1,23 @@
+-- wrk reporter: writes the run's figures as JSON to $WRK_OUT when wrk finishes.
+-- With $USERS > 0 every request names one of that many users at random (?user_id=uN).
+local users = tonumber(os.getenv("USERS") or "0")
+local path = os.getenv("WRK_PATH") or "/api/data"
+
+if users > 0 then
+  request = function()
+    return wrk.format(nil, path .. "?user_id=u" .. math.random(users))
+  end
+end
+
+done = function(summary, latency, requests)
+  local out = assert(io.open(os.getenv("WRK_OUT"), "w"))
+  local e = summary.errors
+  out:write(string.format(
+    '{"requests":%d,"duration_us":%d,"rps":%.1f,"non2xx":%d,"socket_errors":%d,' ..
+    '"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"p999_ms":%.3f,"max_ms":%.3f}\n',
+    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+    e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000, latency.max / 1000))
+  out:close()
+end
