@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
-use pingora::Result;
+use pingora::{OrErr, Result};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -183,15 +183,16 @@ impl ProxyHttp for Sidecar {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(ip) = peer_ip(session) {
-            let mut forwarded: Vec<String> = upstream
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_string))
-                .collect();
-            forwarded.push(ip.to_string());
-            let forwarded = forwarded.join(", ");
-            upstream.insert_header("X-Forwarded-For", forwarded)?;
+            // Appended as bytes: what earlier hops wrote reaches the upstream as it was.
+            let mut forwarded = Vec::new();
+            for prior in upstream.headers.get_all("x-forwarded-for") {
+                forwarded.extend_from_slice(prior.as_bytes());
+                forwarded.extend_from_slice(b", ");
+            }
+            forwarded.extend_from_slice(ip.to_string().as_bytes());
+            let value = http::HeaderValue::from_bytes(&forwarded)
+                .or_err(pingora::ErrorType::InternalError, "X-Forwarded-For")?;
+            upstream.insert_header("X-Forwarded-For", value)?;
         }
         upstream.append_header("Via", &self.via)?;
         Ok(())

@@ -97,6 +97,8 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
+    #[error("store unreachable: the last connect failed less than a second ago")]
+    Unavailable,
     #[error("unexpected reply from the store script: {0}")]
     Reply(String),
 }

@@ -3,12 +3,14 @@
 use super::{limit_key, Decision, StoreError, Usage};
 use crate::config::StoreConfig;
 use crate::routes::Limit;
+use pingora::time::fast_timeout::fast_timeout;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Checks and counts in one script, so concurrent requests on any number of instances see
 /// one order: N concurrent requests against a limit L admit exactly min(N, L).
@@ -28,14 +30,25 @@ pub struct RedisLimiter {
     counter: AtomicU64,
 }
 
+/// This thread's connection of one limiter: set once connected, shared by concurrent requests.
+#[derive(Default)]
+struct Slot {
+    connection: Arc<tokio::sync::OnceCell<ConnectionManager>>,
+    /// When connecting last failed; requests fail fast for [`CONNECT_BACKOFF`] after that.
+    failed_at: Option<Instant>,
+}
+
+/// How long after a failed connect this thread answers "store down" without trying again.
+const CONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
 thread_local! {
-    /// One multiplexed connection per limiter per worker thread, made lazily on that thread.
+    /// One multiplexed connection per limiter per worker thread, made on that thread.
     ///
     /// Pingora runs each worker thread as its own runtime, and redis-rs drives a connection
     /// from the runtime that created it: a connection made here is written, read and woken on
     /// the same thread as the requests that use it, with no cross-thread hand-off. Concurrent
     /// requests on a thread pipeline on its connection.
-    static CONNECTIONS: RefCell<HashMap<u64, ConnectionManager>> = RefCell::new(HashMap::new());
+    static CONNECTIONS: RefCell<HashMap<u64, Slot>> = RefCell::new(HashMap::new());
 }
 
 impl RedisLimiter {
@@ -44,7 +57,9 @@ impl RedisLimiter {
         let client = redis::Client::open(url)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
+            // No response timeout here: `bounded` applies the deadline with Pingora's timer
+            // wheel, which costs far less per call than a tokio timer (see bench/RESULTS.md).
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(500));
@@ -60,26 +75,46 @@ impl RedisLimiter {
         })
     }
 
-    /// This thread's connection (made on first use; must run inside a tokio runtime).
-    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    /// This thread's connection, connecting on first use (inside a tokio runtime).
+    ///
+    /// Connecting is bounded by its own deadline (the store timeout, at least 1 s), not by the
+    /// per-call one: a burst that arrives before a worker has connected waits for the one
+    /// connect instead of timing out, which under `on_error: allow` would admit it uncounted.
+    /// After a failed connect the thread fails fast for a second instead of every request
+    /// waiting for a Redis that is down. Once connected, redis-rs reconnects by itself.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let (cell, failed_at) = CONNECTIONS.with(|table| {
+            let mut table = table.borrow_mut();
+            let slot = table.entry(self.id).or_default();
+            (slot.connection.clone(), slot.failed_at)
+        });
+        if let Some(conn) = cell.get() {
+            return Ok(conn.clone());
+        }
+        if failed_at.is_some_and(|t| t.elapsed() < CONNECT_BACKOFF) {
+            return Err(StoreError::Unavailable);
+        }
+        let connect =
+            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone());
+        let deadline = self.timeout.max(Duration::from_secs(1));
+        let result = match fast_timeout(deadline, cell.get_or_try_init(|| connect)).await {
+            Ok(Ok(conn)) => return Ok(conn.clone()),
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout(deadline)),
+        };
         CONNECTIONS.with(|table| {
-            if let Some(conn) = table.borrow().get(&self.id) {
-                return Ok(conn.clone());
+            if let Some(slot) = table.borrow_mut().get_mut(&self.id) {
+                slot.failed_at = Some(Instant::now());
             }
-            let conn = ConnectionManager::new_lazy_with_config(
-                self.client.clone(),
-                self.manager_config.clone(),
-            )?;
-            table.borrow_mut().insert(self.id, conn.clone());
-            Ok(conn)
-        })
+        });
+        result
     }
 
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        match fast_timeout(self.timeout, call).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
@@ -91,7 +126,7 @@ impl RedisLimiter {
         limits: &[Limit],
         request_id: Option<&str>,
     ) -> Result<Decision, StoreError> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let member = match request_id {
             // "r:" keeps request ids apart from generated members ("<hex>:<hex>").
             Some(id) => format!("r:{id}"),
@@ -119,7 +154,7 @@ impl RedisLimiter {
     }
 
     pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let mut call = self.peek_script.prepare_invoke();
         for l in limits {
             call.key(limit_key(key, l)).arg(l.window.as_micros() as u64);
@@ -138,7 +173,7 @@ impl RedisLimiter {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection()?;
+        let mut conn = self.connection().await?;
         let pong: String = self
             .bounded(redis::cmd("PING").query_async(&mut conn))
             .await?;
