@@ -312,63 +312,26 @@ routes:
     let (_redis, _up, s) = one_sidecar(routes).await;
     // The query parameter names the caller even when a header is present.
     assert_eq!(
-        request(s.port, "GET", "/?user_id=ann", &[("x-user-id", "ben")], b"")
-            .await
-            .unwrap()
-            .status,
+        status(s.port, "/?user_id=ann", &[("x-user-id", "ben")]).await,
         200
     );
     // The same caller through the header is already counted.
-    assert_eq!(
-        request(s.port, "GET", "/", &[("x-user-id", "ann")], b"")
-            .await
-            .unwrap()
-            .status,
-        429
-    );
+    assert_eq!(status(s.port, "/", &[("x-user-id", "ann")]).await, 429);
     // "ben" (header) was never counted, although the first request carried his header.
-    assert_eq!(
-        request(s.port, "GET", "/", &[("x-user-id", "ben")], b"")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status(s.port, "/", &[("x-user-id", "ben")]).await, 200);
     // No query or header: the client IP, read through the trusted proxy 127.0.0.1.
     let xff = |ip: &'static str| [("x-forwarded-for", ip)];
-    assert_eq!(
-        request(s.port, "GET", "/", &xff("198.51.100.1"), b"")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        request(s.port, "GET", "/", &xff("198.51.100.1"), b"")
-            .await
-            .unwrap()
-            .status,
-        429
-    );
-    assert_eq!(
-        request(s.port, "GET", "/", &xff("198.51.100.2"), b"")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status(s.port, "/", &xff("198.51.100.1")).await, 200);
+    assert_eq!(status(s.port, "/", &xff("198.51.100.1")).await, 429);
+    assert_eq!(status(s.port, "/", &xff("198.51.100.2")).await, 200);
     // Empty values count as absent: this is the IP 198.51.100.2 again.
     assert_eq!(
-        request(
+        status(
             s.port,
-            "GET",
             "/?user_id=",
-            &[("x-user-id", ""), ("x-forwarded-for", "198.51.100.2")],
-            b""
+            &[("x-user-id", ""), ("x-forwarded-for", "198.51.100.2")]
         )
-        .await
-        .unwrap()
-        .status,
+        .await,
         429
     );
 }
@@ -378,37 +341,16 @@ async fn an_untrusted_peer_cannot_choose_its_ip() {
     let routes = "identity: [{ client_ip: true }]\nroutes:\n  - name: api\n    match: { path_prefix: / }\n    limits: [{ requests: 1, window: 60s }]\n";
     let (_redis, _up, s) = one_sidecar(routes).await;
     assert_eq!(
-        request(
-            s.port,
-            "GET",
-            "/",
-            &[("x-forwarded-for", "198.51.100.1")],
-            b""
-        )
-        .await
-        .unwrap()
-        .status,
+        status(s.port, "/", &[("x-forwarded-for", "198.51.100.1")]).await,
         200
     );
     // A different forged address is still the same peer, 127.0.0.1.
     assert_eq!(
-        request(
-            s.port,
-            "GET",
-            "/",
-            &[("x-forwarded-for", "198.51.100.2")],
-            b""
-        )
-        .await
-        .unwrap()
-        .status,
+        status(s.port, "/", &[("x-forwarded-for", "198.51.100.2")]).await,
         429
     );
     assert_eq!(
-        request(s.port, "GET", "/", &[("x-real-ip", "198.51.100.3")], b"")
-            .await
-            .unwrap()
-            .status,
+        status(s.port, "/", &[("x-real-ip", "198.51.100.3")]).await,
         429
     );
 }
@@ -603,20 +545,8 @@ routes:
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
     }
-    assert_eq!(
-        request(s.port, "GET", "/?user_id=rid", &with_id("77b1"), b"")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        request(s.port, "GET", "/?user_id=rid", &with_id("9c9c"), b"")
-            .await
-            .unwrap()
-            .status,
-        429
-    );
+    assert_eq!(status(s.port, "/?user_id=rid", &with_id("77b1")).await, 200);
+    assert_eq!(status(s.port, "/?user_id=rid", &with_id("9c9c")).await, 429);
     assert_eq!(get(s.port, "/?user_id=rid").await.unwrap().status, 429);
 }
 

@@ -280,6 +280,14 @@ impl Reply {
     }
 }
 
+/// The status of one GET with extra `headers` (the reply must arrive).
+pub async fn status(port: u16, target: &str, headers: &[(&str, &str)]) -> u16 {
+    request(port, "GET", target, headers, b"")
+        .await
+        .expect("reply")
+        .status
+}
+
 pub async fn get(port: u16, target: &str) -> std::io::Result<Reply> {
     request(port, "GET", target, &[], b"").await
 }
