@@ -49,13 +49,22 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range.
+///
+/// Ports from `bind(:0)` are ephemeral, so the source port of some unrelated outgoing
+/// connection can take one before our server binds it, and a connect to a closed ephemeral
+/// port can even connect to itself: both make "is the port taken?" checks lie. Each test
+/// process walks its own stretch of 20000-31999 (chosen from its pid) and skips bound ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = (std::process::id() as usize * 397) % 12_000;
+    for _ in 0..12_000 {
+        let port = (20_000 + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-31999");
 }
 
 /// A child process killed when dropped.
