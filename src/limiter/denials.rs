@@ -1,11 +1,8 @@
 //! A local cache of refusals: a caller over its limit is refused without asking Redis again.
 
+use super::shards::Shards;
 use super::Decision;
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 struct Denial {
@@ -35,31 +32,23 @@ const SWEEP_EVERY: u64 = 1024;
 /// a retry of a request an earlier attempt already counted (which Redis admits again), so the
 /// proxy does not answer those from this cache.
 pub struct DenialCache {
-    shards: Box<[Mutex<HashMap<String, Denial>>]>,
-    hasher: RandomState,
+    denials: Shards<Denial>,
     inserts: AtomicU64,
-    next_sweep: AtomicU64,
 }
 
 impl Default for DenialCache {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            denials: Shards::new(SHARDS),
             inserts: AtomicU64::new(0),
-            next_sweep: AtomicU64::new(0),
         }
     }
 }
 
 impl DenialCache {
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Denial>> {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
-    }
-
     /// The refusal still certain at `now`, its durations counted down to `now`.
     pub fn get(&self, key: &str, now: Instant) -> Option<Decision> {
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.denials.lock(key);
         let denial = shard.get(key)?;
         if now >= denial.until {
             shard.remove(key);
@@ -86,33 +75,23 @@ impl DenialCache {
         }
         let n = self.inserts.fetch_add(1, Ordering::Relaxed);
         if n.is_multiple_of(SWEEP_EVERY) {
-            self.sweep_one(received);
+            self.denials.sweep_one(|_, d| d.until > received);
         }
         let denial = Denial {
             until: sent + retry,
             received,
             decision: decision.clone(),
         };
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        shard.insert(key.to_string(), denial);
-    }
-
-    fn sweep_one(&self, now: Instant) {
-        let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) as usize % SHARDS;
-        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
-        shard.retain(|_, d| d.until > now);
+        self.denials.lock(key).insert(key.to_string(), denial);
     }
 
     /// Callers currently refused locally (tests and memory checks).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.denials.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.denials.is_empty()
     }
 }
 

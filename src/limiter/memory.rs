@@ -1,12 +1,11 @@
 //! The in-process sliding-window log: exact for one instance, and Redis's semantics to the letter.
 
+use super::shards::Shards;
 use super::{Decision, Usage};
 use crate::routes::Limit;
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A source of monotonic time in microseconds; injected so tests can move time by hand.
@@ -74,11 +73,9 @@ const SWEEP_EVERY: u64 = 256;
 /// script is. Memory stays bounded by the callers active within their windows: a sweep runs
 /// one shard every few hundred decisions and drops callers whose every window has emptied.
 pub struct MemoryLimiter {
-    shards: Box<[Mutex<HashMap<String, CallerLog>>]>,
-    hasher: RandomState,
+    callers: Shards<CallerLog>,
     clock: Arc<dyn Clock>,
     decisions: AtomicU64,
-    next_sweep: AtomicUsize,
 }
 
 impl Default for MemoryLimiter {
@@ -94,16 +91,10 @@ impl MemoryLimiter {
 
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            callers: Shards::new(SHARDS),
             clock,
             decisions: AtomicU64::new(0),
-            next_sweep: AtomicUsize::new(0),
         }
-    }
-
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, CallerLog>> {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
     /// Checks all `limits`; counts the request against every one only if all admit it.
@@ -114,9 +105,9 @@ impl MemoryLimiter {
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(SWEEP_EVERY)
         {
-            self.sweep_one(now);
+            self.callers.sweep_one(|_, entry| entry.expires_at > now);
         }
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.callers.lock(key);
         if !shard.contains_key(key) {
             shard.insert(key.to_string(), CallerLog::default());
         }
@@ -161,7 +152,7 @@ impl MemoryLimiter {
     /// The usage of each limit, without counting a request.
     pub fn peek(&self, key: &str, limits: &[Limit]) -> Vec<Usage> {
         let now = self.clock.now_us();
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.callers.lock(key);
         let Some(entry) = shard.get_mut(key) else {
             return limits
                 .iter()
@@ -185,18 +176,9 @@ impl MemoryLimiter {
             .collect()
     }
 
-    fn sweep_one(&self, now: u64) {
-        let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
-        shard.retain(|_, entry| entry.expires_at > now);
-    }
-
     /// Callers currently held (for tests and memory checks).
     pub fn callers(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.callers.len()
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod denials;
 pub mod memory;
 pub mod redis;
+mod shards;
 
 use crate::config::{Backend, StoreConfig};
 use crate::routes::Limit;
