@@ -16,6 +16,7 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{OrErr, Result};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything one sidecar needs to decide and forward.
@@ -23,8 +24,9 @@ pub struct Sidecar {
     pub routes: RouteTable,
     pub identity: IdentityExtractor,
     pub store: Store,
-    /// Refusals answered locally until Redis would certainly refuse again (Redis store only).
-    denials: Option<DenialCache>,
+    /// Refusals answered locally until Redis would certainly refuse again (Redis store only);
+    /// shared by every worker of the process.
+    denials: Option<Arc<DenialCache>>,
     pub on_error: OnError,
     pub key_prefix: String,
     /// Upstream peers, resolved once at start-up (building a peer from a name resolves it).
@@ -47,13 +49,28 @@ impl Sidecar {
         Self {
             routes,
             identity,
-            denials: store.is_remote().then(DenialCache::default),
+            denials: store.is_remote().then(Arc::default),
             store,
             on_error,
             key_prefix,
             peers,
             next_peer: AtomicUsize::new(0),
             via: format!("1.1 {instance}"),
+        }
+    }
+
+    /// Another worker over the same routes, store and denial cache (its own round-robin turn).
+    pub fn worker(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            identity: self.identity.clone(),
+            store: self.store.clone(),
+            denials: self.denials.clone(),
+            on_error: self.on_error,
+            key_prefix: self.key_prefix.clone(),
+            peers: self.peers.clone(),
+            next_peer: AtomicUsize::new(self.next_peer.load(Ordering::Relaxed) + 1),
+            via: self.via.clone(),
         }
     }
 

@@ -4,6 +4,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::limiter::{Store, StoreError};
 use crate::proxy::Sidecar;
+use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -68,10 +69,9 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     check_listen(&config.server.admin_listen, "admin")?;
     let peers = peers(&config)?;
     let conf = ServerConf {
-        threads: config.server.threads,
-        // One single-threaded runtime per worker, like nginx workers: a connection's request,
-        // its upstream hop and its Redis call stay on one thread. Work stealing cost ~25% of
-        // throughput in cross-thread wake-ups (bench/RESULTS.md).
+        // Each proxy worker is its own Pingora service with one single-threaded runtime (see
+        // below), like an nginx worker.
+        threads: 1,
         work_stealing: false,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
@@ -96,16 +96,25 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         peers,
         &config.server.instance,
     );
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        sidecar,
-        "sluice proxy",
-    );
-    proxy.add_tcp(&config.server.listen);
+    // `server.threads` workers, each a single-threaded Pingora service on the same address
+    // (SO_REUSEPORT: the kernel spreads connections over them). A connection's request, its
+    // upstream hop, its Redis call and the upstream pool's idle watcher all stay on one thread;
+    // one multi-threaded service instead spawns those watchers on a random thread, which cost
+    // cross-thread wake-ups on every request (bench/RESULTS.md).
+    let mut reuseport = TcpSocketOptions::default();
+    reuseport.so_reuseport = Some(true);
+    for i in 0..config.server.threads {
+        let worker = sidecar.worker();
+        let name = format!("sluice proxy {i}");
+        let mut proxy =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, worker, &name);
+        proxy.threads = Some(1);
+        proxy.add_tcp_with_settings(&config.server.listen, reuseport.clone());
+        server.add_service(proxy);
+    }
     let mut admin = Service::new("sluice admin".to_string(), admin);
     admin.threads = Some(1);
     admin.add_tcp(&config.server.admin_listen);
-    server.add_service(proxy);
     server.add_service(admin);
     Ok(server)
 }

@@ -6,10 +6,7 @@ use common::*;
 use std::time::Duration;
 
 fn redis_store(redis: &Redis) -> String {
-    format!(
-        "store:\n  backend: redis\n  url: \"{}\"\n  timeout: 100ms\n",
-        redis.url()
-    )
+    format!("store:\n  backend: redis\n  url: \"{}\"\n", redis.url())
 }
 
 const API_5_PER_MIN: &str = "routes:

@@ -170,6 +170,7 @@ routes:
         let c = parse("x.yaml", "upstream: { addrs: [\"h:1\"] }", &no_env).unwrap();
         assert_eq!(c.store.backend, Backend::Memory);
         assert_eq!(c.store.on_error, OnError::Allow);
+        assert_eq!(c.store.timeout, Duration::from_millis(500));
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.server.admin_listen, "127.0.0.1:9090");
         assert_eq!(c.identity.sources.len(), 3);

@@ -315,7 +315,7 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
         backend,
         timeout: positive_duration(
             s.and_then(|s| s.timeout.as_ref()),
-            Duration::from_millis(100),
+            Duration::from_millis(500),
             "store.timeout",
             p,
         )
