@@ -59,8 +59,10 @@ impl Sidecar {
         }
     }
 
-    /// Another worker over the same routes, store and denial cache (its own round-robin turn).
-    pub fn worker(&self) -> Self {
+    /// Worker `index` over the same routes, store and denial cache. Each worker keeps its own
+    /// round-robin position, starting at its index so the workers do not all begin on the
+    /// same upstream.
+    pub fn worker(&self, index: usize) -> Self {
         Self {
             routes: self.routes.clone(),
             identity: self.identity.clone(),
@@ -69,7 +71,7 @@ impl Sidecar {
             on_error: self.on_error,
             key_prefix: self.key_prefix.clone(),
             peers: self.peers.clone(),
-            next_peer: AtomicUsize::new(self.next_peer.load(Ordering::Relaxed) + 1),
+            next_peer: AtomicUsize::new(index),
             via: self.via.clone(),
         }
     }

@@ -104,7 +104,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     let mut reuseport = TcpSocketOptions::default();
     reuseport.so_reuseport = Some(true);
     for i in 0..config.server.threads {
-        let worker = sidecar.worker();
+        let worker = sidecar.worker(i);
         let name = format!("sluice proxy {i}");
         let mut proxy =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, worker, &name);
