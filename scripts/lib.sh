@@ -22,6 +22,13 @@ port_answers() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# release_dir REPO: where cargo puts release binaries (honours CARGO_TARGET_DIR).
+release_dir() {
+    local target=${CARGO_TARGET_DIR:-$1/target}
+    case $target in /*) ;; *) target=$1/$target ;; esac
+    echo "$target/release"
+}
+
 # build_release: builds both binaries (sluice, upstream-demo) in release mode.
 build_release() {
     ensure_packages cmake:cmake || return 1
