@@ -1,26 +1,24 @@
 //! The admin listener: `/health` and `/stats/{user}`, never reachable through the proxy port.
 
-use crate::limiter::{caller_key, Store};
+use crate::proxy::Shared;
 use crate::response::ceil_secs;
-use crate::routes::RouteTable;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// Serves health and usage; reads from the store, never counts a request.
 pub struct Admin {
-    pub store: Store,
-    pub routes: RouteTable,
-    pub key_prefix: String,
+    pub shared: Arc<Shared>,
     pub instance: String,
 }
 
 impl Admin {
     async fn health(&self) -> (StatusCode, Value) {
-        let store = match self.store.ping().await {
+        let store = match self.shared.decider.store().ping().await {
             Ok(()) => "ok",
             Err(e) => {
                 log::warn!("health: store does not answer: {e}");
@@ -31,7 +29,7 @@ impl Admin {
         let body = json!({
             "status": status,
             "store": store,
-            "backend": self.store.backend_name(),
+            "backend": self.shared.decider.store().backend_name(),
             "instance": self.instance,
         });
         (StatusCode::OK, body)
@@ -39,10 +37,11 @@ impl Admin {
 
     async fn stats(&self, user: &[u8]) -> (StatusCode, Value) {
         let mut routes = Vec::new();
-        for route in self.routes.routes().iter().filter(|r| r.has_limits()) {
+        let decider = &self.shared.decider;
+        for route in decider.routes().routes().iter().filter(|r| r.has_limits()) {
             let limits = route.limits_for(user);
-            let key = caller_key(&self.key_prefix, &route.name, Some(user));
-            let usage = match self.store.peek(&key, limits).await {
+            let key = decider.caller_key(&route.name, Some(user));
+            let usage = match decider.store().peek(&key, limits).await {
                 Ok(u) => u,
                 Err(e) => {
                     return (

@@ -24,19 +24,41 @@ pub struct Cidr {
 
 impl Cidr {
     /// Parses `addr/prefix`, or a bare address as a single host.
-    pub fn parse(text: &str) -> Option<Cidr> {
+    ///
+    /// An IPv4-mapped network (`::ffff:10.0.0.0/104`) is stored as the IPv4 network it names
+    /// (`10.0.0.0/8`), because peers are compared in their IPv4 form: left as IPv6 it would
+    /// never match anyone.
+    pub fn parse(text: &str) -> Result<Cidr, &'static str> {
+        const HINT: &str = "use e.g. 10.0.0.0/8 or ::1/128";
         let (addr, prefix) = match text.trim().split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text.trim(), None),
         };
-        let network: IpAddr = addr.parse().ok()?;
+        let network: IpAddr = addr.parse().map_err(|_| HINT)?;
         let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
-            Some(_) => return None,
+        let prefix: u8 = match prefix {
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse().map_err(|_| HINT)?
+            }
+            Some(_) => return Err(HINT),
             None => max,
         };
-        (prefix <= max).then_some(Cidr { network, prefix })
+        if prefix > max {
+            return Err(HINT);
+        }
+        match network {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                let v4 = v6.to_ipv4_mapped().map(IpAddr::V4).ok_or(HINT)?;
+                if prefix < 96 {
+                    return Err("an IPv4-mapped network needs a prefix of at least /96");
+                }
+                Ok(Cidr {
+                    network: v4,
+                    prefix: prefix - 96,
+                })
+            }
+            _ => Ok(Cidr { network, prefix }),
+        }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -83,26 +105,30 @@ impl TrustedProxies {
     }
 
     /// The client address for a request from `peer` carrying `headers`.
+    ///
+    /// Every `X-Forwarded-For` line is read, in order, entry by entry (as bytes: a line with a
+    /// byte that is not ASCII is still read). Walking from the right, an entry that is not an
+    /// address (`v4`, `v4:port`, `v6`, `[v6]`, `[v6]:port`) ends the walk at the last believed
+    /// hop, as nginx's `real_ip_recursive` does. `X-Real-IP` is read only when no
+    /// `X-Forwarded-For` line is present.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let mut current = canonical(peer);
         if !self.trusts(current) {
             return current;
         }
-        let forwarded: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        if forwarded.is_empty() {
-            let real = headers.get("x-real-ip").and_then(|v| v.to_str().ok());
-            return real.and_then(parse_ip).unwrap_or(current);
+        let mut lines = headers.get_all("x-forwarded-for").iter().peekable();
+        if lines.peek().is_none() {
+            let real = headers.get("x-real-ip").map(|v| v.as_bytes());
+            return real.and_then(parse_forwarded_ip).unwrap_or(current);
         }
-        for hop in forwarded.iter().rev() {
+        let entries: Vec<&[u8]> = lines
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty())
+            .collect();
+        for hop in entries.iter().rev() {
             // An entry that is not an address cannot be believed: stop at the last known hop.
-            let Some(ip) = parse_ip(hop) else {
+            let Some(ip) = parse_forwarded_ip(hop) else {
                 return current;
             };
             current = ip;
@@ -114,13 +140,44 @@ impl TrustedProxies {
     }
 }
 
-fn parse_ip(text: &str) -> Option<IpAddr> {
-    let text = text.trim();
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|t| t.split_once(']'))
-        .map_or(text, |(ip, _)| ip);
-    bare.parse().ok().map(canonical)
+/// One `X-Forwarded-For` entry: an address, optionally with a port (`203.0.113.9:4711`,
+/// `[2001:db8::1]:4711`); IPv4-mapped addresses in their IPv4 form.
+pub fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry.trim_ascii()).ok()?;
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, after) = rest.split_once(']')?;
+            match after {
+                "" => (v6, None),
+                _ => (v6, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => {
+            let (v4, port) = text.rsplit_once(':')?;
+            (v4, Some(port))
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    });
+    let ip: IpAddr = host.parse().ok()?;
+    let bracketed_v6 = text.starts_with('[') == ip.is_ipv6();
+    (port_ok && bracketed_v6).then(|| canonical(ip))
+}
+
+/// Why a caller's identity is refused (the request gets 400 and is never counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityError {
+    /// Longer than `server.max_identity_bytes` after decoding.
+    TooLong { max_bytes: usize },
+    /// A control character (0x00-0x1F, 0x7F) after decoding.
+    Invalid,
 }
 
 /// Reads the caller's identity from a request, trying each configured source in order.
@@ -128,20 +185,25 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 pub struct IdentityExtractor {
     pub sources: Vec<IdentitySource>,
     pub trusted: TrustedProxies,
+    /// Longest identity accepted, in bytes after decoding (`server.max_identity_bytes`).
+    pub max_bytes: usize,
 }
 
 impl IdentityExtractor {
     /// The caller's identity, or `None` when no source is present (an anonymous caller).
     ///
     /// The value is the same whatever source it came from, so `?user_id=alice` and
-    /// `x-user-id: alice` are one caller. Empty values count as absent.
+    /// `x-user-id: alice` are one caller. Empty values count as absent. Every other byte
+    /// sequence is its own caller, unnormalised (Unicode NFC and NFD spellings are two
+    /// callers), except that one longer than `max_bytes` or holding a control character is
+    /// refused: it is never truncated into someone else's quota nor stored.
     pub fn caller(
         &self,
         query: Option<&str>,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
-    ) -> Option<Vec<u8>> {
-        self.sources.iter().find_map(|source| match source {
+    ) -> Result<Option<Vec<u8>>, IdentityError> {
+        let found = self.sources.iter().find_map(|source| match source {
             IdentitySource::Query(name) => query.and_then(|q| query_param(q, name)),
             IdentitySource::Header(name) => headers
                 .get(name)
@@ -150,29 +212,53 @@ impl IdentityExtractor {
             IdentitySource::ClientIp => {
                 peer.map(|p| self.trusted.client_ip(p, headers).to_string().into_bytes())
             }
-        })
+        });
+        match found {
+            Some(id) if id.len() > self.max_bytes => Err(IdentityError::TooLong {
+                max_bytes: self.max_bytes,
+            }),
+            Some(id) if id.iter().any(|&b| b < 0x20 || b == 0x7f) => Err(IdentityError::Invalid),
+            other => Ok(other),
+        }
     }
 }
 
-/// The request id a trusted load balancer set (`X-Request-Id`, e.g. nginx's `$request_id`).
+/// Load-balancer request ids (`request_ids` in the config): what makes a retry exact.
 ///
-/// Only a trusted peer's id is used: the limiter admits a repeated id without counting it
-/// (that is what makes a load balancer's retry exact), so a client choosing its own id could
-/// replay one forever. Ids must be 1-64 characters of `[A-Za-z0-9._-]`.
-pub fn request_id<'a>(
-    trusted: &TrustedProxies,
-    peer: Option<IpAddr>,
-    headers: &'a HeaderMap,
-) -> Option<&'a str> {
-    if !peer.is_some_and(|p| trusted.trusts(p)) {
-        return None;
+/// A load balancer that retries a request on another sidecar after the first one counted it
+/// and died would have it counted twice; with the same id, the limiter admits the repeat
+/// uncounted. That is a bypass in a client's hands, so an id is believed only from a trusted
+/// peer, only within `retry_window` of its first counting, and only `max_retries` times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIds {
+    pub header: HeaderName,
+    pub retry_window: std::time::Duration,
+    pub max_retries: u32,
+}
+
+impl RequestIds {
+    /// The id of a request from `peer`: exactly one `header` line of 1-64 characters of
+    /// `[A-Za-z0-9._-]` from a trusted peer; anything else is no id (an ordinary request).
+    pub fn id<'a>(
+        &self,
+        trusted: &TrustedProxies,
+        peer: Option<IpAddr>,
+        headers: &'a HeaderMap,
+    ) -> Option<&'a str> {
+        if !peer.is_some_and(|p| trusted.trusts(p)) {
+            return None;
+        }
+        let mut lines = headers.get_all(&self.header).iter();
+        let (Some(line), None) = (lines.next(), lines.next()) else {
+            return None;
+        };
+        let id = line.to_str().ok()?;
+        let valid = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        valid.then_some(id)
     }
-    let id = headers.get("x-request-id")?.to_str().ok()?;
-    let valid = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    valid.then_some(id)
 }
 
 /// The first non-empty value of the query parameter `name`, form-decoded.
@@ -225,6 +311,7 @@ mod tests {
                 IdentitySource::ClientIp,
             ],
             trusted: trusted(trust),
+            max_bytes: 16,
         }
     }
 
@@ -235,12 +322,15 @@ mod tests {
         let peer = Some(ip("192.0.2.7"));
         assert_eq!(
             e.caller(Some("user_id=alice"), &h, peer),
-            Some(b"alice".to_vec())
+            Ok(Some(b"alice".to_vec()))
         );
-        assert_eq!(e.caller(Some("other=1"), &h, peer), Some(b"bob".to_vec()));
+        assert_eq!(
+            e.caller(Some("other=1"), &h, peer),
+            Ok(Some(b"bob".to_vec()))
+        );
         assert_eq!(
             e.caller(None, &HeaderMap::new(), peer),
-            Some(b"192.0.2.7".to_vec())
+            Ok(Some(b"192.0.2.7".to_vec()))
         );
     }
 
@@ -249,8 +339,32 @@ mod tests {
         let e = extractor(&[]);
         let h = headers(&[("x-user-id", "  ")]);
         let got = e.caller(Some("user_id=&x=1"), &h, Some(ip("192.0.2.7")));
-        assert_eq!(got, Some(b"192.0.2.7".to_vec()));
-        assert_eq!(e.caller(Some("user_id="), &h, None), None);
+        assert_eq!(got, Ok(Some(b"192.0.2.7".to_vec())));
+        assert_eq!(e.caller(Some("user_id="), &h, None), Ok(None));
+    }
+
+    #[test]
+    fn long_identities_and_control_characters_are_refused() {
+        let e = extractor(&[]);
+        let none = HeaderMap::new();
+        let q = |v: &str| e.caller(Some(&format!("user_id={v}")), &none, None);
+        assert_eq!(q(&"a".repeat(16)), Ok(Some(b"a".repeat(16))));
+        assert_eq!(
+            q(&"a".repeat(17)),
+            Err(IdentityError::TooLong { max_bytes: 16 })
+        );
+        // Counted after decoding: 6 escapes are 6 bytes, 18 characters on the wire.
+        assert_eq!(q(&"%41".repeat(6)), Ok(Some(b"AAAAAA".to_vec())));
+        for bad in ["a%00", "%0A", "x%1By", "%7F", "%09"] {
+            assert_eq!(q(bad), Err(IdentityError::Invalid), "{bad}");
+        }
+        let h = headers(&[("x-user-id", &"b".repeat(17))]);
+        assert_eq!(
+            e.caller(None, &h, None),
+            Err(IdentityError::TooLong { max_bytes: 16 })
+        );
+        // Non-ASCII bytes are ordinary bytes of an identity.
+        assert_eq!(q("j%C3%B6rg"), Ok(Some("jörg".as_bytes().to_vec())));
     }
 
     #[test]
@@ -295,6 +409,30 @@ mod tests {
         // Garbage stops the walk at the last believable hop.
         let h = headers(&[("x-forwarded-for", "203.0.113.9, nonsense, 10.0.0.6")]);
         assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("10.0.0.6"));
+        // Ports are allowed, v4 and v6.
+        let h = headers(&[(
+            "x-forwarded-for",
+            "203.0.113.9:4711, [10::1]:80, 10.0.0.6:1",
+        )]);
+        assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("10::1"));
+        let h = headers(&[("x-forwarded-for", "[2001:db8::9]:4711")]);
+        assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("2001:db8::9"));
+        // A line with a non-ASCII byte is still read entry by entry, and X-Real-IP is not a
+        // fallback for a line that exists.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").unwrap(),
+        );
+        h.append("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.9"));
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.9, \xff").unwrap(),
+        );
+        h.append("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("127.0.0.1"));
         // No X-Forwarded-For: X-Real-IP from a trusted peer.
         let h = headers(&[("x-real-ip", "203.0.113.9")]);
         assert_eq!(t.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.9"));
@@ -307,14 +445,22 @@ mod tests {
     #[test]
     fn request_ids_count_only_from_trusted_peers() {
         let t = trusted(&["127.0.0.1"]);
+        let ids = RequestIds {
+            header: HeaderName::from_static("x-request-id"),
+            retry_window: std::time::Duration::from_secs(10),
+            max_retries: 2,
+        };
+        let lb = Some(ip("127.0.0.1"));
         let h = headers(&[("x-request-id", "0f3a9c")]);
-        assert_eq!(request_id(&t, Some(ip("127.0.0.1")), &h), Some("0f3a9c"));
-        assert_eq!(request_id(&t, Some(ip("192.0.2.1")), &h), None);
-        assert_eq!(request_id(&t, None, &h), None);
+        assert_eq!(ids.id(&t, lb, &h), Some("0f3a9c"));
+        assert_eq!(ids.id(&t, Some(ip("192.0.2.1")), &h), None);
+        assert_eq!(ids.id(&t, None, &h), None);
         let bad = headers(&[("x-request-id", "a b")]);
-        assert_eq!(request_id(&t, Some(ip("127.0.0.1")), &bad), None);
+        assert_eq!(ids.id(&t, lb, &bad), None);
         let long = headers(&[("x-request-id", &"a".repeat(65))]);
-        assert_eq!(request_id(&t, Some(ip("127.0.0.1")), &long), None);
+        assert_eq!(ids.id(&t, lb, &long), None);
+        let two = headers(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        assert_eq!(ids.id(&t, lb, &two), None, "exactly one id line");
     }
 
     #[test]
@@ -333,6 +479,11 @@ mod tests {
         assert!(Cidr::parse("127.0.0.1")
             .unwrap()
             .contains(ip("::ffff:127.0.0.1")));
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped, Cidr::parse("10.0.0.0/8").unwrap());
+        assert!(mapped.contains(ip("10.1.2.3")));
+        assert!(mapped.contains(ip("::ffff:10.1.2.3")));
+        assert!(Cidr::parse("::ffff:0:0/80").is_err());
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
         for bad in [
             "10.0.0.0/33",
@@ -342,7 +493,7 @@ mod tests {
             "10.0.0.0/",
             "10.0.0.0/-1",
         ] {
-            assert_eq!(Cidr::parse(bad), None, "{bad}");
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - [`config`]: the YAML file model and the validated runtime model (`--check` lives here).
 //! - [`identity`]: who is calling (query parameter, header, client IP via trusted proxies).
 //! - [`routes`]: the ordered route table (method + path → route and its limits).
+//! - [`decision`]: one request's verdict (head checks, path, route, caller, limits, store),
+//!   Pingora-free.
 //! - [`limiter`]: sliding-window logs in Redis (one Lua call) or in memory; [`limiter::Decision`].
 //! - [`response`]: the RateLimit headers and the 429/503 bodies, one helper for every path.
 //! - [`proxy`]: the Pingora `ProxyHttp` phases, each delegating to the modules above.
@@ -12,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod decision;
 pub mod identity;
 pub mod limiter;
 pub mod proxy;

@@ -1,14 +1,8 @@
-//! The Pingora `ProxyHttp` implementation: identity → route → limiter → forward or 429.
-//!
-//! Each phase is short and delegates: `identity`, `routes`, `limiter` and `response` hold the
-//! logic; this file only wires it to Pingora's request lifecycle.
+//! The Pingora `ProxyHttp` implementation: each phase is short and hands its work to the
+//! [`Decider`](crate::decision::Decider) (what to do) or [`response`] (what clients see).
 
-use crate::config::OnError;
-use crate::identity::{self, IdentityExtractor};
-use crate::limiter::denials::DenialCache;
-use crate::limiter::{caller_key, Store};
+use crate::decision::{Decider, RequestHead, Verdict};
 use crate::response::{self, RateLimitHeaders};
-use crate::routes::RouteTable;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -17,72 +11,39 @@ use pingora::{OrErr, Result};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
-/// Everything one sidecar needs to decide and forward.
-pub struct Sidecar {
-    pub routes: RouteTable,
-    pub identity: IdentityExtractor,
-    pub store: Store,
-    /// Refusals answered locally until Redis would certainly refuse again (Redis store only);
-    /// shared by every worker of the process.
-    denials: Option<Arc<DenialCache>>,
-    pub on_error: OnError,
-    pub key_prefix: String,
+/// What every worker shares: built once, behind one `Arc`.
+pub struct Shared {
+    pub decider: Decider,
     /// Upstream peers, resolved once at start-up (building a peer from a name resolves it).
     pub peers: Vec<HttpPeer>,
-    next_peer: AtomicUsize,
     /// `1.1 <instance>`, added to forwarded requests and to responses (RFC 9110 §7.6.3).
     pub via: String,
 }
 
+/// One proxy worker: the shared state and its own round-robin position.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    next_peer: AtomicUsize,
+}
+
 impl Sidecar {
-    pub fn new(
-        routes: RouteTable,
-        identity: IdentityExtractor,
-        store: Store,
-        on_error: OnError,
-        key_prefix: String,
-        peers: Vec<HttpPeer>,
-        instance: &str,
-    ) -> Self {
+    /// Worker `index`: it starts its round robin at its index so the workers do not all begin
+    /// on the same upstream.
+    pub fn worker(shared: Arc<Shared>, index: usize) -> Self {
         Self {
-            routes,
-            identity,
-            denials: store.is_remote().then(Arc::default),
-            store,
-            on_error,
-            key_prefix,
-            peers,
-            next_peer: AtomicUsize::new(0),
-            via: format!("1.1 {instance}"),
-        }
-    }
-
-    /// Worker `index` over the same routes, store and denial cache. Each worker keeps its own
-    /// round-robin position, starting at its index so the workers do not all begin on the
-    /// same upstream.
-    pub fn worker(&self, index: usize) -> Self {
-        Self {
-            routes: self.routes.clone(),
-            identity: self.identity.clone(),
-            store: self.store.clone(),
-            denials: self.denials.clone(),
-            on_error: self.on_error,
-            key_prefix: self.key_prefix.clone(),
-            peers: self.peers.clone(),
+            shared,
             next_peer: AtomicUsize::new(index),
-            via: self.via.clone(),
         }
     }
 
-    /// Writes a complete response sluice made itself (429 or 503) and keeps the connection.
+    /// Writes a complete response sluice made itself and keeps the connection.
     async fn respond(
         &self,
         session: &mut Session,
         (mut head, body): (Box<ResponseHeader>, Bytes),
     ) -> Result<bool> {
-        head.append_header("Via", &self.via)?;
+        head.append_header("Via", &self.shared.via)?;
         let head_only = session.req_header().method == http::Method::HEAD;
         let written = match session.write_response_header(head, head_only).await {
             Ok(()) if head_only => Ok(()),
@@ -101,6 +62,7 @@ impl Sidecar {
 #[derive(Default)]
 pub struct RequestCtx {
     rate_headers: Option<RateLimitHeaders>,
+    rewrite: Option<http::Uri>,
     upstream_tries: usize,
 }
 
@@ -121,54 +83,23 @@ impl ProxyHttp for Sidecar {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        let Some(route) = self.routes.find(req.method.as_str(), req.uri.path()) else {
-            return Ok(false);
+        let head = RequestHead {
+            method: &req.method,
+            raw_target: req.raw_path(),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+            peer: peer_ip(session),
         };
-        let peer = peer_ip(session);
-        let caller = self.identity.caller(req.uri.query(), &req.headers, peer);
-        let request_id = identity::request_id(&self.identity.trusted, peer, &req.headers);
-        let limits = route.limits_for(caller.as_deref().unwrap_or_default());
-        if limits.is_empty() {
-            return Ok(false);
-        }
-        let key = caller_key(&self.key_prefix, &route.name, caller.as_deref());
-        let denials = self.denials.as_ref();
-        // A request with a trusted request id may be a retry that only Redis can recognise.
-        if let Some(refused) = denials
-            .filter(|_| request_id.is_none())
-            .and_then(|d| d.get(&key, Instant::now()))
-        {
-            let refusal = response::too_many_requests(&route.name, &refused)?;
-            return self.respond(session, refusal).await;
-        }
-        let sent = Instant::now();
-        match self.store.check(&key, limits, request_id).await {
-            Ok(decision) if decision.is_admitted() => {
-                ctx.rate_headers = RateLimitHeaders::new(&route.name, &decision);
-                Ok(false)
+        let refusal = match self.shared.decider.decide(&head).await {
+            Verdict::Forward(forward) => {
+                ctx.rate_headers = forward.rate_headers;
+                ctx.rewrite = forward.rewrite;
+                return Ok(false);
             }
-            Ok(decision) => {
-                if let Some(d) = denials {
-                    d.insert(&key, &decision, sent, Instant::now());
-                }
-                let refusal = response::too_many_requests(&route.name, &decision)?;
-                self.respond(session, refusal).await
-            }
-            Err(e) => {
-                log::warn!(
-                    "store failed on route {}: {e}; on_error={:?}",
-                    route.name,
-                    self.on_error
-                );
-                match self.on_error {
-                    OnError::Allow => Ok(false),
-                    OnError::Deny => {
-                        self.respond(session, response::store_unavailable(&route.name)?)
-                            .await
-                    }
-                }
-            }
-        }
+            Verdict::Refuse(refusal) => response::refusal(&refusal)?,
+        };
+        self.respond(session, refusal).await
     }
 
     async fn upstream_peer(
@@ -177,8 +108,9 @@ impl ProxyHttp for Sidecar {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_tries += 1;
-        let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len();
-        Ok(Box::new(self.peers[i].clone()))
+        let peers = &self.shared.peers;
+        let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % peers.len();
+        Ok(Box::new(peers[i].clone()))
     }
 
     fn fail_to_connect(
@@ -189,7 +121,7 @@ impl ProxyHttp for Sidecar {
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
         // Nothing was sent yet: another upstream can take the request.
-        if ctx.upstream_tries < self.peers.len() {
+        if ctx.upstream_tries < self.shared.peers.len() {
             e.set_retry(true);
         }
         e
@@ -199,8 +131,12 @@ impl ProxyHttp for Sidecar {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The path the route was chosen by is the path the upstream receives.
+        if let Some(uri) = &ctx.rewrite {
+            upstream.set_uri(uri.clone());
+        }
         if let Some(ip) = peer_ip(session) {
             // Appended as bytes: what earlier hops wrote reaches the upstream as it was.
             let mut forwarded = Vec::new();
@@ -213,7 +149,7 @@ impl ProxyHttp for Sidecar {
                 .or_err(pingora::ErrorType::InternalError, "X-Forwarded-For")?;
             upstream.insert_header("X-Forwarded-For", value)?;
         }
-        upstream.append_header("Via", &self.via)?;
+        upstream.append_header("Via", &self.shared.via)?;
         Ok(())
     }
 
@@ -226,7 +162,7 @@ impl ProxyHttp for Sidecar {
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }
-        upstream.append_header("Via", &self.via)?;
+        upstream.append_header("Via", &self.shared.via)?;
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 //! the 429s sluice writes itself), so the two can never disagree.
 
 use crate::config::format_duration;
+use crate::decision::Refusal;
+use crate::identity::IdentityError;
 use crate::limiter::{Decision, LimitState};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -116,6 +118,32 @@ pub fn too_many_requests(
     if let Some(headers) = RateLimitHeaders::new(route, decision) {
         headers.apply(&mut h)?;
     }
+    Ok((h, Bytes::from(body)))
+}
+
+/// The complete response for a request sluice answers itself.
+pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
+    let (status, body) = match r {
+        Refusal::Limited { route, decision } => return too_many_requests(route, decision),
+        Refusal::StoreUnavailable { route } => return store_unavailable(route),
+        Refusal::BadTarget(what) => (400, format!("{{\"error\":\"{what}\"}}")),
+        Refusal::UriTooLong { max_bytes } => (
+            414,
+            format!("{{\"error\":\"uri_too_long\",\"max_bytes\":{max_bytes}}}"),
+        ),
+        Refusal::HeadersTooLarge { max_bytes } => (
+            431,
+            format!("{{\"error\":\"headers_too_large\",\"max_bytes\":{max_bytes}}}"),
+        ),
+        Refusal::Identity(IdentityError::TooLong { max_bytes }) => (
+            400,
+            format!("{{\"error\":\"identity_too_long\",\"max_bytes\":{max_bytes}}}"),
+        ),
+        Refusal::Identity(IdentityError::Invalid) => {
+            (400, "{\"error\":\"invalid_identity\"}".to_string())
+        }
+    };
+    let h = json_header(status, body.len())?;
     Ok((h, Bytes::from(body)))
 }
 

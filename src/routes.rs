@@ -1,5 +1,6 @@
 //! The ordered route table: which route (and so which limits) a request falls under.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -79,63 +80,98 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The first route matching `method` and the request-target `path` (query excluded).
+    /// The first route matching `method` and `path`, which must be in normal form
+    /// ([`normalize_path`]): the caller normalises once and forwards that same path.
     pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
-        let path = normalize_path(path);
-        self.routes.iter().find(|r| r.matches(method, &path))
+        self.routes.iter().find(|r| r.matches(method, path))
     }
 }
 
-/// Puts a path in the form route matching compares: percent-encoded unreserved characters
-/// decoded (`/%61pi/` is `/api/`) and dot segments resolved (`/x/../api/` is `/api/`).
+/// Why a request path cannot be put in normal form (the request gets 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("a path must start with \"/\"")]
+    NotAbsolute,
+    #[error("\"%\" must be followed by two hex digits")]
+    BadEscape,
+}
+
+/// Puts a path in the one form that route matching compares and the upstream receives.
 ///
-/// Without this a client could step around a limited prefix with an encoding the upstream
-/// decodes anyway. Other escapes (`%2F`) stay encoded, as the upstream will see them.
-pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains('%') && !path.contains("/.") {
-        return std::borrow::Cow::Borrowed(path);
+/// - percent-encoded unreserved characters are decoded (`/%61pi/` is `/api/`), every other
+///   escape is kept with upper-case hex (`%2f` is `%2F`: an encoded slash stays data);
+/// - empty segments are merged (`//api` is `/api`), as nginx's `merge_slashes`, Tomcat and most
+///   frameworks read them;
+/// - dot segments are resolved (`/x/../api/` and `/%2e%2e/api/` are `/api/`), never above `/`.
+///
+/// Case, `;` parameters and `\` are left as they are: servers disagree on them (case matters to
+/// most, `;` only to Java containers), so normalising would forward something else than the
+/// upstream expects. A malformed escape (`%zz`) is an error: no guess is safe.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
     }
-    let decoded = decode_unreserved(path);
+    let bytes = path.as_bytes();
+    let clean = !bytes.contains(&b'%')
+        && !path.contains("//")
+        && !path.split('/').any(|seg| seg == "." || seg == "..");
+    if clean {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(bytes)?;
     let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "." => {}
+    let mut trailing = false;
+    for seg in decoded.split('/').skip(1) {
+        trailing = matches!(seg, "" | "." | "..");
+        match seg {
+            "" | "." => {}
             ".." => {
                 out.pop();
             }
             s => out.push(s),
         }
-        // A trailing "." or ".." leaves a directory: keep the trailing slash.
-        if i == last && (*seg == "." || *seg == "..") {
-            out.push("");
-        }
     }
-    std::borrow::Cow::Owned(format!("/{}", out.join("/")))
+    let mut normal = String::with_capacity(decoded.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if trailing || out.is_empty() {
+        normal.push('/');
+    }
+    Ok(Cow::Owned(normal))
 }
 
-fn decode_unreserved(path: &str) -> String {
-    let bytes = path.as_bytes();
+fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let v = hex_value(bytes[i + 1]).zip(hex_value(bytes[i + 2]));
-            if let Some(v) = v.map(|(hi, lo)| hi << 4 | lo) {
-                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-            }
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
         }
-        out.push(bytes[i]);
-        i += 1;
+        let hi = bytes.get(i + 1).copied().and_then(hex_value);
+        let lo = bytes.get(i + 2).copied().and_then(hex_value);
+        let (Some(hi), Some(lo)) = (hi, lo) else {
+            return Err(PathError::BadEscape);
+        };
+        let v = hi << 4 | lo;
+        if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+            out.push(v);
+        } else {
+            out.push(b'%');
+            out.push(HEX[(v >> 4) as usize]);
+            out.push(HEX[(v & 15) as usize]);
+        }
+        i += 3;
     }
-    // Only ASCII bytes were decoded into ASCII, so valid UTF-8 stays valid.
-    String::from_utf8_lossy(&out).into_owned()
+    // Escapes decode to ASCII only, so valid UTF-8 stays valid.
+    Ok(String::from_utf8(out)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex_value(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
@@ -175,7 +211,8 @@ mod tests {
     }
 
     fn found(method: &str, path: &str) -> Option<String> {
-        table().find(method, path).map(|r| r.name.clone())
+        let path = normalize_path(path).unwrap();
+        table().find(method, &path).map(|r| r.name.clone())
     }
 
     #[test]
@@ -209,10 +246,22 @@ mod tests {
         assert_eq!(found("GET", "/x/../api/data").as_deref(), Some("api"));
         assert_eq!(found("GET", "/./api/./data").as_deref(), Some("api"));
         assert_eq!(found("POST", "/%6C%6Fgin").as_deref(), Some("login"));
-        assert_eq!(normalize_path("/a/b/.."), "/a/");
-        assert_eq!(normalize_path("/a%2Fb"), "/a%2Fb");
-        assert_eq!(normalize_path("/%zz%4"), "/%zz%4");
-        assert_eq!(normalize_path("/../../x"), "/x");
+        assert_eq!(found("GET", "//api/data").as_deref(), Some("api"));
+        assert_eq!(found("GET", "/%2e%2E/api/data").as_deref(), Some("api"));
+        let n = |p| normalize_path(p).unwrap().into_owned();
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(n("/a%2Fb"), "/a%2Fb");
+        assert_eq!(n("/a%2fb%7e"), "/a%2Fb~");
+        assert_eq!(n("/../../x"), "/x");
+        assert_eq!(n("//a///b//"), "/a/b/");
+        assert_eq!(n("/.."), "/");
+        assert_eq!(n("//"), "/");
+        assert_eq!(n("/a/./b/"), "/a/b/");
+        assert_eq!(n("/a;x=1/%3B"), "/a;x=1/%3B");
+        assert_eq!(n("/a/..."), "/a/...");
+        assert_eq!(normalize_path("/%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("/%4"), Err(PathError::BadEscape));
+        assert_eq!(normalize_path("x:/api"), Err(PathError::NotAbsolute));
     }
 
     #[test]

@@ -2,14 +2,16 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::decision::Decider;
 use crate::limiter::{Store, StoreError};
-use crate::proxy::Sidecar;
+use crate::proxy::{Shared, Sidecar};
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
 
 /// Why a valid config still could not start (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -27,29 +29,42 @@ pub enum StartError {
 }
 
 /// Resolves every upstream once, so the request path never does DNS (and never panics on it).
+///
+/// A name that resolves to several addresses contributes all of them, as nginx does: taking
+/// only the first (often `::1` for `localhost`) sends every request to a port that may not
+/// listen on that family.
 fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
-    config
-        .upstream
-        .addrs
-        .iter()
-        .map(|addr| {
-            let resolved: SocketAddr = addr
-                .to_socket_addrs()
-                .map_err(|e| StartError::Resolve {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?
-                .next()
-                .ok_or_else(|| StartError::Resolve {
-                    addr: addr.clone(),
-                    reason: "no address".into(),
-                })?;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for addr in &config.upstream.addrs {
+        let resolved: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| StartError::Resolve {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?
+            .collect();
+        if resolved.is_empty() {
+            return Err(StartError::Resolve {
+                addr: addr.clone(),
+                reason: "no address".into(),
+            });
+        }
+        for a in resolved {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    log::info!("upstream peers: {addrs:?}");
+    Ok(addrs
+        .into_iter()
+        .map(|resolved| {
             let mut peer = HttpPeer::new(resolved, false, String::new());
             peer.options.connection_timeout = Some(config.upstream.connect_timeout);
             peer.options.idle_timeout = Some(config.upstream.idle_timeout);
-            Ok(peer)
+            peer
         })
-        .collect()
+        .collect())
 }
 
 /// Fails early with a clear message when a port is taken, before Pingora takes over.
@@ -81,21 +96,15 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     server.bootstrap();
 
     let store = Store::new(&config.store, &config.server.instance)?;
+    let shared = Arc::new(Shared {
+        decider: Decider::new(&config, store),
+        peers,
+        via: format!("1.1 {}", config.server.instance),
+    });
     let admin = Admin {
-        store: store.clone(),
-        routes: config.routes.clone(),
-        key_prefix: config.store.prefix.clone(),
+        shared: shared.clone(),
         instance: config.server.instance.clone(),
     };
-    let sidecar = Sidecar::new(
-        config.routes,
-        config.identity,
-        store,
-        config.store.on_error,
-        config.store.prefix,
-        peers,
-        &config.server.instance,
-    );
     // `server.threads` workers, each a single-threaded Pingora service on the same address
     // (SO_REUSEPORT: the kernel spreads connections over them). A connection's request, its
     // upstream hop, its Redis call and the upstream pool's idle watcher all stay on one thread;
@@ -104,7 +113,7 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     let mut reuseport = TcpSocketOptions::default();
     reuseport.so_reuseport = Some(true);
     for i in 0..config.server.threads {
-        let worker = sidecar.worker(i);
+        let worker = Sidecar::worker(shared.clone(), i);
         let name = format!("sluice proxy {i}");
         let mut proxy =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, worker, &name);

@@ -527,6 +527,7 @@ async fn when_redis_is_down_on_error_decides_and_health_says_degraded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_request_id_from_a_trusted_proxy_is_counted_once() {
     let routes = "trusted_proxies: [\"127.0.0.1/32\"]
+request_ids: {}
 routes:
   - name: api
     match: { path_prefix: / }
@@ -571,6 +572,7 @@ async fn request_ids_from_untrusted_peers_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_caller_is_refused_locally_until_redis_would_admit_it() {
     let routes = "trusted_proxies: [\"127.0.0.1/32\"]
+request_ids: {}
 routes:
   - name: api
     match: { path_prefix: / }

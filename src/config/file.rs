@@ -20,8 +20,19 @@ pub struct FileConfig {
     pub identity: Option<Vec<IdentityFile>>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Absent: request ids are ignored (forwarded untouched, never believed).
+    pub request_ids: Option<RequestIdsFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+/// Load-balancer request ids, believed from `trusted_proxies` only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdsFile {
+    pub header: Option<String>,
+    pub retry_window: Option<Text>,
+    pub max_retries: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +44,12 @@ pub struct ServerFile {
     pub instance: Option<String>,
     /// How long a stopping sidecar keeps serving (SIGTERM) before it closes its listeners.
     pub grace_period: Option<Text>,
+    /// Longest caller identity, in bytes after percent-decoding.
+    pub max_identity_bytes: Option<i64>,
+    /// Largest request head (request line and every header), in bytes.
+    pub max_header_bytes: Option<i64>,
+    /// Longest request target (path and query), in bytes.
+    pub max_uri_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,7 +74,7 @@ pub enum OnErrorFile {
     Deny,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
     pub backend: Option<BackendFile>,
@@ -65,6 +82,8 @@ pub struct StoreFile {
     pub timeout: Option<Text>,
     pub on_error: Option<OnErrorFile>,
     pub prefix: Option<String>,
+    /// Most callers the in-process state (memory store, denial cache) holds at once.
+    pub max_callers: Option<i64>,
 }
 
 /// One identity source: a map with exactly one of these keys (`- query: user_id`).

@@ -4,13 +4,14 @@
 //! at once, reporting every problem (not just the first) as `FILE: FIELD.PATH: message`.
 //! Runtime code only ever sees [`Config`], whose types cannot hold an invalid value.
 
+pub mod defaults;
 mod duration;
 pub mod file;
 mod validate;
 
 pub use duration::{format_duration, parse_duration, DURATION_HINT};
 
-use crate::identity::IdentityExtractor;
+use crate::identity::{IdentityExtractor, RequestIds};
 use crate::routes::RouteTable;
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub store: StoreConfig,
     pub identity: IdentityExtractor,
+    /// Load-balancer request ids (idempotent retries); `None` ignores them.
+    pub request_ids: Option<RequestIds>,
     pub routes: RouteTable,
 }
 
@@ -37,6 +40,10 @@ pub struct ServerConfig {
     pub instance: String,
     /// How long a sidecar told to stop (SIGTERM) keeps accepting before it drains and exits.
     pub grace_period: Duration,
+    /// A request whose head (request line and headers) is larger gets 431.
+    pub max_header_bytes: usize,
+    /// A request whose target (path and query) is longer gets 414.
+    pub max_uri_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +80,8 @@ pub struct StoreConfig {
     pub on_error: OnError,
     /// Prefix of every Redis key, so several deployments can share one Redis.
     pub prefix: String,
+    /// Most callers the in-process state holds (memory store entries, denial-cache entries).
+    pub max_callers: usize,
 }
 
 /// Every problem found in a config file, one line each, ready for stderr.
@@ -158,7 +167,8 @@ routes:
         assert_eq!(api.path, PathMatch::Prefix("/api/".into()));
         assert_eq!(
             api.methods.as_deref(),
-            Some(&["GET".to_string(), "POST".to_string()][..])
+            Some(&["GET".to_string(), "POST".to_string(), "HEAD".to_string()][..]),
+            "HEAD is covered wherever GET is"
         );
         assert_eq!(api.limits[1].window, Duration::from_secs(3600));
         assert_eq!(api.limits_for(b"vip")[0].requests.get(), 1000);

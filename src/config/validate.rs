@@ -2,8 +2,8 @@
 
 use super::file::*;
 use super::*;
-use crate::identity::{Cidr, IdentitySource, TrustedProxies};
-use crate::routes::{Limit, PathMatch, Route};
+use crate::identity::{Cidr, IdentitySource, RequestIds, TrustedProxies};
+use crate::routes::{normalize_path, Limit, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -83,9 +83,17 @@ pub(super) fn build(
     };
     apply_env(&mut file, env, &mut p.from_env);
     let server = server(&file.server, &mut p);
+    let max_identity_bytes = bounded(
+        file.server.max_identity_bytes,
+        defaults::MAX_IDENTITY_BYTES,
+        (1, 65_536),
+        "server.max_identity_bytes",
+        &mut p,
+    );
     let upstream = upstream(&file.upstream, &mut p);
     let store = store(file.store.as_ref(), &mut p);
     let trusted = trusted_proxies(&file.trusted_proxies, &mut p);
+    let request_ids = request_ids(file.request_ids.as_ref(), &mut p);
     let sources = identity(file.identity.as_deref(), &mut p);
     let routes = routes(&file.routes, &mut p);
     if !p.lines.is_empty() {
@@ -95,7 +103,12 @@ pub(super) fn build(
         server,
         upstream,
         store,
-        identity: IdentityExtractor { sources, trusted },
+        identity: IdentityExtractor {
+            sources,
+            trusted,
+            max_bytes: max_identity_bytes,
+        },
+        request_ids,
         routes: RouteTable::new(routes),
     })
 }
@@ -126,13 +139,7 @@ fn apply_env(
         from.insert("upstream.addrs", "SLUICE_UPSTREAMS");
     }
     if let Some(v) = env("SLUICE_REDIS_URL") {
-        let store = file.store.get_or_insert(StoreFile {
-            backend: None,
-            url: None,
-            timeout: None,
-            on_error: None,
-            prefix: None,
-        });
+        let store = file.store.get_or_insert_with(StoreFile::default);
         store.backend = Some(BackendFile::Redis);
         store.url = Some(v);
         from.insert("store.url", "SLUICE_REDIS_URL");
@@ -174,24 +181,71 @@ fn positive_duration(
     Some(d)
 }
 
-fn socket_addr(value: &str, path: &str, p: &mut Problems) {
-    if value.parse::<SocketAddr>().is_err() {
+fn socket_addr(value: &str, path: &str, p: &mut Problems) -> Option<SocketAddr> {
+    let parsed = value.parse::<SocketAddr>().ok();
+    if parsed.is_none() {
         p.add(
             path,
             format!("invalid socket address \"{value}\" (use e.g. 127.0.0.1:8080 or [::1]:8080)"),
         );
     }
+    parsed
+}
+
+/// A duration that Pingora takes in whole seconds: `500ms` is an error, not a silent 0.
+fn whole_seconds(text: Option<&Text>, path: &str, p: &mut Problems) -> Duration {
+    let d = duration(text, Duration::ZERO, path, p).unwrap_or_default();
+    if d.subsec_nanos() != 0 {
+        let shown = format_duration(d);
+        p.add(
+            path,
+            format!("must be a whole number of seconds (got {shown})"),
+        );
+        return Duration::ZERO;
+    }
+    d
+}
+
+/// A whole number at `path` within `min..=max`: `default` when absent.
+fn bounded(
+    value: Option<i64>,
+    default: u64,
+    (min, max): (u64, u64),
+    path: &str,
+    p: &mut Problems,
+) -> usize {
+    let Some(v) = value else {
+        return default as usize;
+    };
+    if v < min as i64 || v > max as i64 {
+        p.add(path, format!("must be between {min} and {max} (got {v})"));
+        return default as usize;
+    }
+    v as usize
+}
+
+/// Two listeners that would take the same port: equal addresses, or one of them a wildcard.
+fn listeners_clash(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
-    let listen = s.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
-    socket_addr(&listen, "server.listen", p);
+    let listen = s.listen.clone().unwrap_or_else(|| defaults::LISTEN.into());
+    let proxy_addr = socket_addr(&listen, "server.listen", p);
     let admin_listen = s
         .admin_listen
         .clone()
-        .unwrap_or_else(|| "127.0.0.1:9090".into());
-    socket_addr(&admin_listen, "server.admin_listen", p);
-    let threads = s.threads.unwrap_or(2);
+        .unwrap_or_else(|| defaults::ADMIN_LISTEN.into());
+    let admin_addr = socket_addr(&admin_listen, "server.admin_listen", p);
+    if let (Some(a), Some(b)) = (proxy_addr, admin_addr) {
+        if listeners_clash(&a, &b) {
+            p.add(
+                "server.admin_listen",
+                format!("\"{admin_listen}\" takes the same port as server.listen \"{listen}\" (give the admin listener its own port)"),
+            );
+        }
+    }
+    let threads = s.threads.unwrap_or(defaults::THREADS);
     if threads == 0 || threads > 256 {
         p.add("server.threads", "must be between 1 and 256");
     }
@@ -216,13 +270,21 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
         admin_listen,
         threads: threads.clamp(1, 256) as usize,
         instance,
-        grace_period: duration(
-            s.grace_period.as_ref(),
-            Duration::ZERO,
-            "server.grace_period",
+        grace_period: whole_seconds(s.grace_period.as_ref(), "server.grace_period", p),
+        max_header_bytes: bounded(
+            s.max_header_bytes,
+            defaults::MAX_HEADER_BYTES,
+            (1024, 1 << 20),
+            "server.max_header_bytes",
             p,
-        )
-        .unwrap_or_default(),
+        ),
+        max_uri_bytes: bounded(
+            s.max_uri_bytes,
+            defaults::MAX_URI_BYTES,
+            (256, 1 << 20),
+            "server.max_uri_bytes",
+            p,
+        ),
     }
 }
 
@@ -257,14 +319,14 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
         addrs,
         connect_timeout: positive_duration(
             u.connect_timeout.as_ref(),
-            Duration::from_secs(1),
+            defaults::CONNECT_TIMEOUT,
             "upstream.connect_timeout",
             p,
         )
         .unwrap_or_default(),
         idle_timeout: positive_duration(
             u.idle_timeout.as_ref(),
-            Duration::from_secs(30),
+            defaults::IDLE_TIMEOUT,
             "upstream.idle_timeout",
             p,
         )
@@ -298,7 +360,7 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
     let backend = match kind {
         BackendFile::Memory => Backend::Memory,
         BackendFile::Redis => {
-            let url = url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+            let url = url.unwrap_or_else(|| defaults::REDIS_URL.into());
             let scheme_ok = ["redis://", "redis+unix://", "unix://"]
                 .iter()
                 .any(|s| url.starts_with(s));
@@ -315,7 +377,7 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
         backend,
         timeout: positive_duration(
             s.and_then(|s| s.timeout.as_ref()),
-            Duration::from_millis(500),
+            defaults::STORE_TIMEOUT,
             "store.timeout",
             p,
         )
@@ -326,18 +388,62 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
         },
         prefix: s
             .and_then(|s| s.prefix.clone())
-            .unwrap_or_else(|| "sluice:".into()),
+            .unwrap_or_else(|| defaults::KEY_PREFIX.into()),
+        max_callers: bounded(
+            s.and_then(|s| s.max_callers),
+            defaults::MAX_CALLERS,
+            (1, 1 << 32),
+            "store.max_callers",
+            p,
+        ),
     }
+}
+
+fn request_ids(r: Option<&RequestIdsFile>, p: &mut Problems) -> Option<RequestIds> {
+    let r = r?;
+    let name = r.header.as_deref().unwrap_or(defaults::REQUEST_ID_HEADER);
+    let header = match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            p.add(
+                "request_ids.header",
+                format!("invalid header name \"{name}\""),
+            );
+            http::HeaderName::from_static(defaults::REQUEST_ID_HEADER)
+        }
+    };
+    let retry_window = positive_duration(
+        r.retry_window.as_ref(),
+        defaults::RETRY_WINDOW,
+        "request_ids.retry_window",
+        p,
+    )
+    .unwrap_or_default();
+    if retry_window > Duration::from_secs(3600) {
+        p.add("request_ids.retry_window", "must be at most 1h");
+    }
+    let max_retries = bounded(
+        r.max_retries,
+        defaults::MAX_RETRIES as u64,
+        (0, 100),
+        "request_ids.max_retries",
+        p,
+    ) as u32;
+    Some(RequestIds {
+        header,
+        retry_window,
+        max_retries,
+    })
 }
 
 fn trusted_proxies(list: &[String], p: &mut Problems) -> TrustedProxies {
     let mut cidrs = Vec::new();
     for (i, text) in list.iter().enumerate() {
         match Cidr::parse(text) {
-            Some(c) => cidrs.push(c),
-            None => p.add(
+            Ok(c) => cidrs.push(c),
+            Err(why) => p.add(
                 &format!("trusted_proxies[{i}]"),
-                format!("invalid CIDR \"{text}\" (use e.g. 10.0.0.0/8 or ::1/128)"),
+                format!("invalid CIDR \"{text}\" ({why})"),
             ),
         }
     }
@@ -443,6 +549,15 @@ fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Ve
             &format!("{path}.{field}"),
             format!("must start with \"/\" (got \"{value}\")"),
         );
+    } else {
+        match normalize_path(value) {
+            Ok(normal) if normal != value.as_str() => p.add(
+                &format!("{path}.{field}"),
+                format!("\"{value}\" is not in normal form, so no request could match it (use \"{normal}\")"),
+            ),
+            Ok(_) => {}
+            Err(why) => p.add(&format!("{path}.{field}"), format!("\"{value}\": {why}")),
+        }
     }
     let methods = m.methods.as_ref().map(|ms| {
         if ms.is_empty() {
@@ -463,7 +578,14 @@ fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Ve
                 }
                 upper
             })
-            .collect()
+            .collect::<Vec<_>>()
+    });
+    // Frameworks answer HEAD with the GET handler: a limit on GET covers HEAD too.
+    let methods = methods.map(|mut ms| {
+        if ms.iter().any(|m| m == "GET") && !ms.iter().any(|m| m == "HEAD") {
+            ms.push("HEAD".to_string());
+        }
+        ms
     });
     (path_match, methods)
 }

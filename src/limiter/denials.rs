@@ -36,16 +36,22 @@ pub struct DenialCache {
     inserts: AtomicU64,
 }
 
-impl Default for DenialCache {
-    fn default() -> Self {
+impl DenialCache {
+    /// A cache of at most about `max_callers` refusals. When a shard is full even after its
+    /// expired refusals are dropped, a new refusal is simply not cached: that caller's next
+    /// request asks Redis again, which costs a round trip, never exactness.
+    pub fn new(max_callers: usize) -> Self {
         Self {
-            denials: Shards::new(SHARDS),
+            denials: Shards::with_capacity(SHARDS, max_callers),
             inserts: AtomicU64::new(0),
         }
     }
-}
 
-impl DenialCache {
+    /// Forgets every refusal (the data they came from may be gone).
+    pub fn clear(&self) {
+        self.denials.sweep_all(|_, _| false);
+    }
+
     /// The refusal still certain at `now`, its durations counted down to `now`.
     pub fn get(&self, key: &str, now: Instant) -> Option<Decision> {
         let mut shard = self.denials.lock(key);
@@ -82,7 +88,14 @@ impl DenialCache {
             received,
             decision: decision.clone(),
         };
-        self.denials.lock(key).insert(key.to_string(), denial);
+        let mut shard = self.denials.lock(key);
+        if !shard.contains_key(key) && self.denials.is_full(&shard) {
+            shard.retain(|_, d| d.until > received);
+            if self.denials.is_full(&shard) {
+                return;
+            }
+        }
+        shard.insert(key.to_string(), denial);
     }
 
     /// Callers currently refused locally (tests and memory checks).
@@ -118,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_served_until_sent_plus_retry_and_no_longer() {
-        let cache = DenialCache::default();
+        let cache = DenialCache::new(1_000_000);
         let sent = Instant::now();
         let received = sent + Duration::from_millis(5);
         cache.insert("k", &limited(1000), sent, received);
@@ -135,7 +148,7 @@ mod tests {
 
     #[test]
     fn admissions_and_instant_retries_are_not_cached() {
-        let cache = DenialCache::default();
+        let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
         cache.insert("a", &Decision::Admitted { states: vec![] }, now, now);
         cache.insert("b", &limited(0), now, now);
@@ -143,8 +156,21 @@ mod tests {
     }
 
     #[test]
+    fn a_full_cache_drops_new_refusals_and_keeps_its_bound() {
+        let cache = DenialCache::new(SHARDS * 4);
+        let now = Instant::now();
+        for i in 0..(SHARDS * 40) {
+            cache.insert(&format!("k{i}"), &limited(10_000), now, now);
+        }
+        assert!(cache.len() <= SHARDS * 4, "{} held", cache.len());
+        assert!(cache.len() >= SHARDS * 2, "the cache still caches");
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
     fn expired_callers_are_swept() {
-        let cache = DenialCache::default();
+        let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
         for i in 0..500 {
             cache.insert(&format!("k{i}"), &limited(10), now, now);

@@ -1,7 +1,7 @@
 //! The in-process sliding-window log: exact for one instance, and Redis's semantics to the letter.
 
 use super::shards::Shards;
-use super::{Decision, Usage};
+use super::{Decision, Retry, StoreError, Usage};
 use crate::routes::Limit;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,11 +42,40 @@ impl Clock for ManualClock {
 #[derive(Default)]
 struct CallerLog {
     windows: Vec<(u64, VecDeque<u64>)>,
+    /// Request ids counted within their retry window: (id, window end, retries so far).
+    ids: Vec<(Box<str>, u64, u32)>,
     /// When every queue is empty, so the sweeper may drop the whole entry.
     expires_at: u64,
 }
 
 impl CallerLog {
+    /// Whether a request with `retry` repeats an id counted within its window and budget; if
+    /// so the repeat is taken from the budget. Expired ids are dropped first.
+    fn replay(&mut self, retry: Option<Retry<'_>>, now: u64) -> bool {
+        self.ids.retain(|(_, until, _)| *until > now);
+        let Some(r) = retry else {
+            return false;
+        };
+        match self.ids.iter_mut().find(|(id, _, _)| **id == *r.id) {
+            Some((_, _, retried)) if *retried < r.max_retries => {
+                *retried += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Remembers the first counting of `retry`'s id (a later one leaves it as it is).
+    fn remember(&mut self, retry: Option<Retry<'_>>, now: u64) {
+        if let Some(r) = retry {
+            if !self.ids.iter().any(|(id, _, _)| **id == *r.id) {
+                let until = now + micros(r.window);
+                self.ids.push((r.id.into(), until, 0));
+                self.expires_at = self.expires_at.max(until);
+            }
+        }
+    }
+
     fn log(&mut self, window_us: u64, now: u64) -> &mut VecDeque<u64> {
         let i = match self.windows.iter().position(|(w, _)| *w == window_us) {
             Some(i) => i,
@@ -72,33 +101,39 @@ const SWEEP_EVERY: u64 = 256;
 /// All limits of one caller sit under one lock, so a decision is atomic exactly as the Redis
 /// script is. Memory stays bounded by the callers active within their windows: a sweep runs
 /// one shard every few hundred decisions and drops callers whose every window has emptied.
+///
+/// **Bounded.** At most `max_callers` callers are held (spread evenly over the shards). When a
+/// new caller's shard is full even after dropping its expired callers, the decision fails with
+/// [`StoreError::Full`] and the route's `on_error` policy answers: callers already held stay
+/// limited exactly, and a flood of fresh identities can neither grow memory nor evict them.
 pub struct MemoryLimiter {
     callers: Shards<CallerLog>,
     clock: Arc<dyn Clock>,
     decisions: AtomicU64,
-}
-
-impl Default for MemoryLimiter {
-    fn default() -> Self {
-        Self::new()
-    }
+    max_callers: usize,
 }
 
 impl MemoryLimiter {
-    pub fn new() -> Self {
-        Self::with_clock(Arc::new(MonotonicClock(Instant::now())))
+    pub fn new(max_callers: usize) -> Self {
+        Self::with_clock(Arc::new(MonotonicClock(Instant::now())), max_callers)
     }
 
-    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(clock: Arc<dyn Clock>, max_callers: usize) -> Self {
         Self {
-            callers: Shards::new(SHARDS),
+            callers: Shards::with_capacity(SHARDS, max_callers),
             clock,
             decisions: AtomicU64::new(0),
+            max_callers,
         }
     }
 
     /// Checks all `limits`; counts the request against every one only if all admit it.
-    pub fn check(&self, key: &str, limits: &[Limit]) -> Decision {
+    pub fn check(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        retry: Option<Retry<'_>>,
+    ) -> Result<Decision, StoreError> {
         let now = self.clock.now_us();
         if self
             .decisions
@@ -109,19 +144,30 @@ impl MemoryLimiter {
         }
         let mut shard = self.callers.lock(key);
         if !shard.contains_key(key) {
+            if self.callers.is_full(&shard) {
+                shard.retain(|_, entry| entry.expires_at > now);
+            }
+            if self.callers.is_full(&shard) {
+                return Err(StoreError::Full(self.max_callers));
+            }
             shard.insert(key.to_string(), CallerLog::default());
         }
-        let entry = shard.get_mut(key).expect("inserted above");
-        let admitted = limits.iter().all(|l| {
-            let n = entry.log(micros(l.window), now).len();
-            n < l.requests.get() as usize
-        });
+        let Some(entry) = shard.get_mut(key) else {
+            return Err(StoreError::Reply("caller vanished under its lock".into()));
+        };
+        let replay = entry.replay(retry, now);
+        let admitted = replay
+            || limits.iter().all(|l| {
+                let n = entry.log(micros(l.window), now).len();
+                n < l.requests.get() as usize
+            });
+        let count = admitted && !replay;
         let parts: Vec<_> = limits
             .iter()
             .map(|l| {
                 let window = micros(l.window);
                 let log = entry.log(window, now);
-                if admitted {
+                if count {
                     log.push_back(now);
                 }
                 let n = log.len();
@@ -139,14 +185,15 @@ impl MemoryLimiter {
                 )
             })
             .collect();
-        if admitted {
+        if count {
             let longest = limits.iter().map(|l| micros(l.window)).max().unwrap_or(0);
             entry.expires_at = entry.expires_at.max(now + longest);
+            entry.remember(retry, now);
         }
-        if entry.windows.iter().all(|(_, log)| log.is_empty()) {
+        if entry.ids.is_empty() && entry.windows.iter().all(|(_, log)| log.is_empty()) {
             shard.remove(key);
         }
-        Decision::from_parts(admitted, limits, parts)
+        Ok(Decision::from_parts(admitted, limits, parts))
     }
 
     /// The usage of each limit, without counting a request.
@@ -201,7 +248,12 @@ mod tests {
     fn limiter() -> (Arc<ManualClock>, MemoryLimiter) {
         let clock = Arc::new(ManualClock::default());
         clock.advance(Duration::from_secs(1000));
-        (clock.clone(), MemoryLimiter::with_clock(clock))
+        (clock.clone(), MemoryLimiter::with_clock(clock, 1_000_000))
+    }
+
+    /// A check without a request id, which cannot fail on a store far from full.
+    fn check(m: &MemoryLimiter, key: &str, limits: &[Limit]) -> Decision {
+        m.check(key, limits, None).unwrap()
     }
 
     #[test]
@@ -209,13 +261,13 @@ mod tests {
         let (clock, m) = limiter();
         let l = [limit(3, 1000)];
         for used in 1..=3 {
-            let d = m.check("k", &l);
+            let d = check(&m, "k", &l);
             assert!(d.is_admitted());
             assert_eq!(d.states()[0].used, used);
             assert_eq!(d.states()[0].remaining(), 3 - used);
             clock.advance(Duration::from_millis(100));
         }
-        let d = m.check("k", &l);
+        let d = check(&m, "k", &l);
         assert!(!d.is_admitted());
         // The first request (at t=0) leaves at t=1000; now is t=300.
         assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(700));
@@ -226,26 +278,26 @@ mod tests {
     fn the_window_slides_and_refusals_are_not_counted() {
         let (clock, m) = limiter();
         let l = [limit(2, 1000)];
-        assert!(m.check("k", &l).is_admitted());
+        assert!(check(&m, "k", &l).is_admitted());
         clock.advance(Duration::from_millis(600));
-        assert!(m.check("k", &l).is_admitted());
+        assert!(check(&m, "k", &l).is_admitted());
         for _ in 0..5 {
-            assert!(!m.check("k", &l).is_admitted());
+            assert!(!check(&m, "k", &l).is_admitted());
         }
         clock.advance(Duration::from_millis(400)); // the first request leaves
-        let d = m.check("k", &l);
+        let d = check(&m, "k", &l);
         assert!(d.is_admitted(), "refusals must not extend the ban");
         assert_eq!(d.states()[0].reset, Duration::from_millis(600));
-        assert!(!m.check("k", &l).is_admitted());
+        assert!(!check(&m, "k", &l).is_admitted());
     }
 
     #[test]
     fn all_limits_must_admit_and_all_are_counted() {
         let (clock, m) = limiter();
         let l = [limit(2, 1000), limit(3, 10_000)];
-        assert!(m.check("k", &l).is_admitted());
-        assert!(m.check("k", &l).is_admitted());
-        let d = m.check("k", &l);
+        assert!(check(&m, "k", &l).is_admitted());
+        assert!(check(&m, "k", &l).is_admitted());
+        let d = check(&m, "k", &l);
         assert!(!d.is_admitted());
         assert_eq!(
             d.states()[1].used,
@@ -253,8 +305,8 @@ mod tests {
             "a refused request counts against no limit"
         );
         clock.advance(Duration::from_millis(1000));
-        assert!(m.check("k", &l).is_admitted());
-        let d = m.check("k", &l);
+        assert!(check(&m, "k", &l).is_admitted());
+        let d = check(&m, "k", &l);
         assert!(!d.is_admitted(), "the 10 s limit is full");
         assert_eq!(d.refusing().unwrap().limit, l[1]);
         assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(9000));
@@ -264,21 +316,21 @@ mod tests {
     fn callers_and_routes_are_independent() {
         let (_, m) = limiter();
         let l = [limit(1, 1000)];
-        assert!(m.check("a", &l).is_admitted());
-        assert!(m.check("b", &l).is_admitted());
-        assert!(!m.check("a", &l).is_admitted());
+        assert!(check(&m, "a", &l).is_admitted());
+        assert!(check(&m, "b", &l).is_admitted());
+        assert!(!check(&m, "a", &l).is_admitted());
     }
 
     #[test]
     fn a_lowered_limit_waits_for_enough_requests_to_leave() {
         let (clock, m) = limiter();
         for _ in 0..4 {
-            m.check("k", &[limit(10, 1000)]);
+            check(&m, "k", &[limit(10, 1000)]);
             clock.advance(Duration::from_millis(100));
         }
         // 4 counted (t=0,100,200,300), limit lowered to 2: a request is admitted once only 1
         // is left, so when the one from t=200 leaves at t=1200; now is t=400.
-        let d = m.check("k", &[limit(2, 1000)]);
+        let d = check(&m, "k", &[limit(2, 1000)]);
         assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(800));
     }
 
@@ -287,16 +339,83 @@ mod tests {
         let (clock, m) = limiter();
         let l = [limit(1, 1000)];
         assert_eq!(m.peek("k", &l)[0].used, 0);
-        m.check("k", &l);
+        check(&m, "k", &l);
         assert_eq!(m.peek("k", &l)[0].used, 1);
         assert_eq!(m.peek("k", &l)[0].used, 1);
         for i in 0..100 {
-            m.check(&format!("other{i}"), &l);
+            check(&m, &format!("other{i}"), &l);
         }
         clock.advance(Duration::from_secs(2));
         for _ in 0..(SWEEP_EVERY as usize * SHARDS) {
-            m.check("x", &[]);
+            check(&m, "x", &[]);
         }
         assert_eq!(m.callers(), 0);
+    }
+}
+
+#[cfg(test)]
+mod bounds_and_retries {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn limit(requests: u32, ms: u64) -> Limit {
+        Limit {
+            requests: NonZeroU32::new(requests).unwrap(),
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_callers_but_keeps_limiting_the_ones_it_holds() {
+        let clock = Arc::new(ManualClock::default());
+        let m = MemoryLimiter::with_clock(clock.clone(), SHARDS * 2);
+        let l = [limit(1, 1000)];
+        let mut full = 0;
+        for i in 0..(SHARDS * 10) {
+            match m.check(&format!("k{i}"), &l, None) {
+                Ok(d) => assert!(d.is_admitted()),
+                Err(StoreError::Full(n)) => {
+                    assert_eq!(n, SHARDS * 2);
+                    full += 1
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full > 0, "the cap was never reached");
+        assert!(m.callers() <= SHARDS * 2, "{} callers held", m.callers());
+        assert!(
+            !m.check("k0", &l, None).unwrap().is_admitted(),
+            "held callers stay limited"
+        );
+        // Once their windows pass, expired callers make room again.
+        clock.advance(Duration::from_secs(2));
+        assert!(m.check("fresh", &l, None).unwrap().is_admitted());
+    }
+
+    #[test]
+    fn a_request_id_is_replayed_within_its_window_and_budget_only() {
+        let clock = Arc::new(ManualClock::default());
+        let m = MemoryLimiter::with_clock(clock.clone(), 1000);
+        let l = [limit(5, 60_000)];
+        let r = Retry {
+            id: "fixed",
+            window: Duration::from_secs(10),
+            max_retries: 2,
+        };
+        let admitted: Vec<bool> = (0..10)
+            .map(|_| m.check("k", &l, Some(r)).unwrap().is_admitted())
+            .collect();
+        // 1 counted + 2 retries + 4 counted, then refused.
+        assert_eq!(
+            admitted,
+            [true, true, true, true, true, true, true, false, false, false]
+        );
+        assert_eq!(m.peek("k", &l)[0].used, 5);
+        // After the retry window, the same id is a new request.
+        let m = MemoryLimiter::with_clock(clock.clone(), 1000);
+        assert!(m.check("k", &l, Some(r)).unwrap().is_admitted());
+        clock.advance(Duration::from_secs(11));
+        m.check("k", &l, Some(r)).unwrap();
+        assert_eq!(m.peek("k", &l)[0].used, 2);
     }
 }

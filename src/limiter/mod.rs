@@ -91,6 +91,15 @@ pub struct Usage {
     pub reset: Duration,
 }
 
+/// A request id that may mark a retry (see [`crate::identity::RequestIds`]): a repeat of an id
+/// counted less than `window` ago is admitted uncounted, at most `max_retries` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry<'a> {
+    pub id: &'a str,
+    pub window: Duration,
+    pub max_retries: u32,
+}
+
 /// A store failure: the decision could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -102,6 +111,8 @@ pub enum StoreError {
     Unavailable,
     #[error("unexpected reply from the store script: {0}")]
     Reply(String),
+    #[error("the in-process store is full ({0} callers, store.max_callers)")]
+    Full(usize),
 }
 
 /// The Redis key prefix shared by every limit of one caller on one route.
@@ -147,7 +158,9 @@ pub enum Store {
 impl Store {
     pub fn new(config: &StoreConfig, instance: &str) -> Result<Store, StoreError> {
         Ok(match &config.backend {
-            Backend::Memory => Store::Memory(std::sync::Arc::new(MemoryLimiter::new())),
+            Backend::Memory => {
+                Store::Memory(std::sync::Arc::new(MemoryLimiter::new(config.max_callers)))
+            }
             Backend::Redis { url } => Store::Redis(std::sync::Arc::new(RedisLimiter::new(
                 url, config, instance,
             )?)),
@@ -169,18 +182,18 @@ impl Store {
 
     /// Checks every limit and, only if all admit, counts the request against all of them.
     ///
-    /// `request_id` (from a trusted load balancer) makes the decision idempotent in Redis: a
-    /// retry of a request that a dead sidecar already counted is admitted without counting it
-    /// twice. The memory store is one process, which no retry can reach twice.
+    /// `retry` (a trusted load balancer's request id) makes the decision idempotent: a retry
+    /// of a request that a dead sidecar already counted is admitted without counting it twice,
+    /// within the retry window and up to the retry budget.
     pub async fn check(
         &self,
         key: &str,
         limits: &[Limit],
-        request_id: Option<&str>,
+        retry: Option<Retry<'_>>,
     ) -> Result<Decision, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.check(key, limits)),
-            Store::Redis(r) => r.check(key, limits, request_id).await,
+            Store::Memory(m) => m.check(key, limits, retry),
+            Store::Redis(r) => r.check(key, limits, retry).await,
         }
     }
 
@@ -204,6 +217,12 @@ impl Store {
 /// The per-limit key: the caller key plus the window, so a changed request count keeps its log.
 pub fn limit_key(caller_key: &str, limit: &Limit) -> String {
     format!("{caller_key}:{}", limit.window.as_millis())
+}
+
+/// The key that remembers one request id of one caller (how often it was retried). It shares
+/// the caller's hash tag, and the id is 1-64 of `[A-Za-z0-9._-]`, so it cannot escape it.
+pub fn retry_key(caller_key: &str, id: &str) -> String {
+    format!("{caller_key}:id:{id}")
 }
 
 #[cfg(test)]

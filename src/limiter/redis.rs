@@ -1,6 +1,6 @@
 //! The shared sliding-window log in Redis: one atomic Lua call per decision.
 
-use super::{limit_key, Decision, StoreError, Usage};
+use super::{limit_key, retry_key, Decision, Retry, StoreError, Usage};
 use crate::config::StoreConfig;
 use crate::routes::Limit;
 use pingora::time::fast_timeout::fast_timeout;
@@ -124,24 +124,29 @@ impl RedisLimiter {
         &self,
         key: &str,
         limits: &[Limit],
-        request_id: Option<&str>,
+        retry: Option<Retry<'_>>,
     ) -> Result<Decision, StoreError> {
         let mut conn = self.connection().await?;
-        let member = match request_id {
-            // "r:" keeps request ids apart from generated members ("<hex>:<hex>").
-            Some(id) => format!("r:{id}"),
-            None => format!(
-                "{}{:x}",
-                self.member_prefix,
-                self.counter.fetch_add(1, Ordering::Relaxed)
-            ),
-        };
+        let member = format!(
+            "{}{:x}",
+            self.member_prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
         let mut call = self.check_script.prepare_invoke();
         call.arg(member);
+        match retry {
+            Some(r) => call
+                .arg(r.window.as_millis().max(1) as u64)
+                .arg(r.max_retries),
+            None => call.arg(0).arg(0),
+        };
         for l in limits {
             call.key(limit_key(key, l))
                 .arg(l.requests.get())
                 .arg(l.window.as_micros() as u64);
+        }
+        if let Some(r) = retry {
+            call.key(retry_key(key, r.id));
         }
         let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
         if reply.len() != 1 + 3 * limits.len() {

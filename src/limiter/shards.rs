@@ -15,17 +15,27 @@ pub struct Shards<V> {
     shards: Box<[Mutex<HashMap<String, V>>]>,
     hasher: RandomState,
     next_sweep: AtomicUsize,
+    /// Entries one shard may hold: the total capacity spread evenly (the hash spreads keys
+    /// evenly, and a per-shard bound needs no shared counter on the hot path).
+    per_shard: usize,
 }
 
 impl<V> Shards<V> {
-    pub fn new(count: usize) -> Self {
+    /// `count` shards holding at most `capacity` entries in all (see [`Shards::is_full`]):
+    /// each holds `capacity / count`, so a shard may fill a little before the whole does.
+    pub fn with_capacity(count: usize, capacity: usize) -> Self {
+        let count = count.clamp(1, capacity.max(1));
         Self {
-            shards: (0..count.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
+            shards: (0..count).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_sweep: AtomicUsize::new(0),
+            per_shard: (capacity / count).max(1),
         }
+    }
+
+    /// Whether a locked shard holds its share of the capacity: its owner must not add to it.
+    pub fn is_full(&self, shard: &HashMap<String, V>) -> bool {
+        shard.len() >= self.per_shard
     }
 
     /// The locked shard that holds `key`. A poisoned lock is taken anyway: every update
@@ -39,6 +49,13 @@ impl<V> Shards<V> {
     pub fn sweep_one(&self, keep: impl FnMut(&String, &mut V) -> bool) {
         let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         lock(&self.shards[i]).retain(keep);
+    }
+
+    /// Applies `keep` to every shard, one lock at a time.
+    pub fn sweep_all(&self, mut keep: impl FnMut(&String, &mut V) -> bool) {
+        for shard in self.shards.iter() {
+            lock(shard).retain(&mut keep);
+        }
     }
 
     /// Entries held across all shards.
@@ -66,7 +83,7 @@ mod tests {
 
     #[test]
     fn a_full_round_of_sweeps_visits_every_shard() {
-        let s: Shards<u32> = Shards::new(8);
+        let s: Shards<u32> = Shards::with_capacity(8, usize::MAX);
         for i in 0..100 {
             s.lock(&format!("k{i}")).insert(format!("k{i}"), i);
         }

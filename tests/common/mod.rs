@@ -408,3 +408,101 @@ pub async fn burst(ports: &[u16], n: usize, target: &str) -> Vec<Reply> {
 pub fn count_status(replies: &[Reply], status: u16) -> usize {
     replies.iter().filter(|r| r.status == status).count()
 }
+
+/// Writes `bytes` as they are on a fresh connection and reads until the server closes it or
+/// 5 s pass: for requests no well-behaved client would send.
+pub async fn raw(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(bytes).await?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            // A reset after a refusal is a closed connection too.
+            Ok(Err(_)) => return Ok(out),
+        }
+    }
+}
+
+/// The status code of a raw reply, or `None` when the server closed without answering.
+pub fn raw_status(reply: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(reply);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+}
+
+/// Sends GET `targets` one after another on one keep-alive connection and returns each
+/// status (bodies are read by Content-Length and dropped).
+pub async fn keepalive_gets(port: u16, targets: &[String]) -> std::io::Result<Vec<u16>> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut statuses = Vec::with_capacity(targets.len());
+    for target in targets {
+        w.write_all(format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut line = String::new();
+        r.read_line(&mut line).await?;
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            r.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        r.read_exact(&mut body).await?;
+        statuses.push(status);
+    }
+    Ok(statuses)
+}
+
+/// A process's resident memory in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Like [`request`], from the loopback address `source` (e.g. 127.0.0.2, where nginx binds).
+pub async fn request_from(
+    source: &str,
+    port: u16,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Reply> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(
+        format!("{source}:0")
+            .parse()
+            .map_err(std::io::Error::other)?,
+    )?;
+    let mut s = socket
+        .connect(
+            format!("127.0.0.1:{port}")
+                .parse()
+                .map_err(std::io::Error::other)?,
+        )
+        .await?;
+    send(&mut s, "GET", target, headers, b"").await
+}

@@ -1,0 +1,27 @@
+//! Every default of the config file in one place, so validation and docs never disagree.
+
+use std::time::Duration;
+
+pub const LISTEN: &str = "127.0.0.1:8080";
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const THREADS: u64 = 2;
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
+pub const KEY_PREFIX: &str = "sluice:";
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An identity longer than this (after percent-decoding) is refused with 400, never stored.
+pub const MAX_IDENTITY_BYTES: u64 = 256;
+/// The request line plus every header: 64 KiB, beyond which a request gets 431.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// The request target (path and query): nginx's default header buffer, 8 KiB; beyond it 414.
+pub const MAX_URI_BYTES: u64 = 8 * 1024;
+/// Callers held in process (memory store entries, denial-cache entries) at once.
+pub const MAX_CALLERS: u64 = 1_000_000;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// A load balancer retries within seconds; a repeated id later than this is a new request.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// nginx's `proxy_next_upstream_tries 3` is one attempt and two retries.
+pub const MAX_RETRIES: u32 = 2;
