@@ -14,6 +14,7 @@ struct Cluster {
     env: Vec<(&'static str, String)>,
     run_dir: PathBuf,
     lb: u16,
+    proxy: Vec<u16>,
     admin: Vec<u16>,
 }
 
@@ -38,6 +39,7 @@ impl Cluster {
             env,
             run_dir,
             lb: ports[0],
+            proxy: ports[3..6].to_vec(),
             admin: ports[6..9].to_vec(),
         }
     }
@@ -123,6 +125,29 @@ async fn through_nginx_three_sidecars_admit_exactly_100_of_1000_concurrent() {
         6,
         "{status}"
     );
+    // Only nginx (from 127.0.0.2) is trusted: a local process that talks to a sidecar port
+    // directly cannot replay a request id or pick its client IP, and through nginx a client's
+    // own X-Request-Id is replaced by nginx's.
+    let forged = [
+        ("x-request-id", "replayed"),
+        ("x-forwarded-for", "192.0.2.99"),
+    ];
+    for i in 0..3 {
+        let direct = request(c.proxy[i], "GET", "/api/data?user_id=sneaky", &forged, b"");
+        assert_eq!(direct.await.unwrap().status, 200);
+        let via_lb = request(c.lb, "GET", "/api/data?user_id=sneaky2", &forged, b"");
+        assert_eq!(via_lb.await.unwrap().status, 200);
+    }
+    for user in ["sneaky", "sneaky2"] {
+        let stats = get(c.admin[0], &format!("/stats/{user}"))
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(
+            stats["routes"][0]["limits"][0]["used"], 3,
+            "{user}: every request counted"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
