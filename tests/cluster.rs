@@ -364,6 +364,27 @@ fn the_compose_file_has_the_topology_and_every_mounted_config_checks() {
         }
     }
     assert!(sluice_configs >= 3, "each sidecar mounts its config");
+    // The sidecars trust nginx's own fixed address and nothing else on the network.
+    let nginx_ip = doc["services"]["nginx"]["networks"]["sluice"]["ipv4_address"]
+        .as_str()
+        .expect("nginx has a fixed address");
+    let conf: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("conf/compose.yaml")).unwrap(),
+    )
+    .unwrap();
+    let trusted: Vec<&str> = conf["trusted_proxies"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(trusted, [format!("{nginx_ip}/32")]);
+    let subnet = doc["networks"]["sluice"]["ipam"]["config"][0]["subnet"].as_str();
+    assert_eq!(
+        subnet,
+        Some("172.28.0.0/16"),
+        "the address is on the pinned subnet"
+    );
     let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
     assert_eq!(
         dockerfile
