@@ -5,10 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn redis_store(redis: &Redis) -> String {
-    format!("store:\n  backend: redis\n  url: \"{}\"\n", redis.url())
-}
-
 const API_5_PER_MIN: &str = "routes:
   - name: api
     match: { path_prefix: /api/ }
@@ -16,21 +12,6 @@ const API_5_PER_MIN: &str = "routes:
   - name: open
     match: { path_prefix: / }
 ";
-
-/// Redis + upstream + one sidecar with `routes` on Redis.
-async fn one_sidecar(routes: &str) -> (Redis, Upstream, Sidecar) {
-    let dir = scratch_dir();
-    let redis = Redis::start(&dir).await;
-    let upstream = Upstream::start(&dir).await;
-    let sidecar = Sidecar::start(
-        &dir,
-        "s1",
-        upstream.port,
-        &format!("{}{routes}", redis_store(&redis)),
-    )
-    .await;
-    (redis, upstream, sidecar)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_admits_exactly_l_then_answers_429_with_every_header() {

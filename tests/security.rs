@@ -15,10 +15,6 @@ const LIMIT_5: &str = "routes:
     match: { path_prefix: / }
 ";
 
-fn redis_store(redis: &Redis) -> String {
-    format!("store:\n  backend: redis\n  url: \"{}\"\n", redis.url())
-}
-
 /// Sends `n` GETs of `target` from `source` with `headers`; the statuses in order.
 async fn statuses_from(
     source: &str,
@@ -126,16 +122,7 @@ async fn a_repeated_id_past_its_retry_window_counts_as_a_new_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_or_control_character_identities_get_400_and_are_never_stored() {
-    let dir = scratch_dir();
-    let redis = Redis::start(&dir).await;
-    let up = Upstream::start(&dir).await;
-    let s = Sidecar::start(
-        &dir,
-        "s",
-        up.port,
-        &format!("{}{LIMIT_5}", redis_store(&redis)),
-    )
-    .await;
+    let (redis, _up, s) = one_sidecar(LIMIT_5).await;
     let max = "m".repeat(256);
     assert_eq!(
         status(s.port, &format!("/api/x?user_id={max}"), &[]).await,
@@ -259,9 +246,6 @@ async fn oversized_malformed_and_slow_requests_cannot_stop_the_sidecar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_path_that_chose_the_route_is_the_path_forwarded() {
-    let dir = scratch_dir();
-    let redis = Redis::start(&dir).await;
-    let up = Upstream::start(&dir).await;
     let routes = "routes:
   - name: api
     match: { path_prefix: /api/, methods: [GET] }
@@ -269,13 +253,7 @@ async fn the_path_that_chose_the_route_is_the_path_forwarded() {
   - name: open
     match: { path_prefix: / }
 ";
-    let s = Sidecar::start(
-        &dir,
-        "s",
-        up.port,
-        &format!("{}{routes}", redis_store(&redis)),
-    )
-    .await;
+    let (_redis, _up, s) = one_sidecar(routes).await;
     let echo = [("x-echo", "1")];
     // Four spellings of /api/data: each counts against the api limit and reaches the upstream
     // as /api/data, its query untouched.

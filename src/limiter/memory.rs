@@ -351,19 +351,6 @@ mod tests {
         }
         assert_eq!(m.callers(), 0);
     }
-}
-
-#[cfg(test)]
-mod bounds_and_retries {
-    use super::*;
-    use std::num::NonZeroU32;
-
-    fn limit(requests: u32, ms: u64) -> Limit {
-        Limit {
-            requests: NonZeroU32::new(requests).unwrap(),
-            window: Duration::from_millis(ms),
-        }
-    }
 
     #[test]
     fn a_full_store_refuses_new_callers_but_keeps_limiting_the_ones_it_holds() {

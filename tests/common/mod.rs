@@ -506,3 +506,23 @@ pub async fn request_from(
         .await?;
     send(&mut s, "GET", target, headers, b"").await
 }
+
+/// The `store:` section of a config for the Redis at `redis`.
+pub fn redis_store(redis: &Redis) -> String {
+    format!("store:\n  backend: redis\n  url: \"{}\"\n", redis.url())
+}
+
+/// A fresh Redis, upstream and one sidecar named `s1` with `body` (routes and the rest) on it.
+pub async fn one_sidecar(body: &str) -> (Redis, Upstream, Sidecar) {
+    let dir = scratch_dir();
+    let redis = Redis::start(&dir).await;
+    let upstream = Upstream::start(&dir).await;
+    let sidecar = Sidecar::start(
+        &dir,
+        "s1",
+        upstream.port,
+        &format!("{}{body}", redis_store(&redis)),
+    )
+    .await;
+    (redis, upstream, sidecar)
+}
