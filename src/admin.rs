@@ -1,43 +1,57 @@
-//! The admin listener: `/health` and `/stats/{user}`, never reachable through the proxy port.
+//! The admin listener: `/health`, `/metrics` and `/stats/{user}`, never reachable through the
+//! proxy port.
 
+use crate::limiter::breaker::StoreStatus;
 use crate::proxy::Shared;
 use crate::response::ceil_secs;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use pingora::apps::http_app::ServeHttp;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// Serves health and usage; reads from the store, never counts a request.
 pub struct Admin {
     pub shared: Arc<Shared>,
     pub instance: String,
+    /// `server.admin_token`: when set, `/metrics` and `/stats/*` need `Bearer <token>`.
+    pub token: Option<String>,
 }
 
 impl Admin {
-    async fn health(&self) -> (StatusCode, Value) {
-        let store = match self.shared.decider.store().ping().await {
-            Ok(()) => "ok",
-            Err(e) => {
-                log::warn!("health: store does not answer: {e}");
-                "down"
-            }
-        };
-        let status = if store == "ok" { "ok" } else { "degraded" };
-        let body = json!({
-            "status": status,
-            "store": store,
-            "backend": self.shared.decider.store().backend_name(),
+    /// 200 whatever the store's state: every sidecar shares the store, so a load balancer that
+    /// pulled the sidecars whose store is away would pull them all.
+    fn health(&self) -> (StatusCode, Value) {
+        let store = self.shared.side.store.status();
+        let mut body = json!({
+            "status": "ok",
+            "store": "ok",
+            "backend": self.shared.side.store.backend_name(),
             "instance": self.instance,
         });
+        let reason = match store {
+            StoreStatus::Up => None,
+            StoreStatus::Failing { reason } => Some(reason),
+            StoreStatus::Open { since, reason } => Some(format!(
+                "breaker open since {}: {reason}",
+                httpdate::fmt_http_date(since)
+            )),
+        };
+        if let Some(reason) = reason {
+            body["status"] = "degraded".into();
+            body["store"] = "down".into();
+            body["reason"] = reason.into();
+        }
         (StatusCode::OK, body)
     }
 
     async fn stats(&self, user: &[u8]) -> (StatusCode, Value) {
+        let decider = self.shared.decider.load_full();
         let mut routes = Vec::new();
-        let decider = &self.shared.decider;
         for route in decider.routes().routes().iter().filter(|r| r.has_limits()) {
             let limits = route.limits_for(user);
             let key = decider.caller_key(&route.name, Some(user));
@@ -69,25 +83,75 @@ impl Admin {
         (StatusCode::OK, json!({"user": user, "routes": routes}))
     }
 
-    async fn route(&self, method: &http::Method, path: &str) -> (StatusCode, Value) {
+    /// Whether `authorization` carries the admin token (always, when none is configured).
+    /// The comparison takes the same time wherever the first difference is.
+    fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        bool::from(given.ct_eq(token.as_bytes()))
+    }
+
+    async fn route(&self, req: &RequestHeader) -> Reply {
+        let (method, path) = (&req.method, req.uri.path());
         if method != http::Method::GET && method != http::Method::HEAD {
-            return (
+            return Reply::json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method_not_allowed"}),
             );
         }
         if path == "/health" {
-            return self.health().await;
+            let (status, body) = self.health();
+            return Reply::json(status, body);
         }
-        match path.strip_prefix("/stats/") {
+        let protected = path == "/metrics" || path.starts_with("/stats/");
+        let authorization = req.headers.get(http::header::AUTHORIZATION);
+        if protected && !self.authorized(authorization.map(|v| v.as_bytes())) {
+            let error = match authorization {
+                None => "missing_token",
+                Some(_) => "invalid_token",
+            };
+            return Reply::json(StatusCode::UNAUTHORIZED, json!({"error": error}));
+        }
+        if path == "/metrics" {
+            return Reply {
+                status: StatusCode::OK,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.shared.metrics.render(),
+            };
+        }
+        let (status, body) = match path.strip_prefix("/stats/") {
             Some(user) if !user.is_empty() => {
                 let user: Vec<u8> = percent_decode_str(user).collect();
                 self.stats(&user).await
             }
             _ => (
                 StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "paths": ["/health", "/stats/{user}"]}),
+                json!({"error": "not_found", "paths": ["/health", "/metrics", "/stats/{user}"]}),
             ),
+        };
+        Reply::json(status, body)
+    }
+}
+
+/// One admin response.
+struct Reply {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: StatusCode, body: Value) -> Reply {
+        let mut body = body.to_string().into_bytes();
+        body.push(b'\n');
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
         }
     }
 }
@@ -96,19 +160,23 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        let (status, body) = self.route(&method, &path).await;
-        let mut body = body.to_string().into_bytes();
-        body.push(b'\n');
+        let head_only = req.method == http::Method::HEAD;
+        let Reply {
+            status,
+            content_type,
+            mut body,
+        } = self.route(req).await;
         let mut response = Response::builder()
             .status(status)
-            .header("Content-Type", "application/json")
+            .header("Content-Type", content_type)
             .header("Content-Length", body.len())
             .header("Cache-Control", "no-store");
-        if method == http::Method::HEAD {
+        if head_only {
             body.clear();
         } else if status == StatusCode::METHOD_NOT_ALLOWED {
             response = response.header("Allow", "GET, HEAD");
+        } else if status == StatusCode::UNAUTHORIZED {
+            response = response.header("WWW-Authenticate", "Bearer realm=\"sluice admin\"");
         }
         response.body(body).unwrap_or_default()
     }

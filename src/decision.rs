@@ -4,12 +4,14 @@
 use crate::config::{Config, OnError};
 use crate::identity::{IdentityError, IdentityExtractor, RequestIds};
 use crate::limiter::denials::DenialCache;
-use crate::limiter::{caller_key, Decision, Retry, Store};
+use crate::limiter::{caller_key, Decision, MemoryLimiter, Retry, Store};
+use crate::metrics::{Metrics, Outcome, RouteCounters, NO_ROUTE};
 use crate::response::RateLimitHeaders;
-use crate::routes::{normalize_path, RouteTable};
+use crate::routes::{normalize_path, Limit, RouteTable};
 use http::{HeaderMap, Method};
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the decision reads of a request.
@@ -61,31 +63,88 @@ pub enum Refusal<'a> {
     StoreUnavailable { route: &'a str },
 }
 
-/// Everything a decision needs, built once from the config and shared by every worker.
+impl Refusal<'_> {
+    /// The JSON `error` of a refusal made before any limit is consulted (a metric label).
+    fn rejection(&self) -> Option<&'static str> {
+        Some(match self {
+            Refusal::BadTarget(what) => what,
+            Refusal::UriTooLong { .. } => "uri_too_long",
+            Refusal::HeadersTooLarge { .. } => "headers_too_large",
+            Refusal::Identity(IdentityError::TooLong { .. }) => "identity_too_long",
+            Refusal::Identity(IdentityError::Invalid) => "invalid_identity",
+            Refusal::Limited { .. } | Refusal::StoreUnavailable { .. } => return None,
+        })
+    }
+}
+
+/// What outlives a config reload: the store (its connections and breaker) and the state
+/// derived from the store's data, which a reload or a store restart must clear.
+pub struct StoreSide {
+    pub store: Store,
+    /// Refusals answered locally until Redis would certainly refuse again (Redis store only).
+    pub denials: Option<DenialCache>,
+    /// `on_error: local`: in-process limits while the store is away, dropped when it returns.
+    pub fallback: MemoryLimiter,
+}
+
+impl StoreSide {
+    pub fn new(store: Store, max_callers: usize) -> Self {
+        Self {
+            denials: store.is_remote().then(|| DenialCache::new(max_callers)),
+            fallback: MemoryLimiter::new(max_callers),
+            store,
+        }
+    }
+
+    /// The store answers again: its decisions replace the local ones.
+    pub fn store_returned(&self) {
+        self.fallback.clear();
+    }
+
+    /// The store's data may be gone (it restarted) or the rules changed (a reload): no
+    /// cached refusal can be trusted any more.
+    pub fn forget_refusals(&self) {
+        if let Some(d) = &self.denials {
+            d.clear();
+        }
+    }
+}
+
+/// Everything a decision needs, built once from the config and shared by every worker;
+/// a reload builds a new one and swaps it in whole.
 pub struct Decider {
     routes: RouteTable,
+    /// `counters[i]` counts `routes[i]`; `unrouted` counts requests no route matched.
+    counters: Vec<RouteCounters>,
+    unrouted: RouteCounters,
     identity: IdentityExtractor,
     request_ids: Option<RequestIds>,
-    store: Store,
-    /// Refusals answered locally until Redis would certainly refuse again (Redis store only).
-    denials: Option<DenialCache>,
+    side: Arc<StoreSide>,
+    metrics: Arc<Metrics>,
     on_error: OnError,
+    fallback_share: f64,
     key_prefix: String,
     max_header_bytes: usize,
     max_uri_bytes: usize,
 }
 
 impl Decider {
-    pub fn new(config: &Config, store: Store) -> Self {
+    pub fn new(config: &Config, side: Arc<StoreSide>, metrics: Arc<Metrics>) -> Self {
         Self {
+            counters: config
+                .routes
+                .routes()
+                .iter()
+                .map(|r| metrics.route(&r.name))
+                .collect(),
+            unrouted: metrics.route(NO_ROUTE),
             routes: config.routes.clone(),
             identity: config.identity.clone(),
             request_ids: config.request_ids.clone(),
-            denials: store
-                .is_remote()
-                .then(|| DenialCache::new(config.store.max_callers)),
-            store,
+            side,
+            metrics,
             on_error: config.store.on_error,
+            fallback_share: config.store.fallback_share,
             key_prefix: config.store.prefix.clone(),
             max_header_bytes: config.server.max_header_bytes,
             max_uri_bytes: config.server.max_uri_bytes,
@@ -93,7 +152,7 @@ impl Decider {
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.side.store
     }
 
     pub fn routes(&self) -> &RouteTable {
@@ -109,13 +168,13 @@ impl Decider {
     pub async fn decide<'s>(&'s self, head: &RequestHead<'_>) -> Verdict<'s> {
         let path = match self.check_head(head) {
             Ok(path) => path,
-            Err(refusal) => return Verdict::Refuse(refusal),
+            Err(refusal) => return self.reject(refusal),
         };
         let rewrite = match &path {
             Cow::Borrowed(_) => None,
             Cow::Owned(normal) => match rewritten(normal, head.query) {
                 Some(uri) => Some(uri),
-                None => return Verdict::Refuse(Refusal::BadTarget("invalid_target")),
+                None => return self.reject(Refusal::BadTarget("invalid_target")),
             },
         };
         let forward = |rate_headers| {
@@ -124,19 +183,22 @@ impl Decider {
                 rate_headers,
             })
         };
-        let Some(route) = self
-            .routes
-            .find(head.method.as_str(), &path)
-            .filter(|r| r.has_limits())
-        else {
+        let Some(index) = self.routes.position(head.method.as_str(), &path) else {
+            self.unrouted.count(Outcome::Unlimited);
             return forward(None);
         };
+        let (route, counters) = (&self.routes.routes()[index], &self.counters[index]);
+        if !route.has_limits() {
+            counters.count(Outcome::Unlimited);
+            return forward(None);
+        }
         let caller = match self.identity.caller(head.query, head.headers, head.peer) {
             Ok(caller) => caller,
-            Err(e) => return Verdict::Refuse(Refusal::Identity(e)),
+            Err(e) => return self.reject(Refusal::Identity(e)),
         };
         let limits = route.limits_for(caller.as_deref().unwrap_or_default());
         if limits.is_empty() {
+            counters.count(Outcome::Unlimited);
             return forward(None);
         }
         let key = self.caller_key(&route.name, caller.as_deref());
@@ -148,42 +210,86 @@ impl Decider {
                 max_retries: ids.max_retries,
             })
         });
-        // A request with a trusted request id may be a retry that only the store can recognise.
-        let cached = self.denials.as_ref().filter(|_| retry.is_none());
-        if let Some(decision) = cached.and_then(|d| d.get(&key, Instant::now())) {
-            return Verdict::Refuse(Refusal::Limited {
+        let refused = |decision: Decision| {
+            if route.shadow {
+                counters.count(Outcome::ShadowLimited);
+                log::info!(
+                    target: "sluice::shadow",
+                    "shadow route {}: would refuse {key} ({})",
+                    route.name,
+                    decision.refusing().map_or(0, |s| s.limit.requests.get())
+                );
+                return forward(None);
+            }
+            counters.count(Outcome::Limited);
+            Verdict::Refuse(Refusal::Limited {
                 route: &route.name,
                 decision,
-            });
+            })
+        };
+        // A request with a trusted request id may be a retry that only the store can recognise.
+        let denials = self.side.denials.as_ref();
+        if let Some(decision) = denials
+            .filter(|_| retry.is_none())
+            .and_then(|d| d.get(&key, Instant::now()))
+        {
+            self.metrics.denial_cache_hits.inc();
+            return refused(decision);
         }
         let sent = Instant::now();
-        match self.store.check(&key, limits, retry).await {
-            Ok(decision) if decision.is_admitted() => {
-                forward(RateLimitHeaders::new(&route.name, &decision))
-            }
+        match self.side.store.check(&key, limits, retry).await {
             Ok(decision) => {
-                if let Some(d) = &self.denials {
-                    d.insert(&key, &decision, sent, Instant::now());
+                let received = Instant::now();
+                self.metrics
+                    .store_seconds
+                    .observe((received - sent).as_secs_f64());
+                if decision.is_admitted() {
+                    counters.count(Outcome::Admitted);
+                    return forward(RateLimitHeaders::new(&route.name, &decision));
                 }
-                Verdict::Refuse(Refusal::Limited {
-                    route: &route.name,
-                    decision,
-                })
+                if let Some(d) = denials {
+                    d.insert(&key, &decision, sent, received);
+                }
+                refused(decision)
             }
             Err(e) => {
-                log::warn!(
-                    "store failed on route {}: {e}; on_error={:?}",
-                    route.name,
-                    self.on_error
-                );
-                match self.on_error {
+                log::debug!("store failed on route {}: {e}", route.name);
+                counters.count(Outcome::StoreError);
+                let unavailable = || match route.shadow {
+                    true => forward(None),
+                    false => Verdict::Refuse(Refusal::StoreUnavailable { route: &route.name }),
+                };
+                match route.on_error.unwrap_or(self.on_error) {
                     OnError::Allow => forward(None),
-                    OnError::Deny => {
-                        Verdict::Refuse(Refusal::StoreUnavailable { route: &route.name })
+                    OnError::Deny => unavailable(),
+                    OnError::Local => {
+                        let scaled: Vec<Limit> = limits
+                            .iter()
+                            .map(|l| l.scaled(self.fallback_share))
+                            .collect();
+                        match self.side.fallback.check(&key, &scaled, retry) {
+                            Ok(d) if d.is_admitted() => {
+                                forward(RateLimitHeaders::new(&route.name, &d))
+                            }
+                            Ok(d) if !route.shadow => Verdict::Refuse(Refusal::Limited {
+                                route: &route.name,
+                                decision: d,
+                            }),
+                            Ok(_) => forward(None),
+                            Err(_) => unavailable(),
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Counts a refusal made before any limit was consulted.
+    fn reject(&self, refusal: Refusal<'static>) -> Verdict<'static> {
+        if let Some(reason) = refusal.rejection() {
+            self.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+        Verdict::Refuse(refusal)
     }
 
     /// Bounds and form of the request head; the path in normal form.

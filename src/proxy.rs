@@ -1,8 +1,10 @@
 //! The Pingora `ProxyHttp` implementation: each phase is short and hands its work to the
 //! [`Decider`](crate::decision::Decider) (what to do) or [`response`] (what clients see).
 
-use crate::decision::{Decider, RequestHead, Verdict};
+use crate::decision::{Decider, RequestHead, StoreSide, Verdict};
+use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -14,7 +16,11 @@ use std::sync::Arc;
 
 /// What every worker shares: built once, behind one `Arc`.
 pub struct Shared {
-    pub decider: Decider,
+    /// The current rules; a reload swaps in a new one (in-flight requests keep theirs).
+    pub decider: ArcSwap<Decider>,
+    /// The store and what derives from its data: outlives reloads.
+    pub side: Arc<StoreSide>,
+    pub metrics: Arc<Metrics>,
     /// Upstream peers, resolved once at start-up (building a peer from a name resolves it).
     pub peers: Vec<HttpPeer>,
     /// `1.1 <instance>`, added to forwarded requests and to responses (RFC 9110 §7.6.3).
@@ -91,7 +97,8 @@ impl ProxyHttp for Sidecar {
             headers: &req.headers,
             peer: peer_ip(session),
         };
-        let refusal = match self.shared.decider.decide(&head).await {
+        let decider = self.shared.decider.load_full();
+        let refusal = match decider.decide(&head).await {
             Verdict::Forward(forward) => {
                 ctx.rate_headers = forward.rate_headers;
                 ctx.rewrite = forward.rewrite;
@@ -159,6 +166,9 @@ impl ProxyHttp for Sidecar {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        self.shared
+            .metrics
+            .upstream_status(upstream.status.as_u16());
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }

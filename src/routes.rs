@@ -13,6 +13,17 @@ pub struct Limit {
 }
 
 impl Limit {
+    /// This limit scaled by `share` (0, 1], rounded up and at least 1: what one of several
+    /// sidecars enforces alone while the shared store is away.
+    pub fn scaled(&self, share: f64) -> Limit {
+        let scaled = (self.requests.get() as f64 * share).ceil().max(1.0);
+        Limit {
+            requests: NonZeroU32::new(scaled.min(u32::MAX as f64) as u32)
+                .unwrap_or(NonZeroU32::MIN),
+            window: self.window,
+        }
+    }
+
     /// The window in whole seconds, rounded up, as the RateLimit headers and the 429 body show it.
     pub fn window_secs(&self) -> u64 {
         self.window.as_millis().div_ceil(1000) as u64
@@ -36,6 +47,10 @@ pub struct Route {
     pub limits: Vec<Limit>,
     /// Caller identity → limits that replace `limits` for that caller (empty: unlimited).
     pub overrides: HashMap<Vec<u8>, Vec<Limit>>,
+    /// This route's answer when the store cannot decide; `None` follows `store.on_error`.
+    pub on_error: Option<crate::config::OnError>,
+    /// Dry run: decisions are made and counted, refusals are logged, everything is forwarded.
+    pub shadow: bool,
 }
 
 impl Route {
@@ -83,7 +98,12 @@ impl RouteTable {
     /// The first route matching `method` and `path`, which must be in normal form
     /// ([`normalize_path`]): the caller normalises once and forwards that same path.
     pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(method, path))
+        self.position(method, path).map(|i| &self.routes[i])
+    }
+
+    /// Like [`RouteTable::find`], the route's index.
+    pub fn position(&self, method: &str, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.matches(method, path))
     }
 }
 
@@ -195,6 +215,8 @@ mod tests {
             methods: methods.map(|ms| ms.iter().map(|m| m.to_string()).collect()),
             limits: vec![limit(1, 1)],
             overrides: HashMap::new(),
+            on_error: None,
+            shadow: false,
         }
     }
 

@@ -2,9 +2,12 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::decision::Decider;
+use crate::decision::{Decider, StoreSide};
 use crate::limiter::{Store, StoreError};
+use crate::metrics::Metrics;
 use crate::proxy::{Shared, Sidecar};
+use crate::watch::StoreWatch;
+use arc_swap::ArcSwap;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
@@ -96,14 +99,20 @@ pub fn build(config: Config) -> Result<Server, StartError> {
     server.bootstrap();
 
     let store = Store::new(&config.store, &config.server.instance)?;
+    let side = Arc::new(StoreSide::new(store, config.store.max_callers));
+    let metrics = Arc::new(Metrics::new());
+    let decider = Decider::new(&config, side.clone(), metrics.clone());
     let shared = Arc::new(Shared {
-        decider: Decider::new(&config, store),
+        decider: ArcSwap::from_pointee(decider),
+        side: side.clone(),
+        metrics: metrics.clone(),
         peers,
         via: format!("1.1 {}", config.server.instance),
     });
     let admin = Admin {
         shared: shared.clone(),
         instance: config.server.instance.clone(),
+        token: config.server.admin_token.clone(),
     };
     // `server.threads` workers, each a single-threaded Pingora service on the same address
     // (SO_REUSEPORT: the kernel spreads connections over them). A connection's request, its
@@ -121,6 +130,11 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         proxy.add_tcp_with_settings(&config.server.listen, reuseport.clone());
         server.add_service(proxy);
     }
+    let watch = StoreWatch { side, metrics };
+    server.add_service(pingora::services::background::background_service(
+        "store watch",
+        watch,
+    ));
     let mut admin = Service::new("sluice admin".to_string(), admin);
     admin.threads = Some(1);
     admin.add_tcp(&config.server.admin_listen);

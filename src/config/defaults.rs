@@ -20,6 +20,9 @@ pub const MAX_URI_BYTES: u64 = 8 * 1024;
 /// Callers held in process (memory store entries, denial-cache entries) at once.
 pub const MAX_CALLERS: u64 = 1_000_000;
 
+/// `on_error: local` with no share given: each sidecar enforces the whole limit alone.
+pub const FALLBACK_SHARE: f64 = 1.0;
+
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// A load balancer retries within seconds; a repeated id later than this is a new request.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(10);

@@ -50,6 +50,8 @@ pub struct ServerFile {
     pub max_header_bytes: Option<i64>,
     /// Longest request target (path and query), in bytes.
     pub max_uri_bytes: Option<i64>,
+    /// Bearer token for the admin listener's `/metrics` and `/stats/*`.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +74,7 @@ pub enum BackendFile {
 pub enum OnErrorFile {
     Allow,
     Deny,
+    Local,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +87,10 @@ pub struct StoreFile {
     pub prefix: Option<String>,
     /// Most callers the in-process state (memory store, denial cache) holds at once.
     pub max_callers: Option<i64>,
+    /// `on_error: local`: each limit scaled by this share while the store is away.
+    pub fallback_share: Option<f64>,
+    /// `rediss://`: the CA certificate (PEM) that signed the server's certificate.
+    pub tls_ca_file: Option<String>,
 }
 
 /// One identity source: a map with exactly one of these keys (`- query: user_id`).
@@ -105,6 +112,11 @@ pub struct RouteFile {
     pub limits: Vec<LimitFile>,
     #[serde(default)]
     pub overrides: BTreeMap<String, OverrideFile>,
+    /// What to do on this route when the store cannot answer (overrides `store.on_error`).
+    pub on_error: Option<OnErrorFile>,
+    /// Dry run: decide and count, but forward every request.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Deserialize)]

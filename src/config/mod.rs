@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// A request whose target (path and query) is longer gets 414.
     pub max_uri_bytes: usize,
+    /// When set, the admin listener's `/metrics` and `/stats/*` need `Bearer <token>`.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,9 @@ pub enum OnError {
     Allow,
     /// Refuse it with 503 (protection first).
     Deny,
+    /// Enforce the route's limits in this process, each scaled by `store.fallback_share`
+    /// (the cluster stays near the promised limit instead of wide open or shut).
+    Local,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +87,10 @@ pub struct StoreConfig {
     pub prefix: String,
     /// Most callers the in-process state holds (memory store entries, denial-cache entries).
     pub max_callers: usize,
+    /// `on_error: local`: the share of each limit this sidecar enforces alone, in (0, 1].
+    pub fallback_share: f64,
+    /// `rediss://`: PEM file of the CA that signed the server's certificate (else the system's).
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Every problem found in a config file, one line each, ready for stderr.

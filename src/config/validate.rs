@@ -126,6 +126,10 @@ fn apply_env(
         file.server.admin_listen = Some(v);
         from.insert("server.admin_listen", "SLUICE_ADMIN_LISTEN");
     }
+    if let Some(v) = env("SLUICE_ADMIN_TOKEN") {
+        file.server.admin_token = Some(v);
+        from.insert("server.admin_token", "SLUICE_ADMIN_TOKEN");
+    }
     if let Some(v) = env("SLUICE_INSTANCE") {
         file.server.instance = Some(v);
         from.insert("server.instance", "SLUICE_INSTANCE");
@@ -285,7 +289,21 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
             "server.max_uri_bytes",
             p,
         ),
+        admin_token: admin_token(s.admin_token.as_deref(), p),
     }
+}
+
+/// A token short enough to guess, or one that cannot travel in a header, is refused.
+fn admin_token(token: Option<&str>, p: &mut Problems) -> Option<String> {
+    let token = token?;
+    let visible = token.bytes().all(|b| b.is_ascii_graphic());
+    if token.len() < 16 || token.len() > 256 || !visible {
+        p.add(
+            "server.admin_token",
+            "must be 16-256 visible ASCII characters (e.g. openssl rand -hex 32)",
+        );
+    }
+    Some(token.to_string())
 }
 
 /// The host name and the proxy port (`web-1:8080`): unique per sidecar on one host or network.
@@ -361,13 +379,13 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
         BackendFile::Memory => Backend::Memory,
         BackendFile::Redis => {
             let url = url.unwrap_or_else(|| defaults::REDIS_URL.into());
-            let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
                 .any(|s| url.starts_with(s));
             if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
                 p.add(
                     "store.url",
-                    format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379)"),
+                    format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379 or rediss://user:password@host:6380/0)"),
                 );
             }
             Backend::Redis { url }
@@ -382,10 +400,9 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
             p,
         )
         .unwrap_or_default(),
-        on_error: match s.and_then(|s| s.on_error) {
-            Some(OnErrorFile::Deny) => OnError::Deny,
-            _ => OnError::Allow,
-        },
+        on_error: s.and_then(|s| s.on_error).map_or(OnError::Allow, on_error),
+        fallback_share: fallback_share(s.and_then(|s| s.fallback_share), p),
+        tls_ca_file: tls_ca_file(s, p),
         prefix: s
             .and_then(|s| s.prefix.clone())
             .unwrap_or_else(|| defaults::KEY_PREFIX.into()),
@@ -397,6 +414,41 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
             p,
         ),
     }
+}
+
+fn on_error(f: OnErrorFile) -> OnError {
+    match f {
+        OnErrorFile::Allow => OnError::Allow,
+        OnErrorFile::Deny => OnError::Deny,
+        OnErrorFile::Local => OnError::Local,
+    }
+}
+
+fn fallback_share(share: Option<f64>, p: &mut Problems) -> f64 {
+    let share = share.unwrap_or(defaults::FALLBACK_SHARE);
+    if !(share > 0.0 && share <= 1.0) {
+        p.add(
+            "store.fallback_share",
+            format!(
+                "must be more than 0 and at most 1 (got {share}; e.g. 0.34 for three sidecars)"
+            ),
+        );
+        return defaults::FALLBACK_SHARE;
+    }
+    share
+}
+
+fn tls_ca_file(s: Option<&StoreFile>, p: &mut Problems) -> Option<std::path::PathBuf> {
+    let file = s.and_then(|s| s.tls_ca_file.as_ref())?;
+    let tls = s
+        .and_then(|s| s.url.as_deref())
+        .is_some_and(|u| u.starts_with("rediss://"));
+    if !tls {
+        p.add("store.tls_ca_file", "needs a rediss:// store.url (TLS)");
+    } else if let Err(e) = std::fs::read(file) {
+        p.add("store.tls_ca_file", format!("cannot read \"{file}\": {e}"));
+    }
+    Some(file.into())
 }
 
 fn request_ids(r: Option<&RequestIdsFile>, p: &mut Problems) -> Option<RequestIds> {
@@ -526,6 +578,8 @@ fn routes(list: &[RouteFile], p: &mut Problems) -> Vec<Route> {
             methods,
             limits,
             overrides,
+            on_error: r.on_error.map(on_error),
+            shadow: r.shadow,
         });
     }
     routes

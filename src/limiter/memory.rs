@@ -223,6 +223,11 @@ impl MemoryLimiter {
             .collect()
     }
 
+    /// Forgets every caller (the store these counts stood in for is back).
+    pub fn clear(&self) {
+        self.callers.sweep_all(|_, _| false);
+    }
+
     /// Callers currently held (for tests and memory checks).
     pub fn callers(&self) -> usize {
         self.callers.len()

@@ -3,6 +3,7 @@
 //! Being limited is not an error: [`Decision`] is a value. `Err` means the store could not
 //! answer, and the caller applies the configured `on_error` policy.
 
+pub mod breaker;
 pub mod denials;
 pub mod memory;
 pub mod redis;
@@ -113,6 +114,8 @@ pub enum StoreError {
     Reply(String),
     #[error("the in-process store is full ({0} callers, store.max_callers)")]
     Full(usize),
+    #[error("breaker open since {}", httpdate::fmt_http_date(*.0))]
+    Open(std::time::SystemTime),
 }
 
 /// The Redis key prefix shared by every limit of one caller on one route.
@@ -205,11 +208,11 @@ impl Store {
         }
     }
 
-    /// Whether the store answers (always for memory).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    /// Whether the store answers, as its breaker last saw it (always up for memory).
+    pub fn status(&self) -> breaker::StoreStatus {
         match self {
-            Store::Memory(_) => Ok(()),
-            Store::Redis(r) => r.ping().await,
+            Store::Memory(_) => breaker::StoreStatus::Up,
+            Store::Redis(r) => r.breaker().status(),
         }
     }
 }

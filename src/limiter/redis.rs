@@ -1,5 +1,6 @@
 //! The shared sliding-window log in Redis: one atomic Lua call per decision.
 
+use super::breaker::Breaker;
 use super::{limit_key, retry_key, Decision, Retry, StoreError, Usage};
 use crate::config::StoreConfig;
 use crate::routes::Limit;
@@ -28,6 +29,7 @@ pub struct RedisLimiter {
     timeout: Duration,
     member_prefix: String,
     counter: AtomicU64,
+    breaker: Breaker,
 }
 
 /// This thread's connection of one limiter: set once connected, shared by concurrent requests.
@@ -54,7 +56,19 @@ thread_local! {
 impl RedisLimiter {
     pub fn new(url: &str, config: &StoreConfig, instance: &str) -> Result<Self, StoreError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        let client = redis::Client::open(url)?;
+        let client = match &config.tls_ca_file {
+            Some(ca) => {
+                let root_cert = std::fs::read(ca).map_err(|e| {
+                    StoreError::Reply(format!("store.tls_ca_file {}: {e}", ca.display()))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(url, certs)?
+            }
+            None => redis::Client::open(url)?,
+        };
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             // No response timeout here: `bounded` applies the deadline with Pingora's timer
@@ -72,7 +86,48 @@ impl RedisLimiter {
             timeout: config.timeout,
             member_prefix: unique_prefix(instance),
             counter: AtomicU64::new(0),
+            breaker: Breaker::default(),
         })
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Runs one store call through the breaker: no call at all while it is open, and the
+    /// outcome counted toward opening it.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.breaker.is_open() {
+            let since = match self.breaker.status() {
+                super::breaker::StoreStatus::Open { since, .. } => since,
+                _ => std::time::SystemTime::now(),
+            };
+            return Err(StoreError::Open(since));
+        }
+        let result = call.await;
+        match &result {
+            Ok(_) => self.breaker.record_success(),
+            Err(e) => {
+                self.breaker.record_failure(&e.to_string());
+            }
+        }
+        result
+    }
+
+    /// One look at the store for the background probe: its `run_id` when it answers (a new
+    /// one means Redis restarted, and whatever was cached from its old data is void).
+    pub async fn probe(&self) -> Result<String, StoreError> {
+        let mut conn = self.connection().await?;
+        let info: String = self
+            .bounded(redis::cmd("INFO").arg("server").query_async(&mut conn))
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string())
+            .ok_or_else(|| StoreError::Reply("INFO server has no run_id".into()))
     }
 
     /// This thread's connection, connecting on first use (inside a tokio runtime).
@@ -126,6 +181,15 @@ impl RedisLimiter {
         limits: &[Limit],
         retry: Option<Retry<'_>>,
     ) -> Result<Decision, StoreError> {
+        self.guarded(self.check_once(key, limits, retry)).await
+    }
+
+    async fn check_once(
+        &self,
+        key: &str,
+        limits: &[Limit],
+        retry: Option<Retry<'_>>,
+    ) -> Result<Decision, StoreError> {
         let mut conn = self.connection().await?;
         let member = format!(
             "{}{:x}",
@@ -159,6 +223,10 @@ impl RedisLimiter {
     }
 
     pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
+        self.guarded(self.peek_once(key, limits)).await
+    }
+
+    async fn peek_once(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
         let mut conn = self.connection().await?;
         let mut call = self.peek_script.prepare_invoke();
         for l in limits {
@@ -175,17 +243,6 @@ impl RedisLimiter {
                 reset: micros(c[1]),
             })
             .collect())
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let pong: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        match pong.as_str() {
-            "PONG" => Ok(()),
-            other => Err(StoreError::Reply(other.to_string())),
-        }
     }
 }
 

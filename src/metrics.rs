@@ -1,0 +1,192 @@
+//! Prometheus metrics: one registry per process, counters resolved once per route so the
+//! request path only increments atomics (no label lookup, no lock).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// How a request on a route was decided (the `decision` label of `sluice_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted by the store and forwarded.
+    Admitted,
+    /// Refused with 429 (by the store or the denial cache).
+    Limited,
+    /// Decided without the store (breaker open, timeout, error): the `on_error` policy.
+    StoreError,
+    /// A shadow route's would-be refusal, forwarded.
+    ShadowLimited,
+    /// No limit applies (no route, or a route or override without limits).
+    Unlimited,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Admitted,
+        Outcome::Limited,
+        Outcome::StoreError,
+        Outcome::ShadowLimited,
+        Outcome::Unlimited,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Admitted => "admitted",
+            Outcome::Limited => "limited",
+            Outcome::StoreError => "store_error",
+            Outcome::ShadowLimited => "shadow_limited",
+            Outcome::Unlimited => "unlimited",
+        }
+    }
+}
+
+/// The `route` label of requests that match no route.
+pub const NO_ROUTE: &str = "(none)";
+
+/// One route's request counters, one per [`Outcome`].
+#[derive(Clone)]
+pub struct RouteCounters([IntCounter; 5]);
+
+impl RouteCounters {
+    pub fn count(&self, outcome: Outcome) {
+        self.0[outcome as usize].inc();
+    }
+}
+
+/// Every metric sluice exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    /// Requests refused for what they are, before any route: `reason` is the JSON error.
+    pub rejected: IntCounterVec,
+    pub denial_cache_hits: IntCounter,
+    pub store_seconds: Histogram,
+    /// 1 while the store answers, 0 while it does not.
+    pub store_up: IntGauge,
+    /// 1 while the breaker is open.
+    pub breaker_open: IntGauge,
+    upstream: [IntCounter; 5],
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("sluice_requests_total", "Requests by route and decision"),
+            &["route", "decision"],
+        )
+        .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "sluice_rejected_requests_total",
+                "Requests refused before routing (bad target, oversized head, bad identity)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let denial_cache_hits = IntCounter::new(
+            "sluice_denial_cache_hits_total",
+            "Refusals answered from the local denial cache without a store call",
+        )
+        .expect("valid metric");
+        let store_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_store_call_seconds",
+                "Latency of store calls that decided a request",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
+            ]),
+        )
+        .expect("valid metric");
+        let store_up = IntGauge::new("sluice_store_up", "1 while the store answers, else 0")
+            .expect("valid metric");
+        let breaker_open = IntGauge::new(
+            "sluice_store_breaker_open",
+            "1 while the store's circuit breaker is open (no store calls are made)",
+        )
+        .expect("valid metric");
+        let upstream_vec = IntCounterVec::new(
+            Opts::new(
+                "sluice_upstream_responses_total",
+                "Upstream responses by status class",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let upstream =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| upstream_vec.with_label_values(&[c]));
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "sluice_config_reloads_total",
+                "Config reloads (SIGHUP) by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for r in ["success", "failure"] {
+            reloads.with_label_values(&[r]);
+        }
+        let build = IntGaugeVec::new(
+            Opts::new("sluice_build_info", "sluice's version; always 1"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        store_up.set(1);
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejected.clone()),
+            Box::new(denial_cache_hits.clone()),
+            Box::new(store_seconds.clone()),
+            Box::new(store_up.clone()),
+            Box::new(breaker_open.clone()),
+            Box::new(upstream_vec),
+            Box::new(reloads.clone()),
+            Box::new(build),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            rejected,
+            denial_cache_hits,
+            store_seconds,
+            store_up,
+            breaker_open,
+            upstream,
+            reloads,
+        }
+    }
+
+    /// The counters of `route` (created at zero, so every route shows in `/metrics`).
+    pub fn route(&self, route: &str) -> RouteCounters {
+        RouteCounters(Outcome::ALL.map(|o| self.requests.with_label_values(&[route, o.label()])))
+    }
+
+    /// Counts an upstream response by its status class.
+    pub fn upstream_status(&self, status: u16) {
+        if let Some(c) = self.upstream.get((status / 100).wrapping_sub(1) as usize) {
+            c.inc();
+        }
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::warn!("metrics: cannot encode: {e}");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,63 @@
+//! The store watch: one background task per sidecar that probes the store every 250 ms,
+//! closes the breaker when the store answers again, and notices a store that restarted.
+
+use crate::decision::StoreSide;
+use crate::limiter::breaker::StoreStatus;
+use crate::limiter::Store;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the store is probed, open breaker or not.
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+pub struct StoreWatch {
+    pub side: Arc<StoreSide>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for StoreWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Store::Redis(redis) = &self.side.store else {
+            return;
+        };
+        let breaker = redis.breaker();
+        let mut run_id: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(PROBE_EVERY) => {}
+            }
+            match redis.probe().await {
+                Ok(id) => {
+                    if breaker.close() {
+                        self.side.store_returned();
+                        self.side.forget_refusals();
+                    }
+                    if run_id.as_ref().is_some_and(|old| *old != id) {
+                        log::warn!(
+                            "store restarted (run_id changed): cached refusals dropped, Redis decides again"
+                        );
+                        self.side.forget_refusals();
+                    }
+                    run_id = Some(id);
+                }
+                Err(e) if breaker.is_open() => breaker.probe_failed(&e.to_string()),
+                Err(e) => {
+                    breaker.record_failure(&e.to_string());
+                }
+            }
+            let status = breaker.status();
+            self.metrics
+                .breaker_open
+                .set(matches!(status, StoreStatus::Open { .. }) as i64);
+            self.metrics
+                .store_up
+                .set((status == StoreStatus::Up) as i64);
+        }
+    }
+}
