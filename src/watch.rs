@@ -27,28 +27,41 @@ impl BackgroundService for StoreWatch {
         };
         let breaker = redis.breaker();
         let mut run_id: Option<String> = None;
+        let mut conn = None;
+        let mut first = true;
         loop {
+            // The first probe at once, so the run_id is known before anything is cached.
+            let wait = if first { Duration::ZERO } else { PROBE_EVERY };
+            first = false;
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(PROBE_EVERY) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            match redis.probe().await {
+            match redis.probe(&mut conn).await {
                 Ok(id) => {
-                    if breaker.close() {
+                    let restarted = run_id.as_ref().is_some_and(|old| *old != id);
+                    if breaker.close() || restarted {
+                        redis.renew_connections();
                         self.side.store_returned();
                         self.side.forget_refusals();
                     }
-                    if run_id.as_ref().is_some_and(|old| *old != id) {
+                    if restarted {
                         log::warn!(
                             "store restarted (run_id changed): cached refusals dropped, Redis decides again"
                         );
-                        self.side.forget_refusals();
                     }
                     run_id = Some(id);
                 }
-                Err(e) if breaker.is_open() => breaker.probe_failed(&e.to_string()),
                 Err(e) => {
-                    breaker.record_failure(&e.to_string());
+                    // The store may be restarting and its data gone: no cached refusal is
+                    // certain any more (a refused caller asks the store again; nothing else).
+                    self.side.forget_refusals();
+                    match breaker.is_open() {
+                        true => breaker.probe_failed(&e.to_string()),
+                        false => {
+                            breaker.record_failure(&e.to_string());
+                        }
+                    }
                 }
             }
             let status = breaker.status();

@@ -30,6 +30,9 @@ pub struct RedisLimiter {
     member_prefix: String,
     counter: AtomicU64,
     breaker: Breaker,
+    /// Bumped when the store comes back: every thread then drops the connection it had (which
+    /// may sit in a failed reconnect) and connects anew on its next call.
+    epoch: AtomicU64,
 }
 
 /// This thread's connection of one limiter: set once connected, shared by concurrent requests.
@@ -38,10 +41,13 @@ struct Slot {
     connection: Arc<tokio::sync::OnceCell<ConnectionManager>>,
     /// When connecting last failed; requests fail fast for [`CONNECT_BACKOFF`] after that.
     failed_at: Option<Instant>,
+    /// The limiter's epoch this connection belongs to.
+    epoch: u64,
 }
 
-/// How long after a failed connect this thread answers "store down" without trying again.
-const CONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long after a failed connect this thread answers "store down" without trying again
+/// (the breaker usually stops calls long before; this bounds the probe's connects too).
+const CONNECT_BACKOFF: Duration = Duration::from_millis(200);
 
 thread_local! {
     /// One multiplexed connection per limiter per worker thread, made on that thread.
@@ -87,7 +93,13 @@ impl RedisLimiter {
             member_prefix: unique_prefix(instance),
             counter: AtomicU64::new(0),
             breaker: Breaker::default(),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Makes every thread connect anew on its next call (the store is back, or restarted).
+    pub fn renew_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -119,10 +131,33 @@ impl RedisLimiter {
 
     /// One look at the store for the background probe: its `run_id` when it answers (a new
     /// one means Redis restarted, and whatever was cached from its old data is void).
-    pub async fn probe(&self) -> Result<String, StoreError> {
-        let mut conn = self.connection().await?;
+    ///
+    /// The probe keeps its own plain connection in `conn`, dropped on any failure and made
+    /// anew on the next probe, so it never waits on a reconnecting connection manager.
+    pub async fn probe(
+        &self,
+        conn: &mut Option<redis::aio::MultiplexedConnection>,
+    ) -> Result<String, StoreError> {
+        let result = self.probe_on(conn).await;
+        if result.is_err() {
+            *conn = None;
+        }
+        result
+    }
+
+    async fn probe_on(
+        &self,
+        conn: &mut Option<redis::aio::MultiplexedConnection>,
+    ) -> Result<String, StoreError> {
+        if conn.is_none() {
+            let connect = self.client.get_multiplexed_async_connection();
+            *conn = Some(self.bounded(connect).await?);
+        }
+        let Some(c) = conn.as_mut() else {
+            return Err(StoreError::Unavailable);
+        };
         let info: String = self
-            .bounded(redis::cmd("INFO").arg("server").query_async(&mut conn))
+            .bounded(redis::cmd("INFO").arg("server").query_async(c))
             .await?;
         info.lines()
             .find_map(|l| l.strip_prefix("run_id:"))
@@ -138,9 +173,16 @@ impl RedisLimiter {
     /// After a failed connect the thread fails fast for a second instead of every request
     /// waiting for a Redis that is down. Once connected, redis-rs reconnects by itself.
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let epoch = self.epoch.load(Ordering::Acquire);
         let (cell, failed_at) = CONNECTIONS.with(|table| {
             let mut table = table.borrow_mut();
             let slot = table.entry(self.id).or_default();
+            if slot.epoch != epoch {
+                *slot = Slot {
+                    epoch,
+                    ..Slot::default()
+                };
+            }
             (slot.connection.clone(), slot.failed_at)
         });
         if let Some(conn) = cell.get() {

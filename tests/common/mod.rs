@@ -146,6 +146,12 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start(dir: &Path) -> Redis {
+        Self::start_on(dir, free_port(), &[]).await
+    }
+
+    /// A redis-server on `port` with `extra` arguments (e.g. `--requirepass`), or a TLS one
+    /// when `extra` holds `--tls-port` (then `port` is the TLS port and plain TCP is off).
+    pub async fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Redis {
         let which = Command::new("sh")
             .args(["-c", "command -v redis-server"])
             .output();
@@ -153,11 +159,12 @@ impl Redis {
             which.is_ok_and(|o| o.status.success()),
             "redis-server is not installed: install the Debian package redis-server (apt-get install redis-server)"
         );
-        let port = free_port();
+        let tls = extra.contains(&"--tls-port");
+        let plain_port = if tls { 0 } else { port };
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
-            &port.to_string(),
+            &plain_port.to_string(),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -165,12 +172,17 @@ impl Redis {
             "--appendonly",
             "no",
         ]);
+        cmd.args(extra);
         cmd.current_dir(dir);
         let mut proc = Proc::spawn("redis", &mut cmd, dir);
         wait_until(&mut proc, Duration::from_secs(10), async || {
-            redis_cmd(port, "PING")
-                .await
-                .is_some_and(|r| r.starts_with("+PONG"))
+            if tls {
+                TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            } else {
+                redis_cmd(port, "PING")
+                    .await
+                    .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
+            }
         })
         .await;
         Redis { proc, port }
