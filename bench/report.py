@@ -12,7 +12,7 @@ import os
 import sys
 
 ORDER = ["direct", "nginx-proxy", "nginx-limit-req", "sluice-passthrough", "sluice-redis-many",
-         "sluice-redis-hot", "sluice-memory", "cluster"]
+         "sluice-redis-down", "sluice-redis-hot", "sluice-memory", "cluster"]
 
 
 def load_all(results):
@@ -77,6 +77,13 @@ def targets(res):
     m = g("sluice-redis-many")
     if m and p:
         rows.append(f"| redis-many ≥ 0.7 × passthrough | {m:,.0f} vs {p:,.0f} req/s ({m / p:.2f}×) | {verdict(m >= 0.7 * p)} |")
+    d, dp99, mp99 = g("sluice-redis-down"), g("sluice-redis-down", "p99_ms"), g("sluice-redis-many", "p99_ms")
+    if d and m:
+        down_q, up_q = at_rate(res.get("sluice-redis-down", {}), 1000), at_rate(res.get("sluice-redis-many", {}), 1000)
+        fixed = (f"; @1000/s P99 {down_q['p99_ms']:.2f} vs {up_q['p99_ms']:.2f} ms"
+                 if down_q.get("p99_ms") and up_q.get("p99_ms") else "")
+        rows.append(f"| Redis down (on_error: allow): no slower than Redis up | {d:,.0f} vs {m:,.0f} req/s "
+                    f"({d / m:.2f}×); P99 {dp99:.2f} vs {mp99:.2f} ms{fixed} | {verdict(d >= m and dp99 <= mp99 * 1.1)} |")
     h = g("sluice-redis-hot")
     if h and p:
         rows.append(f"| redis-hot ≥ passthrough | {h:,.0f} vs {p:,.0f} req/s ({h / p:.2f}×) | {verdict(h >= p)} |")
