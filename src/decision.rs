@@ -1,13 +1,13 @@
 //! The decision for one request, Pingora-free: head checks → path → route → caller → limits →
 //! store → verdict. The proxy hands it a [`RequestHead`] and acts on the [`Verdict`].
 
-use crate::config::{Config, OnError};
+use crate::config::{AccessLog, CallerInLog, Config, OnError};
 use crate::identity::{IdentityError, IdentityExtractor, RequestIds};
 use crate::limiter::denials::DenialCache;
-use crate::limiter::{caller_key, Decision, MemoryLimiter, Retry, Store};
+use crate::limiter::{caller_key, Decision, MemoryLimiter, Refused, Retry, Store};
 use crate::metrics::{Metrics, Outcome, RouteCounters, NO_ROUTE};
 use crate::response::RateLimitHeaders;
-use crate::routes::{normalize_path, Limit, RouteTable};
+use crate::routes::{normalize_path, Limit, Route, RouteTable};
 use http::{HeaderMap, Method};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -27,13 +27,32 @@ pub struct RequestHead<'a> {
     pub peer: Option<IpAddr>,
 }
 
+/// What to do with a request, and what the access log says of it.
+#[derive(Debug)]
+pub struct Verdict<'a> {
+    pub action: Action<'a>,
+    pub trace: Trace<'a>,
+}
+
 /// What to do with a request.
 #[derive(Debug)]
-pub enum Verdict<'a> {
+pub enum Action<'a> {
     /// Send it upstream.
     Forward(Forward),
     /// Answer it here; nothing reaches the upstream.
     Refuse(Refusal<'a>),
+}
+
+/// How a request was decided, for the access log.
+#[derive(Debug, Default)]
+pub struct Trace<'a> {
+    /// The route that matched, if any.
+    pub route: Option<&'a str>,
+    /// The caller's identity; kept only while an access log is written.
+    pub caller: Option<Vec<u8>>,
+    /// The `decision` label (`admitted`, `limited`, ...) or the reason a request was refused
+    /// before any limit (`invalid_target`, `identity_too_long`, ...).
+    pub decision: &'static str,
 }
 
 /// How an admitted request goes upstream.
@@ -57,8 +76,8 @@ pub enum Refusal<'a> {
     HeadersTooLarge { max_bytes: usize },
     /// 400: the identity is too long or holds a control character.
     Identity(IdentityError),
-    /// 429: a limit refused. `Decision::Limited` only: the limit that refused is in it.
-    Limited { route: &'a str, decision: Decision },
+    /// 429: a limit refused; `refused` names the limit that refuses longest.
+    Limited { route: &'a str, refused: Refused },
     /// 503: the store could not answer and the policy is `deny`.
     StoreUnavailable { route: &'a str },
 }
@@ -126,6 +145,9 @@ pub struct Decider {
     key_prefix: String,
     max_header_bytes: usize,
     max_uri_bytes: usize,
+    /// Keep each caller's identity in the trace (an access log is written).
+    trace_callers: bool,
+    access_log: (AccessLog, CallerInLog),
 }
 
 impl Decider {
@@ -148,7 +170,14 @@ impl Decider {
             key_prefix: config.store.prefix.clone(),
             max_header_bytes: config.server.max_header_bytes,
             max_uri_bytes: config.server.max_uri_bytes,
+            trace_callers: config.server.access_log != AccessLog::Off,
+            access_log: (config.server.access_log, config.server.access_log_caller),
         }
+    }
+
+    /// The access log's format and how it shows callers.
+    pub fn access_log(&self) -> (AccessLog, CallerInLog) {
+        self.access_log
     }
 
     pub fn store(&self) -> &Store {
@@ -168,40 +197,42 @@ impl Decider {
     pub async fn decide<'s>(&'s self, head: &RequestHead<'_>) -> Verdict<'s> {
         let path = match self.check_head(head) {
             Ok(path) => path,
-            Err(refusal) => return self.reject(refusal),
+            Err(refusal) => return self.reject(refusal, None),
         };
         let rewrite = match &path {
             Cow::Borrowed(_) => None,
             Cow::Owned(normal) => match rewritten(normal, head.query) {
                 Some(uri) => Some(uri),
-                None => return self.reject(Refusal::BadTarget("invalid_target")),
+                None => return self.reject(Refusal::BadTarget("invalid_target"), None),
             },
         };
-        let forward = |rate_headers| {
-            Verdict::Forward(Forward {
-                rewrite: rewrite.clone(),
-                rate_headers,
-            })
+        let mut trace = Trace {
+            decision: Outcome::Unlimited.label(),
+            ..Trace::default()
         };
         let Some(index) = self.routes.position(head.method.as_str(), &path) else {
             self.unrouted.count(Outcome::Unlimited);
-            return forward(None);
+            return forward(rewrite, None, trace);
         };
         let (route, counters) = (&self.routes.routes()[index], &self.counters[index]);
+        trace.route = Some(&route.name);
         if !route.has_limits() {
             counters.count(Outcome::Unlimited);
-            return forward(None);
+            return forward(rewrite, None, trace);
         }
         let caller = match self.identity.caller(head.query, head.headers, head.peer) {
             Ok(caller) => caller,
-            Err(e) => return self.reject(Refusal::Identity(e)),
+            Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
         };
         let limits = route.limits_for(caller.as_deref().unwrap_or_default());
+        let key = self.caller_key(&route.name, caller.as_deref());
+        if self.trace_callers {
+            trace.caller = caller;
+        }
         if limits.is_empty() {
             counters.count(Outcome::Unlimited);
-            return forward(None);
+            return forward(rewrite, None, trace);
         }
-        let key = self.caller_key(&route.name, caller.as_deref());
         let retry = self.request_ids.as_ref().and_then(|ids| {
             let id = ids.id(&self.identity.trusted, head.peer, head.headers)?;
             Some(Retry {
@@ -210,86 +241,117 @@ impl Decider {
                 max_retries: ids.max_retries,
             })
         });
-        let refused = |decision: Decision| {
-            if route.shadow {
-                counters.count(Outcome::ShadowLimited);
-                log::info!(
-                    target: "sluice::shadow",
-                    "shadow route {}: would refuse {key} ({})",
-                    route.name,
-                    decision.refusing().map_or(0, |s| s.limit.requests.get())
-                );
-                return forward(None);
+        let (mut outcome, decided) = self.limit(route, &key, limits, retry).await;
+        let shadowed = route.shadow && matches!(decided, Decided::Refused(_));
+        if shadowed {
+            outcome = Outcome::ShadowLimited;
+        }
+        counters.count(outcome);
+        trace.decision = outcome.label();
+        match decided {
+            Decided::Admitted(headers) => forward(rewrite, headers, trace),
+            Decided::Refused(_) if shadowed => {
+                log::info!(target: "sluice::shadow", "shadow route {}: would refuse {key}", route.name);
+                forward(rewrite, None, trace)
             }
-            counters.count(Outcome::Limited);
-            Verdict::Refuse(Refusal::Limited {
-                route: &route.name,
-                decision,
-            })
-        };
+            Decided::Refused(refused) => refuse(
+                Refusal::Limited {
+                    route: &route.name,
+                    refused,
+                },
+                trace,
+            ),
+            Decided::Unavailable if route.shadow => forward(rewrite, None, trace),
+            Decided::Unavailable => refuse(Refusal::StoreUnavailable { route: &route.name }, trace),
+        }
+    }
+
+    /// Checks `limits` for `key`: the denial cache, then the store, then (when the store
+    /// cannot answer) the route's `on_error` policy. A shadow route's refusals are counted by
+    /// the caller of this function, which turns them into forwards.
+    async fn limit(
+        &self,
+        route: &Route,
+        key: &str,
+        limits: &[Limit],
+        retry: Option<Retry<'_>>,
+    ) -> (Outcome, Decided) {
         // A request with a trusted request id may be a retry that only the store can recognise.
         let denials = self.side.denials.as_ref();
-        if let Some(decision) = denials
+        if let Some(refused) = denials
             .filter(|_| retry.is_none())
-            .and_then(|d| d.get(&key, Instant::now()))
+            .and_then(|d| d.get(key, Instant::now()))
         {
             self.metrics.denial_cache_hits.inc();
-            return refused(decision);
+            return (Outcome::Limited, Decided::Refused(refused));
         }
         let sent = Instant::now();
-        match self.side.store.check(&key, limits, retry).await {
+        match self.side.store.check(key, limits, retry).await {
             Ok(decision) => {
                 let received = Instant::now();
                 self.metrics
                     .store_seconds
                     .observe((received - sent).as_secs_f64());
-                if decision.is_admitted() {
-                    counters.count(Outcome::Admitted);
-                    return forward(RateLimitHeaders::new(&route.name, &decision));
+                match decision {
+                    Decision::Admitted { .. } => (
+                        Outcome::Admitted,
+                        Decided::Admitted(RateLimitHeaders::new(&route.name, &decision)),
+                    ),
+                    Decision::Limited(refused) => {
+                        if let Some(d) = denials {
+                            d.insert(key, &refused, sent, received);
+                        }
+                        (Outcome::Limited, Decided::Refused(refused))
+                    }
                 }
-                if let Some(d) = denials {
-                    d.insert(&key, &decision, sent, received);
-                }
-                refused(decision)
             }
             Err(e) => {
                 log::debug!("store failed on route {}: {e}", route.name);
-                counters.count(Outcome::StoreError);
-                let unavailable = || match route.shadow {
-                    true => forward(None),
-                    false => Verdict::Refuse(Refusal::StoreUnavailable { route: &route.name }),
-                };
-                match route.on_error.unwrap_or(self.on_error) {
-                    OnError::Allow => forward(None),
-                    OnError::Deny => unavailable(),
-                    OnError::Local => {
-                        let scaled: Vec<Limit> = limits
-                            .iter()
-                            .map(|l| l.scaled(self.fallback_share))
-                            .collect();
-                        match self.side.fallback.check(&key, &scaled, retry) {
-                            Ok(d) if d.is_admitted() => {
-                                forward(RateLimitHeaders::new(&route.name, &d))
-                            }
-                            Ok(d) if !route.shadow => Verdict::Refuse(Refusal::Limited {
-                                route: &route.name,
-                                decision: d,
-                            }),
-                            Ok(_) => forward(None),
-                            Err(_) => unavailable(),
-                        }
+                (
+                    Outcome::StoreError,
+                    self.without_store(route, key, limits, retry),
+                )
+            }
+        }
+    }
+
+    /// The route's `on_error` answer while the store cannot decide.
+    fn without_store(
+        &self,
+        route: &Route,
+        key: &str,
+        limits: &[Limit],
+        retry: Option<Retry<'_>>,
+    ) -> Decided {
+        match route.on_error.unwrap_or(self.on_error) {
+            OnError::Allow => Decided::Admitted(None),
+            OnError::Deny => Decided::Unavailable,
+            OnError::Local => {
+                let scaled: Vec<Limit> = limits
+                    .iter()
+                    .map(|l| l.scaled(self.fallback_share))
+                    .collect();
+                match self.side.fallback.check(key, &scaled, retry) {
+                    Ok(d @ Decision::Admitted { .. }) => {
+                        Decided::Admitted(RateLimitHeaders::new(&route.name, &d))
                     }
+                    Ok(Decision::Limited(refused)) => Decided::Refused(refused),
+                    Err(_) => Decided::Unavailable,
                 }
             }
         }
     }
 
     /// Counts a refusal made before any limit was consulted.
-    fn reject(&self, refusal: Refusal<'static>) -> Verdict<'static> {
-        if let Some(reason) = refusal.rejection() {
-            self.metrics.rejected.with_label_values(&[reason]).inc();
-        }
-        Verdict::Refuse(refusal)
+    fn reject<'s>(&self, refusal: Refusal<'static>, route: Option<&'s str>) -> Verdict<'s> {
+        let reason = refusal.rejection().unwrap_or("rejected");
+        self.metrics.rejected.with_label_values(&[reason]).inc();
+        let trace = Trace {
+            route,
+            caller: None,
+            decision: reason,
+        };
+        refuse(refusal, trace)
     }
 
     /// Bounds and form of the request head; the path in normal form.
@@ -322,6 +384,35 @@ impl Decider {
             };
         }
         normalize_path(head.path).map_err(|_| Refusal::BadTarget("invalid_path"))
+    }
+}
+
+/// What the limits (or the policy standing in for them) said.
+enum Decided {
+    Admitted(Option<RateLimitHeaders>),
+    Refused(Refused),
+    /// No decision could be made and the policy refuses: 503.
+    Unavailable,
+}
+
+fn forward(
+    rewrite: Option<http::Uri>,
+    rate_headers: Option<RateLimitHeaders>,
+    trace: Trace<'_>,
+) -> Verdict<'_> {
+    Verdict {
+        action: Action::Forward(Forward {
+            rewrite,
+            rate_headers,
+        }),
+        trace,
+    }
+}
+
+fn refuse<'s>(refusal: Refusal<'s>, trace: Trace<'s>) -> Verdict<'s> {
+    Verdict {
+        action: Action::Refuse(refusal),
+        trace,
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`admin`]: `/health` and `/stats/{user}` on their own listener.
 //! - [`server`]: builds the Pingora server from a config.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod decision;

@@ -1,7 +1,9 @@
 //! The Pingora `ProxyHttp` implementation: each phase is short and hands its work to the
 //! [`Decider`](crate::decision::Decider) (what to do) or [`response`] (what clients see).
 
-use crate::decision::{Decider, RequestHead, StoreSide, Verdict};
+use crate::access_log::{self, Entry};
+use crate::config::{AccessLog, CallerInLog};
+use crate::decision::{Action, Decider, RequestHead, StoreSide};
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
 use arc_swap::ArcSwap;
@@ -13,6 +15,7 @@ use pingora::{OrErr, Result};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 /// What every worker shares: built once, behind one `Arc`.
 pub struct Shared {
@@ -70,6 +73,15 @@ pub struct RequestCtx {
     rate_headers: Option<RateLimitHeaders>,
     rewrite: Option<http::Uri>,
     upstream_tries: usize,
+    /// The access log's entry, while one is written.
+    log: Option<LogCtx>,
+}
+
+struct LogCtx {
+    format: (AccessLog, CallerInLog),
+    entry: Entry,
+    started: Instant,
+    upstream_sent: Option<Instant>,
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -97,14 +109,36 @@ impl ProxyHttp for Sidecar {
             headers: &req.headers,
             peer: peer_ip(session),
         };
+        let started = Instant::now();
         let decider = self.shared.decider.load_full();
-        let refusal = match decider.decide(&head).await {
-            Verdict::Forward(forward) => {
+        let verdict = decider.decide(&head).await;
+        let format = decider.access_log();
+        if format.0 != AccessLog::Off {
+            let trace = verdict.trace;
+            ctx.log = Some(LogCtx {
+                format,
+                entry: Entry {
+                    time: SystemTime::now(),
+                    method: req.method.to_string(),
+                    path: req.uri.path().to_string(),
+                    route: trace.route.map(str::to_string),
+                    caller: trace.caller,
+                    decision: trace.decision,
+                    status: 0,
+                    upstream: None,
+                    total: Default::default(),
+                },
+                started,
+                upstream_sent: None,
+            });
+        }
+        let refusal = match verdict.action {
+            Action::Forward(forward) => {
                 ctx.rate_headers = forward.rate_headers;
                 ctx.rewrite = forward.rewrite;
                 return Ok(false);
             }
-            Verdict::Refuse(refusal) => response::refusal(&refusal)?,
+            Action::Refuse(refusal) => response::refusal(&refusal)?,
         };
         self.respond(session, refusal).await
     }
@@ -140,6 +174,9 @@ impl ProxyHttp for Sidecar {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(log) = &mut ctx.log {
+            log.upstream_sent = Some(Instant::now());
+        }
         // The path the route was chosen by is the path the upstream receives.
         if let Some(uri) = &ctx.rewrite {
             upstream.set_uri(uri.clone());
@@ -169,10 +206,29 @@ impl ProxyHttp for Sidecar {
         self.shared
             .metrics
             .upstream_status(upstream.status.as_u16());
+        if let Some(log) = &mut ctx.log {
+            log.entry.upstream = log.upstream_sent.map(|t| t.elapsed());
+        }
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }
         upstream.append_header("Via", &self.shared.via)?;
         Ok(())
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        let Some(mut log) = ctx.log.take() else {
+            return;
+        };
+        log.entry.status = session.response_written().map_or(0, |h| h.status.as_u16());
+        log.entry.total = log.started.elapsed();
+        if let Some(line) = log.entry.line(log.format.0, log.format.1) {
+            access_log::write(&line);
+        }
     }
 }

@@ -6,7 +6,7 @@
 use crate::config::format_duration;
 use crate::decision::Refusal;
 use crate::identity::IdentityError;
-use crate::limiter::{Decision, LimitState};
+use crate::limiter::{Decision, LimitState, Refused};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use std::cmp::Reverse;
@@ -99,14 +99,9 @@ pub fn retry_after_secs(refusing: &LimitState) -> u64 {
 /// connection stays open for the next request) and the JSON body.
 pub fn too_many_requests(
     route: &str,
-    decision: &Decision,
+    refused: &Refused,
 ) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
-    let refusing = decision.refusing().ok_or_else(|| {
-        pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            "429 for an admitted request",
-        )
-    })?;
+    let refusing = refused.refusing();
     let retry_after = retry_after_secs(refusing);
     let body = format!(
         "{{\"error\":\"rate_limited\",\"route\":\"{route}\",\"limit\":{},\"window_s\":{},\"retry_after\":{retry_after}}}",
@@ -115,7 +110,7 @@ pub fn too_many_requests(
     );
     let mut h = json_header(429, body.len())?;
     h.insert_header("Retry-After", retry_after.to_string())?;
-    if let Some(headers) = RateLimitHeaders::new(route, decision) {
+    if let Some(headers) = RateLimitHeaders::new(route, &Decision::Limited(refused.clone())) {
         headers.apply(&mut h)?;
     }
     Ok((h, Bytes::from(body)))
@@ -124,7 +119,7 @@ pub fn too_many_requests(
 /// The complete response for a request sluice answers itself.
 pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
     let (status, body) = match r {
-        Refusal::Limited { route, decision } => return too_many_requests(route, decision),
+        Refusal::Limited { route, refused } => return too_many_requests(route, refused),
         Refusal::StoreUnavailable { route } => return store_unavailable(route),
         Refusal::BadTarget(what) => (400, format!("{{\"error\":\"{what}\"}}")),
         Refusal::UriTooLong { max_bytes } => (
@@ -207,12 +202,14 @@ mod tests {
 
     #[test]
     fn a_refusal_reports_the_limit_that_refuses_longest() {
-        let d = Decision::Limited {
-            states: vec![state(2, 1, 2, 300, 300), state(5, 60, 5, 20_000, 20_000)],
-        };
-        let h = RateLimitHeaders::new("r", &d).unwrap();
+        let r = Refused::new(vec![
+            state(2, 1, 2, 300, 300),
+            state(5, 60, 5, 20_000, 20_000),
+        ])
+        .unwrap();
+        let h = RateLimitHeaders::new("r", &Decision::Limited(r.clone())).unwrap();
         assert_eq!(h.ratelimit, "\"r-1m\";r=0;t=20");
-        let (head, body) = too_many_requests("r", &d).unwrap();
+        let (head, body) = too_many_requests("r", &r).unwrap();
         assert_eq!(head.status.as_u16(), 429);
         assert_eq!(head.headers.get("retry-after").unwrap(), "20");
         assert_eq!(
@@ -227,10 +224,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let d = Decision::Limited {
-            states: vec![state(1, 1, 1, 1, 1)],
-        };
-        let (head, _) = too_many_requests("r", &d).unwrap();
+        let r = Refused::new(vec![state(1, 1, 1, 1, 1)]).unwrap();
+        let (head, _) = too_many_requests("r", &r).unwrap();
         assert_eq!(head.headers.get("retry-after").unwrap(), "1");
     }
 }

@@ -52,6 +52,23 @@ pub struct ServerFile {
     pub max_uri_bytes: Option<i64>,
     /// Bearer token for the admin listener's `/metrics` and `/stats/*`.
     pub admin_token: Option<String>,
+    pub access_log: Option<AccessLogFile>,
+    pub access_log_caller: Option<CallerInLogFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFile {
+    Off,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerInLogFile {
+    Hashed,
+    Plain,
 }
 
 #[derive(Debug, Default, Deserialize)]

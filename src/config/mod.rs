@@ -46,6 +46,26 @@ pub struct ServerConfig {
     pub max_uri_bytes: usize,
     /// When set, the admin listener's `/metrics` and `/stats/*` need `Bearer <token>`.
     pub admin_token: Option<String>,
+    /// One line per request on stdout, or none.
+    pub access_log: AccessLog,
+    /// Whether the access log shows callers as they are or hashed.
+    pub access_log_caller: CallerInLog,
+}
+
+/// `server.access_log`: off (the default, for speed), `text` or `json`, one line per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Text,
+    Json,
+}
+
+/// `server.access_log_caller`: `hashed` (default: a 64-bit FNV-1a hash, so lines can be
+/// correlated without storing identities) or `plain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerInLog {
+    Hashed,
+    Plain,
 }
 
 #[derive(Debug, Clone)]

@@ -290,6 +290,15 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
             p,
         ),
         admin_token: admin_token(s.admin_token.as_deref(), p),
+        access_log: match s.access_log {
+            None | Some(AccessLogFile::Off) => AccessLog::Off,
+            Some(AccessLogFile::Text) => AccessLog::Text,
+            Some(AccessLogFile::Json) => AccessLog::Json,
+        },
+        access_log_caller: match s.access_log_caller {
+            None | Some(CallerInLogFile::Hashed) => CallerInLog::Hashed,
+            Some(CallerInLogFile::Plain) => CallerInLog::Plain,
+        },
     }
 }
 

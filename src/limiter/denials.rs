@@ -1,7 +1,7 @@
 //! A local cache of refusals: a caller over its limit is refused without asking Redis again.
 
 use super::shards::Shards;
-use super::Decision;
+use super::Refused;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ struct Denial {
     until: Instant,
     /// When Redis's answer arrived; the durations in `decision` count from here.
     received: Instant,
-    decision: Decision,
+    refused: Refused,
 }
 
 const SHARDS: usize = 32;
@@ -53,29 +53,23 @@ impl DenialCache {
     }
 
     /// The refusal still certain at `now`, its durations counted down to `now`.
-    pub fn get(&self, key: &str, now: Instant) -> Option<Decision> {
+    pub fn get(&self, key: &str, now: Instant) -> Option<Refused> {
         let mut shard = self.denials.lock(key);
         let denial = shard.get(key)?;
         if now >= denial.until {
             shard.remove(key);
             return None;
         }
-        let elapsed = now.saturating_duration_since(denial.received);
-        let mut decision = denial.decision.clone();
-        if let Decision::Limited { states } = &mut decision {
-            for s in states {
-                s.retry = s.retry.saturating_sub(elapsed);
-                s.reset = s.reset.saturating_sub(elapsed);
-            }
-        }
-        Some(decision)
+        Some(
+            denial
+                .refused
+                .later(now.saturating_duration_since(denial.received)),
+        )
     }
 
     /// Records Redis's refusal of a call sent at `sent` whose answer arrived at `received`.
-    pub fn insert(&self, key: &str, decision: &Decision, sent: Instant, received: Instant) {
-        let Some(retry) = decision.refusing().map(|s| s.retry) else {
-            return;
-        };
+    pub fn insert(&self, key: &str, refused: &Refused, sent: Instant, received: Instant) {
+        let retry = refused.refusing().retry;
         if retry < Duration::from_millis(1) {
             return;
         }
@@ -86,7 +80,7 @@ impl DenialCache {
         let denial = Denial {
             until: sent + retry,
             received,
-            decision: decision.clone(),
+            refused: refused.clone(),
         };
         let mut shard = self.denials.lock(key);
         if !shard.contains_key(key) && self.denials.is_full(&shard) {
@@ -115,18 +109,17 @@ mod tests {
     use crate::routes::Limit;
     use std::num::NonZeroU32;
 
-    fn limited(retry_ms: u64) -> Decision {
-        Decision::Limited {
-            states: vec![LimitState {
-                limit: Limit {
-                    requests: NonZeroU32::new(1).unwrap(),
-                    window: Duration::from_secs(10),
-                },
-                used: 1,
-                reset: Duration::from_millis(retry_ms),
-                retry: Duration::from_millis(retry_ms),
-            }],
-        }
+    fn limited(retry_ms: u64) -> Refused {
+        Refused::new(vec![LimitState {
+            limit: Limit {
+                requests: NonZeroU32::new(1).unwrap(),
+                window: Duration::from_secs(10),
+            },
+            used: 1,
+            reset: Duration::from_millis(retry_ms),
+            retry: Duration::from_millis(retry_ms),
+        }])
+        .unwrap()
     }
 
     #[test]
@@ -137,7 +130,7 @@ mod tests {
         cache.insert("k", &limited(1000), sent, received);
         let later = received + Duration::from_millis(400);
         let d = cache.get("k", later).expect("still refused");
-        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(600));
+        assert_eq!(d.refusing().retry, Duration::from_millis(600));
         assert!(cache.get("k", sent + Duration::from_millis(999)).is_some());
         assert!(
             cache.get("k", sent + Duration::from_millis(1000)).is_none(),
@@ -147,10 +140,9 @@ mod tests {
     }
 
     #[test]
-    fn admissions_and_instant_retries_are_not_cached() {
+    fn instant_retries_are_not_cached() {
         let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
-        cache.insert("a", &Decision::Admitted { states: vec![] }, now, now);
         cache.insert("b", &limited(0), now, now);
         assert!(cache.is_empty());
     }

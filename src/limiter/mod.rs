@@ -40,7 +40,43 @@ pub enum Decision {
     /// Every limit admitted the request, and it was counted against all of them.
     Admitted { states: Vec<LimitState> },
     /// At least one limit refused; nothing was counted.
-    Limited { states: Vec<LimitState> },
+    Limited(Refused),
+}
+
+/// A refused request: every limit's state and the one that refuses longest (whose retry time
+/// the 429 reports). Only a refusal has one, so a 429 for an admitted request cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    states: Vec<LimitState>,
+    refusing: usize,
+}
+
+impl Refused {
+    /// `None` when there is no limit to refuse with.
+    pub fn new(states: Vec<LimitState>) -> Option<Refused> {
+        let refusing =
+            (0..states.len()).max_by_key(|&i| (states[i].retry, states[i].limit.window))?;
+        Some(Refused { states, refusing })
+    }
+
+    pub fn states(&self) -> &[LimitState] {
+        &self.states
+    }
+
+    /// The limit that refuses longest.
+    pub fn refusing(&self) -> &LimitState {
+        &self.states[self.refusing]
+    }
+
+    /// The same refusal `elapsed` later (a cached one, counted down).
+    pub fn later(&self, elapsed: Duration) -> Refused {
+        let mut later = self.clone();
+        for s in &mut later.states {
+            s.retry = s.retry.saturating_sub(elapsed);
+            s.reset = s.reset.saturating_sub(elapsed);
+        }
+        later
+    }
 }
 
 impl Decision {
@@ -62,13 +98,18 @@ impl Decision {
             .collect();
         match admitted {
             true => Decision::Admitted { states },
-            false => Decision::Limited { states },
+            false => match Refused::new(states) {
+                Some(refused) => Decision::Limited(refused),
+                // No limit, nothing to refuse with (no store refuses with no limits).
+                None => Decision::Admitted { states: Vec::new() },
+            },
         }
     }
 
     pub fn states(&self) -> &[LimitState] {
         match self {
-            Decision::Admitted { states } | Decision::Limited { states } => states,
+            Decision::Admitted { states } => states,
+            Decision::Limited(refused) => refused.states(),
         }
     }
 
@@ -79,7 +120,7 @@ impl Decision {
     /// For a limited request: the limit that refuses longest, whose retry time the 429 reports.
     pub fn refusing(&self) -> Option<&LimitState> {
         match self {
-            Decision::Limited { states } => states.iter().max_by_key(|s| (s.retry, s.limit.window)),
+            Decision::Limited(refused) => Some(refused.refusing()),
             Decision::Admitted { .. } => None,
         }
     }

@@ -1,0 +1,141 @@
+//! The access log: one line per request on stdout, as text or JSON, written in Pingora's
+//! `logging` phase (which runs for responses sluice wrote itself too).
+
+use crate::config::{AccessLog, CallerInLog};
+use serde_json::json;
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What one request's line says.
+pub struct Entry {
+    pub time: SystemTime,
+    pub method: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub caller: Option<Vec<u8>>,
+    pub decision: &'static str,
+    pub status: u16,
+    /// From sending the request upstream to its response head; `None` when nothing was sent.
+    pub upstream: Option<Duration>,
+    pub total: Duration,
+}
+
+impl Entry {
+    /// The line, newline included, in `format` with callers shown as `callers` says.
+    pub fn line(&self, format: AccessLog, callers: CallerInLog) -> Option<String> {
+        let caller = self.caller.as_deref().map(|c| match callers {
+            CallerInLog::Hashed => format!("{:016x}", fnv1a(c)),
+            CallerInLog::Plain => String::from_utf8_lossy(c).into_owned(),
+        });
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let time = rfc3339_millis(self.time);
+        match format {
+            AccessLog::Off => None,
+            AccessLog::Json => {
+                let line = json!({
+                    "time": time,
+                    "method": self.method,
+                    "path": self.path,
+                    "route": self.route,
+                    "caller": caller,
+                    "decision": self.decision,
+                    "status": self.status,
+                    "upstream_ms": self.upstream.map(ms),
+                    "total_ms": ms(self.total),
+                });
+                Some(format!("{line}\n"))
+            }
+            AccessLog::Text => Some(format!(
+                "{time} {} {} route={} caller={} decision={} status={} upstream_ms={} total_ms={}\n",
+                self.method,
+                self.path,
+                self.route.as_deref().unwrap_or("-"),
+                caller.as_deref().map_or_else(|| "-".to_string(), |c| format!("{c:?}")),
+                self.decision,
+                self.status,
+                self.upstream.map_or_else(|| "-".to_string(), |d| ms(d).to_string()),
+                ms(self.total),
+            )),
+        }
+    }
+}
+
+/// Writes `line` to stdout in one call (lines from several workers never interleave).
+pub fn write(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+        log::debug!("access log: {e}");
+    }
+}
+
+/// 64-bit FNV-1a: stable across runs and versions, so hashed callers correlate across lines
+/// and sidecars. It pseudonymises, it does not hide: short identities can be found by trying.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `2026-11-29T07:30:00.123Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_938_600_123);
+        assert_eq!(rfc3339_millis(t), "2026-11-29T07:50:00.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn lines_in_both_formats() {
+        let e = Entry {
+            time: UNIX_EPOCH,
+            method: "GET".into(),
+            path: "/api/x".into(),
+            route: Some("api".into()),
+            caller: Some(b"alice".to_vec()),
+            decision: "admitted",
+            status: 200,
+            upstream: Some(Duration::from_micros(1500)),
+            total: Duration::from_micros(2250),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&e.line(AccessLog::Json, CallerInLog::Plain).unwrap()).unwrap();
+        assert_eq!(json["caller"], "alice");
+        assert_eq!(json["upstream_ms"], 1.5);
+        assert_eq!(json["total_ms"], 2.25);
+        let text = e.line(AccessLog::Text, CallerInLog::Hashed).unwrap();
+        assert_eq!(
+            text,
+            format!("1970-01-01T00:00:00.000Z GET /api/x route=api caller=\"{:016x}\" decision=admitted status=200 upstream_ms=1.5 total_ms=2.25\n", fnv1a(b"alice"))
+        );
+        assert!(e.line(AccessLog::Off, CallerInLog::Plain).is_none());
+    }
+}
