@@ -20,6 +20,7 @@ pub mod identity;
 pub mod limiter;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod response;
 pub mod routes;
 pub mod server;

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         config.store.backend,
         config.server.instance
     );
-    match sluice::server::build(config) {
+    match sluice::server::build(config, &cli.config) {
         Ok(server) => server.run_forever(),
         Err(e) => {
             eprintln!("sluice: {e}");

@@ -82,7 +82,7 @@ fn check_listen(addr: &str, what: &'static str) -> Result<(), StartError> {
 }
 
 /// Builds the Pingora server with the proxy and admin services, ready to `run_forever`.
-pub fn build(config: Config) -> Result<Server, StartError> {
+pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartError> {
     check_listen(&config.server.listen, "proxy")?;
     check_listen(&config.server.admin_listen, "admin")?;
     let peers = peers(&config)?;
@@ -130,6 +130,14 @@ pub fn build(config: Config) -> Result<Server, StartError> {
         proxy.add_tcp_with_settings(&config.server.listen, reuseport.clone());
         server.add_service(proxy);
     }
+    let reloader = crate::reload::Reloader {
+        path: path.to_path_buf(),
+        shared: shared.clone(),
+        current: std::sync::Mutex::new(config.clone()),
+    };
+    server.add_service(pingora::services::background::background_service(
+        "reload", reloader,
+    ));
     let watch = StoreWatch { side, metrics };
     server.add_service(pingora::services::background::background_service(
         "store watch",

@@ -28,7 +28,7 @@ pub struct Config {
     pub routes: RouteTable,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Proxy listener, an IP socket address (`0.0.0.0:8080`, `[::1]:8080`).
     pub listen: String,
@@ -68,7 +68,7 @@ pub enum CallerInLog {
     Plain,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// `host:port` addresses, resolved once at start-up and used round robin.
     pub addrs: Vec<String>,
@@ -97,7 +97,7 @@ pub enum OnError {
     Local,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub backend: Backend,
     /// Deadline for one store call, connection set-up included.
