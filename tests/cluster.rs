@@ -391,8 +391,15 @@ fn the_compose_file_has_the_topology_and_every_mounted_config_checks() {
             .lines()
             .filter(|l| l.starts_with("FROM "))
             .count(),
-        2,
+        3,
         "multi-stage"
     );
+    for (service, target) in [("sluice1", "sluice"), ("upstream-demo", "upstream-demo")] {
+        assert_eq!(
+            doc["services"][service]["build"]["target"].as_str(),
+            Some(target),
+            "{service} builds its own image"
+        );
+    }
     assert!(dockerfile.contains("cmake"));
 }

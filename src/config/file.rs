@@ -52,6 +52,8 @@ pub struct ServerFile {
     pub max_uri_bytes: Option<i64>,
     /// Bearer token for the admin listener's `/metrics` and `/stats/*`.
     pub admin_token: Option<String>,
+    /// A file holding that token (a mounted secret), read at start and on reload.
+    pub admin_token_file: Option<String>,
     pub access_log: Option<AccessLogFile>,
     pub access_log_caller: Option<CallerInLogFile>,
 }

@@ -289,7 +289,7 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
             "server.max_uri_bytes",
             p,
         ),
-        admin_token: admin_token(s.admin_token.as_deref(), p),
+        admin_token: admin_token(s, p),
         access_log: match s.access_log {
             None | Some(AccessLogFile::Off) => AccessLog::Off,
             Some(AccessLogFile::Text) => AccessLog::Text,
@@ -302,17 +302,41 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
     }
 }
 
-/// A token short enough to guess, or one that cannot travel in a header, is refused.
-fn admin_token(token: Option<&str>, p: &mut Problems) -> Option<String> {
-    let token = token?;
+/// The admin token, given inline or in a file (trailing newline ignored). A token short
+/// enough to guess, or one that cannot travel in a header, is refused.
+fn admin_token(s: &ServerFile, p: &mut Problems) -> Option<String> {
+    let (token, path) = match (&s.admin_token, &s.admin_token_file) {
+        (Some(_), Some(_)) => {
+            p.add(
+                "server.admin_token_file",
+                "give the token inline (admin_token) or in a file, not both",
+            );
+            return None;
+        }
+        (Some(t), None) => (t.clone(), "server.admin_token"),
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(t) => (
+                t.trim_end_matches(['\n', '\r']).to_string(),
+                "server.admin_token_file",
+            ),
+            Err(e) => {
+                p.add(
+                    "server.admin_token_file",
+                    format!("cannot read \"{file}\": {e}"),
+                );
+                return None;
+            }
+        },
+        (None, None) => return None,
+    };
     let visible = token.bytes().all(|b| b.is_ascii_graphic());
     if token.len() < 16 || token.len() > 256 || !visible {
         p.add(
-            "server.admin_token",
+            path,
             "must be 16-256 visible ASCII characters (e.g. openssl rand -hex 32)",
         );
     }
-    Some(token.to_string())
+    Some(token)
 }
 
 /// The host name and the proxy port (`web-1:8080`): unique per sidecar on one host or network.
