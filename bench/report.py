@@ -17,7 +17,7 @@ ORDER = ["direct", "nginx-proxy", "nginx-limit-req", "sluice-passthrough", "slui
 
 def load_all(results):
     out = {}
-    for name in ORDER + ["accuracy", "memory"]:
+    for name in ORDER + ["accuracy", "memory", "metrics-cost"]:
         path = os.path.join(results, f"{name}.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -92,6 +92,11 @@ def targets(res):
         ok = c["p99_ms"] < 5 and c["p50_ms"] < 1.5 and c["errors"] == 0
         rows.append(f"| cluster @1000/s: P99 < 5 ms, P50 < 1.5 ms, no errors | P50 {c['p50_ms']:.2f} ms, "
                     f"P99 {c['p99_ms']:.2f} ms, {c['errors']} errors | {verdict(ok)} |")
+    mc = res.get("metrics-cost")
+    if mc:
+        rows.append(f"| counting (metrics) costs the request path < 1 % | {mc['metrics_instructions_per_request']:.0f} of "
+                    f"{mc['instructions_per_request']:,} instructions per request ({100 * mc['metrics_share']:.3f} %, callgrind, "
+                    f"bench/metrics_cost.sh) | {verdict(mc['metrics_share'] < 0.01)} |")
     a = (res.get("accuracy") or {}).get("data")
     if a:
         counts = [t["admitted"] for t in a["trials"]]
