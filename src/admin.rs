@@ -68,13 +68,18 @@ impl Admin {
                 .iter()
                 .zip(usage)
                 .map(|(l, u)| {
-                    json!({
+                    let mut limit = json!({
                         "requests": l.requests.get(),
                         "window_s": l.window_secs(),
+                        "algorithm": l.algorithm.name(),
                         "used": u.used,
-                        "remaining": l.requests.get().saturating_sub(u.used),
+                        "remaining": u.remaining,
                         "reset_s": ceil_secs(u.reset),
-                    })
+                    });
+                    if l.algorithm == crate::routes::Algorithm::Gcra {
+                        limit["burst"] = l.burst.get().into();
+                    }
+                    limit
                 })
                 .collect();
             routes.push(json!({"route": route.name, "limits": limits}));

@@ -241,7 +241,8 @@ impl Decider {
                 max_retries: ids.max_retries,
             })
         });
-        let (mut outcome, decided) = self.limit(route, &key, limits, retry).await;
+        let cost = route.cost.of(head.method.as_str());
+        let (mut outcome, decided) = self.limit(route, &key, limits, cost, retry).await;
         let shadowed = route.shadow && matches!(decided, Decided::Refused(_));
         if shadowed {
             outcome = Outcome::ShadowLimited;
@@ -274,19 +275,20 @@ impl Decider {
         route: &Route,
         key: &str,
         limits: &[Limit],
+        cost: u32,
         retry: Option<Retry<'_>>,
     ) -> (Outcome, Decided) {
         // A request with a trusted request id may be a retry that only the store can recognise.
         let denials = self.side.denials.as_ref();
         if let Some(refused) = denials
             .filter(|_| retry.is_none())
-            .and_then(|d| d.get(key, Instant::now()))
+            .and_then(|d| d.get(key, cost, Instant::now()))
         {
             self.metrics.denial_cache_hits.inc();
             return (Outcome::Limited, Decided::Refused(refused));
         }
         let sent = Instant::now();
-        match self.side.store.check(key, limits, retry).await {
+        match self.side.store.check(key, limits, cost, retry).await {
             Ok(decision) => {
                 let received = Instant::now();
                 self.metrics
@@ -299,7 +301,7 @@ impl Decider {
                     ),
                     Decision::Limited(refused) => {
                         if let Some(d) = denials {
-                            d.insert(key, &refused, sent, received);
+                            d.insert(key, &refused, cost, sent, received);
                         }
                         (Outcome::Limited, Decided::Refused(refused))
                     }
@@ -309,7 +311,7 @@ impl Decider {
                 log::debug!("store failed on route {}: {e}", route.name);
                 (
                     Outcome::StoreError,
-                    self.without_store(route, key, limits, retry),
+                    self.without_store(route, key, limits, cost, retry),
                 )
             }
         }
@@ -321,6 +323,7 @@ impl Decider {
         route: &Route,
         key: &str,
         limits: &[Limit],
+        cost: u32,
         retry: Option<Retry<'_>>,
     ) -> Decided {
         match route.on_error.unwrap_or(self.on_error) {
@@ -331,7 +334,7 @@ impl Decider {
                     .iter()
                     .map(|l| l.scaled(self.fallback_share))
                     .collect();
-                match self.side.fallback.check(key, &scaled, retry) {
+                match self.side.fallback.check(key, &scaled, cost, retry) {
                     Ok(d @ Decision::Admitted { .. }) => {
                         Decided::Admitted(RateLimitHeaders::new(&route.name, &d))
                     }

@@ -162,15 +162,12 @@ fn json_header(status: u16, len: usize) -> pingora::Result<Box<ResponseHeader>> 
 mod tests {
     use super::*;
     use crate::routes::Limit;
-    use std::num::NonZeroU32;
 
     fn state(requests: u32, window_s: u64, used: u32, reset_ms: u64, retry_ms: u64) -> LimitState {
         LimitState {
-            limit: Limit {
-                requests: NonZeroU32::new(requests).unwrap(),
-                window: Duration::from_secs(window_s),
-            },
+            limit: Limit::log(requests, Duration::from_secs(window_s)),
             used,
+            remaining: requests.saturating_sub(used),
             reset: Duration::from_millis(reset_ms),
             retry: Duration::from_millis(retry_ms),
         }

@@ -5,22 +5,104 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// One quota: at most `requests` in any sliding `window`.
+/// How a limit counts (see the README's algorithm guide for accuracy and memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Every admitted request's time, kept for the window: exact; memory grows with the limit.
+    #[default]
+    SlidingLog,
+    /// The sliding-window counter: this fixed window's count plus the previous one's, weighted
+    /// by how much of it the sliding window still covers. O(1) memory, approximate.
+    SlidingWindow,
+    /// The generic cell rate algorithm: one theoretical arrival time. O(1) memory, exact rate
+    /// with smooth spacing, up to `burst` at once.
+    Gcra,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::SlidingLog => "sliding_log",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::Gcra => "gcra",
+        }
+    }
+}
+
+/// One quota: at most `requests` (in cost units) in any sliding `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     pub requests: NonZeroU32,
     pub window: Duration,
+    pub algorithm: Algorithm,
+    /// GCRA only: how many may arrive at once (default: `requests`).
+    pub burst: NonZeroU32,
+}
+
+/// What one request of a route counts for: a fixed cost, or one per method (others cost 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cost {
+    Fixed(NonZeroU32),
+    PerMethod(Vec<(String, NonZeroU32)>),
+}
+
+impl Default for Cost {
+    fn default() -> Self {
+        Cost::Fixed(NonZeroU32::MIN)
+    }
+}
+
+impl Cost {
+    pub fn of(&self, method: &str) -> u32 {
+        match self {
+            Cost::Fixed(c) => c.get(),
+            Cost::PerMethod(m) => m
+                .iter()
+                .find(|(name, _)| name == method)
+                .map_or(1, |(_, c)| c.get()),
+        }
+    }
+
+    /// The most any request of the route costs.
+    pub fn max(&self) -> u32 {
+        match self {
+            Cost::Fixed(c) => c.get(),
+            Cost::PerMethod(m) => m.iter().map(|(_, c)| c.get()).max().unwrap_or(1).max(1),
+        }
+    }
 }
 
 impl Limit {
     /// This limit scaled by `share` (0, 1], rounded up and at least 1: what one of several
     /// sidecars enforces alone while the shared store is away.
     pub fn scaled(&self, share: f64) -> Limit {
-        let scaled = (self.requests.get() as f64 * share).ceil().max(1.0);
+        let scale = |n: NonZeroU32| {
+            let scaled = (n.get() as f64 * share).ceil().max(1.0);
+            NonZeroU32::new(scaled.min(u32::MAX as f64) as u32).unwrap_or(NonZeroU32::MIN)
+        };
         Limit {
-            requests: NonZeroU32::new(scaled.min(u32::MAX as f64) as u32)
-                .unwrap_or(NonZeroU32::MIN),
-            window: self.window,
+            requests: scale(self.requests),
+            burst: scale(self.burst),
+            ..*self
+        }
+    }
+
+    /// A sliding-log limit (tests and examples).
+    pub fn log(requests: u32, window: Duration) -> Limit {
+        let requests = NonZeroU32::new(requests).unwrap_or(NonZeroU32::MIN);
+        Limit {
+            requests,
+            window,
+            algorithm: Algorithm::SlidingLog,
+            burst: requests,
+        }
+    }
+
+    /// The most one request may cost and still be admitted when nothing is counted.
+    pub fn capacity(&self) -> u32 {
+        match self.algorithm {
+            Algorithm::Gcra => self.burst.get(),
+            _ => self.requests.get(),
         }
     }
 
@@ -51,6 +133,8 @@ pub struct Route {
     pub on_error: Option<crate::config::OnError>,
     /// Dry run: decisions are made and counted, refusals are logged, everything is forwarded.
     pub shadow: bool,
+    /// What each request counts for against every limit of the route.
+    pub cost: Cost,
 }
 
 impl Route {
@@ -202,10 +286,7 @@ mod tests {
     use super::*;
 
     fn limit(requests: u32, secs: u64) -> Limit {
-        Limit {
-            requests: NonZeroU32::new(requests).unwrap(),
-            window: Duration::from_secs(secs),
-        }
+        Limit::log(requests, Duration::from_secs(secs))
     }
 
     fn route(name: &str, path: PathMatch, methods: Option<&[&str]>) -> Route {
@@ -217,6 +298,7 @@ mod tests {
             overrides: HashMap::new(),
             on_error: None,
             shadow: false,
+            cost: Cost::default(),
         }
     }
 

@@ -136,6 +136,8 @@ pub struct RouteFile {
     /// Dry run: decide and count, but forward every request.
     #[serde(default)]
     pub shadow: bool,
+    /// What one request counts for against every limit (default 1).
+    pub cost: Option<CostFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +153,25 @@ pub struct MatchFile {
 pub struct LimitFile {
     pub requests: i64,
     pub window: Text,
+    pub algorithm: Option<AlgorithmFile>,
+    /// GCRA only: how many may arrive at once.
+    pub burst: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmFile {
+    SlidingLog,
+    SlidingWindow,
+    Gcra,
+}
+
+/// `cost: 5`, or per method: `cost: { GET: 1, POST: 5 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CostFile {
+    Fixed(i64),
+    PerMethod(BTreeMap<String, i64>),
 }
 
 #[derive(Debug, Deserialize)]

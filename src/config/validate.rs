@@ -3,7 +3,7 @@
 use super::file::*;
 use super::*;
 use crate::identity::{Cidr, IdentitySource, RequestIds, TrustedProxies};
-use crate::routes::{normalize_path, Limit, PathMatch, Route};
+use crate::routes::{normalize_path, Algorithm, Cost, Limit, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -605,6 +605,14 @@ fn routes(list: &[RouteFile], p: &mut Problems) -> Vec<Route> {
         let (path_match, methods) = matcher(&r.matcher, &format!("{path}.match"), p);
         let limits = limits(&r.limits, &format!("{path}.limits"), p);
         let overrides = overrides(&r.overrides, &path, p);
+        let mut all = vec![(format!("{path}.limits"), limits.clone())];
+        all.extend(overrides.iter().map(|(who, l)| {
+            (
+                format!("{path}.overrides.{}", String::from_utf8_lossy(who)),
+                l.clone(),
+            )
+        }));
+        let cost = cost(r.cost.as_ref(), &all, &path, p);
         routes.push(Route {
             name: r.name.clone(),
             path: path_match,
@@ -613,6 +621,7 @@ fn routes(list: &[RouteFile], p: &mut Problems) -> Vec<Route> {
             overrides,
             on_error: r.on_error.map(on_error),
             shadow: r.shadow,
+            cost,
         });
     }
     routes
@@ -708,11 +717,84 @@ fn limits(list: &[LimitFile], path: &str, p: &mut Problems) -> Vec<Limit> {
                 );
             }
         }
-        if let (Some(requests), Some(window)) = (requests, window) {
-            out.push(Limit { requests, window });
+        let algorithm = match l.algorithm {
+            None | Some(AlgorithmFile::SlidingLog) => Algorithm::SlidingLog,
+            Some(AlgorithmFile::SlidingWindow) => Algorithm::SlidingWindow,
+            Some(AlgorithmFile::Gcra) => Algorithm::Gcra,
+        };
+        let burst = match (l.burst, algorithm) {
+            (None, _) => requests,
+            (Some(_), a) if a != Algorithm::Gcra => {
+                p.add(&format!("{at}.burst"), "applies to algorithm: gcra only");
+                requests
+            }
+            (Some(b), _) => {
+                let burst = u32::try_from(b).ok().and_then(NonZeroU32::new);
+                if burst.is_none() {
+                    p.add(
+                        &format!("{at}.burst"),
+                        format!("must be between 1 and {}", u32::MAX),
+                    );
+                }
+                burst
+            }
+        };
+        if let (Some(requests), Some(window), Some(burst)) = (requests, window, burst) {
+            out.push(Limit {
+                requests,
+                window,
+                algorithm,
+                burst,
+            });
         }
     }
     out
+}
+
+/// A route's cost: at least 1, and no more than every limit can ever admit (such a request
+/// could never be admitted: a config error, not a permanent 429).
+fn cost(
+    c: Option<&CostFile>,
+    limits: &[(String, Vec<Limit>)],
+    path: &str,
+    p: &mut Problems,
+) -> Cost {
+    let one = |v: i64, at: &str, p: &mut Problems| {
+        let n = u32::try_from(v).ok().and_then(NonZeroU32::new);
+        if n.is_none() {
+            p.add(at, format!("must be between 1 and {} (got {v})", u32::MAX));
+        }
+        n.unwrap_or(NonZeroU32::MIN)
+    };
+    let at = format!("{path}.cost");
+    let cost = match c {
+        None => Cost::default(),
+        Some(CostFile::Fixed(v)) => Cost::Fixed(one(*v, &at, p)),
+        Some(CostFile::PerMethod(map)) => Cost::PerMethod(
+            map.iter()
+                .map(|(m, v)| {
+                    let upper = m.to_ascii_uppercase();
+                    if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                        p.add(&format!("{at}.{m}"), format!("invalid method \"{m}\""));
+                    }
+                    (upper, one(*v, &format!("{at}.{m}"), p))
+                })
+                .collect(),
+        ),
+    };
+    let most = cost.max();
+    for (where_, list) in limits {
+        if let Some(l) = list.iter().find(|l| l.capacity() < most) {
+            p.add(
+                &at,
+                format!(
+                    "a request costing {most} exceeds {where_}'s limit of {} at once, so it could never be admitted",
+                    l.capacity()
+                ),
+            );
+        }
+    }
+    cost
 }
 
 fn overrides(

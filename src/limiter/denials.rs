@@ -11,6 +11,8 @@ struct Denial {
     /// When Redis's answer arrived; the durations in `decision` count from here.
     received: Instant,
     refused: Refused,
+    /// The cost refused: a cheaper request may fit sooner, so only as costly ones are answered.
+    cost: u32,
 }
 
 const SHARDS: usize = 32;
@@ -53,11 +55,14 @@ impl DenialCache {
     }
 
     /// The refusal still certain at `now`, its durations counted down to `now`.
-    pub fn get(&self, key: &str, now: Instant) -> Option<Refused> {
+    pub fn get(&self, key: &str, cost: u32, now: Instant) -> Option<Refused> {
         let mut shard = self.denials.lock(key);
         let denial = shard.get(key)?;
         if now >= denial.until {
             shard.remove(key);
+            return None;
+        }
+        if cost < denial.cost {
             return None;
         }
         Some(
@@ -68,7 +73,14 @@ impl DenialCache {
     }
 
     /// Records Redis's refusal of a call sent at `sent` whose answer arrived at `received`.
-    pub fn insert(&self, key: &str, refused: &Refused, sent: Instant, received: Instant) {
+    pub fn insert(
+        &self,
+        key: &str,
+        refused: &Refused,
+        cost: u32,
+        sent: Instant,
+        received: Instant,
+    ) {
         let retry = refused.refusing().retry;
         if retry < Duration::from_millis(1) {
             return;
@@ -81,6 +93,7 @@ impl DenialCache {
             until: sent + retry,
             received,
             refused: refused.clone(),
+            cost,
         };
         let mut shard = self.denials.lock(key);
         if !shard.contains_key(key) && self.denials.is_full(&shard) {
@@ -107,15 +120,12 @@ mod tests {
     use super::*;
     use crate::limiter::LimitState;
     use crate::routes::Limit;
-    use std::num::NonZeroU32;
 
     fn limited(retry_ms: u64) -> Refused {
         Refused::new(vec![LimitState {
-            limit: Limit {
-                requests: NonZeroU32::new(1).unwrap(),
-                window: Duration::from_secs(10),
-            },
+            limit: Limit::log(1, Duration::from_secs(10)),
             used: 1,
+            remaining: 0,
             reset: Duration::from_millis(retry_ms),
             retry: Duration::from_millis(retry_ms),
         }])
@@ -127,23 +137,40 @@ mod tests {
         let cache = DenialCache::new(1_000_000);
         let sent = Instant::now();
         let received = sent + Duration::from_millis(5);
-        cache.insert("k", &limited(1000), sent, received);
+        cache.insert("k", &limited(1000), 1, sent, received);
         let later = received + Duration::from_millis(400);
-        let d = cache.get("k", later).expect("still refused");
+        let d = cache.get("k", 1, later).expect("still refused");
         assert_eq!(d.refusing().retry, Duration::from_millis(600));
-        assert!(cache.get("k", sent + Duration::from_millis(999)).is_some());
+        assert!(cache
+            .get("k", 1, sent + Duration::from_millis(999))
+            .is_some());
         assert!(
-            cache.get("k", sent + Duration::from_millis(1000)).is_none(),
+            cache
+                .get("k", 1, sent + Duration::from_millis(1000))
+                .is_none(),
             "the deadline counts from the send"
         );
         assert!(cache.is_empty(), "expired entries are dropped");
     }
 
     #[test]
+    fn a_refused_cost_answers_only_requests_as_costly() {
+        let cache = DenialCache::new(1_000_000);
+        let now = Instant::now();
+        cache.insert("k", &limited(5000), 5, now, now);
+        assert!(cache.get("k", 5, now).is_some());
+        assert!(cache.get("k", 9, now).is_some());
+        assert!(
+            cache.get("k", 1, now).is_none(),
+            "a cheaper request may fit: ask the store"
+        );
+    }
+
+    #[test]
     fn instant_retries_are_not_cached() {
         let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
-        cache.insert("b", &limited(0), now, now);
+        cache.insert("b", &limited(0), 1, now, now);
         assert!(cache.is_empty());
     }
 
@@ -152,7 +179,7 @@ mod tests {
         let cache = DenialCache::new(SHARDS * 4);
         let now = Instant::now();
         for i in 0..(SHARDS * 40) {
-            cache.insert(&format!("k{i}"), &limited(10_000), now, now);
+            cache.insert(&format!("k{i}"), &limited(10_000), 1, now, now);
         }
         assert!(cache.len() <= SHARDS * 4, "{} held", cache.len());
         assert!(cache.len() >= SHARDS * 2, "the cache still caches");
@@ -165,11 +192,11 @@ mod tests {
         let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
         for i in 0..500 {
-            cache.insert(&format!("k{i}"), &limited(10), now, now);
+            cache.insert(&format!("k{i}"), &limited(10), 1, now, now);
         }
         let later = now + Duration::from_secs(1);
         for i in 0..(SWEEP_EVERY as usize * SHARDS) {
-            cache.insert(&format!("x{}", i % 3), &limited(10_000), later, later);
+            cache.insert(&format!("x{}", i % 3), &limited(10_000), 1, later, later);
         }
         assert_eq!(cache.len(), 3);
     }

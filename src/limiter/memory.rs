@@ -1,9 +1,10 @@
-//! The in-process sliding-window log: exact for one instance, and Redis's semantics to the letter.
+//! The in-process store: every algorithm, exact for one instance, and Redis's semantics to the
+//! letter (the same steps as `check.lua`, in [`super::algorithms`]).
 
+use super::algorithms::State;
 use super::shards::Shards;
-use super::{Decision, Retry, StoreError, Usage};
-use crate::routes::Limit;
-use std::collections::VecDeque;
+use super::{Decision, LimitState, Retry, StoreError};
+use crate::routes::{Algorithm, Limit};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,10 +39,10 @@ impl Clock for ManualClock {
     }
 }
 
-/// One caller's logs on one route: a timestamp queue per window, oldest first.
+/// One caller's state on one route: one [`State`] per limit (by algorithm and window).
 #[derive(Default)]
 struct CallerLog {
-    windows: Vec<(u64, VecDeque<u64>)>,
+    limits: Vec<(Algorithm, u64, State)>,
     /// Request ids counted within their retry window: (id, window end, retries so far).
     ids: Vec<(Box<str>, u64, u32)>,
     /// When every queue is empty, so the sweeper may drop the whole entry.
@@ -76,19 +77,48 @@ impl CallerLog {
         }
     }
 
-    fn log(&mut self, window_us: u64, now: u64) -> &mut VecDeque<u64> {
-        let i = match self.windows.iter().position(|(w, _)| *w == window_us) {
+    /// The state of `limit`, made empty on first use.
+    fn state(&mut self, limit: &Limit) -> &mut State {
+        let id = (limit.algorithm, micros(limit.window));
+        let i = match self.limits.iter().position(|(a, w, _)| (*a, *w) == id) {
             Some(i) => i,
             None => {
-                self.windows.push((window_us, VecDeque::new()));
-                self.windows.len() - 1
+                self.limits.push((id.0, id.1, State::new(id.0)));
+                self.limits.len() - 1
             }
         };
-        let log = &mut self.windows[i].1;
-        while log.front().is_some_and(|&t| t + window_us <= now) {
-            log.pop_front();
+        &mut self.limits[i].2
+    }
+
+    /// Both phases for every limit; `count` is false for a peek.
+    fn decide(
+        &mut self,
+        limits: &[Limit],
+        now: u64,
+        cost: u32,
+        replay: bool,
+        may_count: bool,
+    ) -> (bool, Vec<super::Parts>) {
+        let looks: Vec<_> = limits
+            .iter()
+            .map(|l| self.state(l).look(l, now, cost))
+            .collect();
+        let admitted = replay || looks.iter().all(|l| l.ok);
+        let count = admitted && !replay && may_count;
+        let parts = limits
+            .iter()
+            .zip(looks)
+            .map(|(l, look)| self.state(l).finish(look, l, now, cost, count, !admitted))
+            .collect();
+        if count {
+            let until = limits
+                .iter()
+                .map(|l| self.state(l).expires_at(l))
+                .max()
+                .unwrap_or(0);
+            self.expires_at = self.expires_at.max(until);
         }
-        log
+        (admitted, parts)
     }
 }
 
@@ -132,6 +162,7 @@ impl MemoryLimiter {
         &self,
         key: &str,
         limits: &[Limit],
+        cost: u32,
         retry: Option<Retry<'_>>,
     ) -> Result<Decision, StoreError> {
         let now = self.clock.now_us();
@@ -156,71 +187,24 @@ impl MemoryLimiter {
             return Err(StoreError::Reply("caller vanished under its lock".into()));
         };
         let replay = entry.replay(retry, now);
-        let admitted = replay
-            || limits.iter().all(|l| {
-                let n = entry.log(micros(l.window), now).len();
-                n < l.requests.get() as usize
-            });
-        let count = admitted && !replay;
-        let parts: Vec<_> = limits
-            .iter()
-            .map(|l| {
-                let window = micros(l.window);
-                let log = entry.log(window, now);
-                if count {
-                    log.push_back(now);
-                }
-                let n = log.len();
-                let reset = log.front().map_or(0, |&t| t + window - now);
-                // Refused: this limit admits again when the (n - requests)-th oldest leaves.
-                let full = !admitted && n >= l.requests.get() as usize;
-                let nth = full
-                    .then(|| log.get(n - l.requests.get() as usize))
-                    .flatten();
-                let retry = nth.map_or(0, |&t| t + window - now);
-                (
-                    n as u32,
-                    Duration::from_micros(reset),
-                    Duration::from_micros(retry),
-                )
-            })
-            .collect();
-        if count {
-            let longest = limits.iter().map(|l| micros(l.window)).max().unwrap_or(0);
-            entry.expires_at = entry.expires_at.max(now + longest);
+        let (admitted, parts) = entry.decide(limits, now, cost, replay, true);
+        if admitted && !replay {
             entry.remember(retry, now);
         }
-        if entry.ids.is_empty() && entry.windows.iter().all(|(_, log)| log.is_empty()) {
+        if entry.ids.is_empty() && entry.expires_at <= now {
             shard.remove(key);
         }
         Ok(Decision::from_parts(admitted, limits, parts))
     }
 
-    /// The usage of each limit, without counting a request.
-    pub fn peek(&self, key: &str, limits: &[Limit]) -> Vec<Usage> {
+    /// The state of each limit, without counting a request.
+    pub fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<LimitState>, StoreError> {
         let now = self.clock.now_us();
         let mut shard = self.callers.lock(key);
-        let Some(entry) = shard.get_mut(key) else {
-            return limits
-                .iter()
-                .map(|_| Usage {
-                    used: 0,
-                    reset: Duration::ZERO,
-                })
-                .collect();
-        };
-        limits
-            .iter()
-            .map(|l| {
-                let window = micros(l.window);
-                let log = entry.log(window, now);
-                let reset = log.front().map_or(0, |&t| t + window - now);
-                Usage {
-                    used: log.len() as u32,
-                    reset: Duration::from_micros(reset),
-                }
-            })
-            .collect()
+        let mut empty = CallerLog::default();
+        let entry = shard.get_mut(key).unwrap_or(&mut empty);
+        let (_, parts) = entry.decide(limits, now, 0, false, false);
+        Ok(super::states(limits, parts))
     }
 
     /// Forgets every caller (the store these counts stood in for is back).
@@ -241,13 +225,9 @@ fn micros(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::num::NonZeroU32;
 
     fn limit(requests: u32, ms: u64) -> Limit {
-        Limit {
-            requests: NonZeroU32::new(requests).unwrap(),
-            window: Duration::from_millis(ms),
-        }
+        Limit::log(requests, Duration::from_millis(ms))
     }
 
     fn limiter() -> (Arc<ManualClock>, MemoryLimiter) {
@@ -258,7 +238,7 @@ mod tests {
 
     /// A check without a request id, which cannot fail on a store far from full.
     fn check(m: &MemoryLimiter, key: &str, limits: &[Limit]) -> Decision {
-        m.check(key, limits, None).unwrap()
+        m.check(key, limits, 1, None).unwrap()
     }
 
     #[test]
@@ -343,10 +323,10 @@ mod tests {
     fn peek_counts_nothing_and_expired_callers_are_swept() {
         let (clock, m) = limiter();
         let l = [limit(1, 1000)];
-        assert_eq!(m.peek("k", &l)[0].used, 0);
+        assert_eq!(m.peek("k", &l).unwrap()[0].used, 0);
         check(&m, "k", &l);
-        assert_eq!(m.peek("k", &l)[0].used, 1);
-        assert_eq!(m.peek("k", &l)[0].used, 1);
+        assert_eq!(m.peek("k", &l).unwrap()[0].used, 1);
+        assert_eq!(m.peek("k", &l).unwrap()[0].used, 1);
         for i in 0..100 {
             check(&m, &format!("other{i}"), &l);
         }
@@ -364,7 +344,7 @@ mod tests {
         let l = [limit(1, 1000)];
         let mut full = 0;
         for i in 0..(SHARDS * 10) {
-            match m.check(&format!("k{i}"), &l, None) {
+            match m.check(&format!("k{i}"), &l, 1, None) {
                 Ok(d) => assert!(d.is_admitted()),
                 Err(StoreError::Full(n)) => {
                     assert_eq!(n, SHARDS * 2);
@@ -376,12 +356,12 @@ mod tests {
         assert!(full > 0, "the cap was never reached");
         assert!(m.callers() <= SHARDS * 2, "{} callers held", m.callers());
         assert!(
-            !m.check("k0", &l, None).unwrap().is_admitted(),
+            !m.check("k0", &l, 1, None).unwrap().is_admitted(),
             "held callers stay limited"
         );
         // Once their windows pass, expired callers make room again.
         clock.advance(Duration::from_secs(2));
-        assert!(m.check("fresh", &l, None).unwrap().is_admitted());
+        assert!(m.check("fresh", &l, 1, None).unwrap().is_admitted());
     }
 
     #[test]
@@ -395,19 +375,19 @@ mod tests {
             max_retries: 2,
         };
         let admitted: Vec<bool> = (0..10)
-            .map(|_| m.check("k", &l, Some(r)).unwrap().is_admitted())
+            .map(|_| m.check("k", &l, 1, Some(r)).unwrap().is_admitted())
             .collect();
         // 1 counted + 2 retries + 4 counted, then refused.
         assert_eq!(
             admitted,
             [true, true, true, true, true, true, true, false, false, false]
         );
-        assert_eq!(m.peek("k", &l)[0].used, 5);
+        assert_eq!(m.peek("k", &l).unwrap()[0].used, 5);
         // After the retry window, the same id is a new request.
         let m = MemoryLimiter::with_clock(clock.clone(), 1000);
-        assert!(m.check("k", &l, Some(r)).unwrap().is_admitted());
+        assert!(m.check("k", &l, 1, Some(r)).unwrap().is_admitted());
         clock.advance(Duration::from_secs(11));
-        m.check("k", &l, Some(r)).unwrap();
-        assert_eq!(m.peek("k", &l)[0].used, 2);
+        m.check("k", &l, 1, Some(r)).unwrap();
+        assert_eq!(m.peek("k", &l).unwrap()[0].used, 2);
     }
 }

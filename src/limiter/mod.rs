@@ -3,6 +3,7 @@
 //! Being limited is not an error: [`Decision`] is a value. `Err` means the store could not
 //! answer, and the caller applies the configured `on_error` policy.
 
+pub mod algorithms;
 pub mod breaker;
 pub mod denials;
 pub mod memory;
@@ -10,7 +11,7 @@ pub mod redis;
 mod shards;
 
 use crate::config::{Backend, StoreConfig};
-use crate::routes::Limit;
+use crate::routes::{Algorithm, Limit};
 use std::time::Duration;
 
 pub use self::memory::MemoryLimiter;
@@ -20,18 +21,40 @@ pub use self::redis::RedisLimiter;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitState {
     pub limit: Limit,
-    /// Requests counted in the window, this one included when it was admitted.
+    /// Cost units counted in the window, this request's included when it was admitted (for
+    /// GCRA: the burst less what remains).
     pub used: u32,
-    /// Until the oldest counted request leaves the window (zero when nothing is counted).
+    /// Cost units that may still be admitted now.
+    pub remaining: u32,
+    /// Until the counts of this limit are back to nothing (sliding log: the oldest leaves;
+    /// sliding window: the current fixed window ends; GCRA: the bucket is full again).
     pub reset: Duration,
-    /// Until this limit would admit a request (zero when it admits now).
+    /// Until this limit would admit the request (zero when it admits now).
     pub retry: Duration,
 }
 
 impl LimitState {
     pub fn remaining(&self) -> u32 {
-        self.limit.requests.get().saturating_sub(self.used)
+        self.remaining
     }
+}
+
+/// One limit's state as a store reports it: used, remaining, reset, retry.
+pub type Parts = (u32, u32, Duration, Duration);
+
+/// Each limit with its reported state.
+pub fn states(limits: &[Limit], parts: impl IntoIterator<Item = Parts>) -> Vec<LimitState> {
+    limits
+        .iter()
+        .zip(parts)
+        .map(|(&limit, (used, remaining, reset, retry))| LimitState {
+            limit,
+            used,
+            remaining,
+            reset,
+            retry,
+        })
+        .collect()
 }
 
 /// The outcome of checking every limit of a route for one request.
@@ -80,22 +103,13 @@ impl Refused {
 }
 
 impl Decision {
-    /// Builds a decision from the per-limit `(used, reset, retry)` triples a store returns.
+    /// Builds a decision from the per-limit [`Parts`] a store returns.
     pub fn from_parts(
         admitted: bool,
         limits: &[Limit],
-        parts: impl IntoIterator<Item = (u32, Duration, Duration)>,
+        parts: impl IntoIterator<Item = Parts>,
     ) -> Decision {
-        let states = limits
-            .iter()
-            .zip(parts)
-            .map(|(&limit, (used, reset, retry))| LimitState {
-                limit,
-                used,
-                reset,
-                retry,
-            })
-            .collect();
+        let states = states(limits, parts);
         match admitted {
             true => Decision::Admitted { states },
             false => match Refused::new(states) {
@@ -124,13 +138,6 @@ impl Decision {
             Decision::Admitted { .. } => None,
         }
     }
-}
-
-/// What `/stats` shows for one limit; reading it never counts a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub used: u32,
-    pub reset: Duration,
 }
 
 /// A request id that may mark a retry (see [`crate::identity::RequestIds`]): a repeat of an id
@@ -229,22 +236,26 @@ impl Store {
     /// `retry` (a trusted load balancer's request id) makes the decision idempotent: a retry
     /// of a request that a dead sidecar already counted is admitted without counting it twice,
     /// within the retry window and up to the retry budget.
+    /// `cost` units (at least 1) are counted against every limit, and a request is admitted
+    /// only when every limit has room for all of them.
     pub async fn check(
         &self,
         key: &str,
         limits: &[Limit],
+        cost: u32,
         retry: Option<Retry<'_>>,
     ) -> Result<Decision, StoreError> {
+        let cost = cost.max(1);
         match self {
-            Store::Memory(m) => m.check(key, limits, retry),
-            Store::Redis(r) => r.check(key, limits, retry).await,
+            Store::Memory(m) => m.check(key, limits, cost, retry),
+            Store::Redis(r) => r.check(key, limits, cost, retry).await,
         }
     }
 
-    /// Reads the current usage of each limit without counting anything.
-    pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
+    /// Reads the current state of each limit without counting anything.
+    pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<LimitState>, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.peek(key, limits)),
+            Store::Memory(m) => m.peek(key, limits),
             Store::Redis(r) => r.peek(key, limits).await,
         }
     }
@@ -258,9 +269,16 @@ impl Store {
     }
 }
 
-/// The per-limit key: the caller key plus the window, so a changed request count keeps its log.
+/// The per-limit key: the caller key, the window and (but for the sliding log, whose keys
+/// predate the others) the algorithm, so a changed request count keeps its state and a changed
+/// algorithm never reads another's.
 pub fn limit_key(caller_key: &str, limit: &Limit) -> String {
-    format!("{caller_key}:{}", limit.window.as_millis())
+    let ms = limit.window.as_millis();
+    match limit.algorithm {
+        Algorithm::SlidingLog => format!("{caller_key}:{ms}"),
+        Algorithm::SlidingWindow => format!("{caller_key}:{ms}:sw"),
+        Algorithm::Gcra => format!("{caller_key}:{ms}:gcra"),
+    }
 }
 
 /// The key that remembers one request id of one caller (how often it was retried). It shares

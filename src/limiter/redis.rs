@@ -1,8 +1,9 @@
 //! The shared sliding-window log in Redis: one atomic Lua call per decision.
 
 use super::breaker::Breaker;
-use super::{limit_key, retry_key, Decision, Retry, StoreError, Usage};
+use super::{limit_key, retry_key, Decision, LimitState, Parts, Retry, StoreError};
 use crate::config::StoreConfig;
+use crate::routes::Algorithm;
 use crate::routes::Limit;
 use pingora::time::fast_timeout::fast_timeout;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,7 +26,6 @@ pub struct RedisLimiter {
     client: redis::Client,
     manager_config: ConnectionManagerConfig,
     check_script: Script,
-    peek_script: Script,
     timeout: Duration,
     member_prefix: String,
     counter: AtomicU64,
@@ -87,8 +87,7 @@ impl RedisLimiter {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             client,
             manager_config,
-            check_script: Script::new(include_str!("sliding_window.lua")),
-            peek_script: Script::new(include_str!("peek.lua")),
+            check_script: Script::new(include_str!("check.lua")),
             timeout: config.timeout,
             member_prefix: unique_prefix(instance),
             counter: AtomicU64::new(0),
@@ -221,17 +220,33 @@ impl RedisLimiter {
         &self,
         key: &str,
         limits: &[Limit],
+        cost: u32,
         retry: Option<Retry<'_>>,
     ) -> Result<Decision, StoreError> {
-        self.guarded(self.check_once(key, limits, retry)).await
+        self.guarded(async {
+            let (admitted, parts) = self.run(key, limits, cost, retry).await?;
+            Ok(Decision::from_parts(admitted, limits, parts))
+        })
+        .await
     }
 
-    async fn check_once(
+    /// The state of each limit, counting nothing (the script with a cost of 0).
+    pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<LimitState>, StoreError> {
+        self.guarded(async {
+            let (_, parts) = self.run(key, limits, 0, None).await?;
+            Ok(super::states(limits, parts))
+        })
+        .await
+    }
+
+    /// One call of `check.lua`.
+    async fn run(
         &self,
         key: &str,
         limits: &[Limit],
+        cost: u32,
         retry: Option<Retry<'_>>,
-    ) -> Result<Decision, StoreError> {
+    ) -> Result<(bool, Vec<Parts>), StoreError> {
         let mut conn = self.connection().await?;
         let member = format!(
             "{}{:x}",
@@ -246,45 +261,32 @@ impl RedisLimiter {
                 .arg(r.max_retries),
             None => call.arg(0).arg(0),
         };
+        call.arg(cost);
         for l in limits {
+            let algorithm = match l.algorithm {
+                Algorithm::SlidingLog => 1,
+                Algorithm::SlidingWindow => 2,
+                Algorithm::Gcra => 3,
+            };
             call.key(limit_key(key, l))
+                .arg(algorithm)
                 .arg(l.requests.get())
-                .arg(l.window.as_micros() as u64);
+                .arg(l.window.as_micros() as u64)
+                .arg(l.burst.get());
         }
         if let Some(r) = retry {
             call.key(retry_key(key, r.id));
         }
         let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
-        if reply.len() != 1 + 3 * limits.len() {
+        if reply.len() != 1 + 4 * limits.len() {
             return Err(StoreError::Reply(format!("{reply:?}")));
         }
+        let count = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
         let parts = reply[1..]
-            .chunks(3)
-            .map(|c| (c[0].max(0) as u32, micros(c[1]), micros(c[2])));
-        Ok(Decision::from_parts(reply[0] == 1, limits, parts))
-    }
-
-    pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
-        self.guarded(self.peek_once(key, limits)).await
-    }
-
-    async fn peek_once(&self, key: &str, limits: &[Limit]) -> Result<Vec<Usage>, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut call = self.peek_script.prepare_invoke();
-        for l in limits {
-            call.key(limit_key(key, l)).arg(l.window.as_micros() as u64);
-        }
-        let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
-        if reply.len() != 2 * limits.len() {
-            return Err(StoreError::Reply(format!("{reply:?}")));
-        }
-        Ok(reply
-            .chunks(2)
-            .map(|c| Usage {
-                used: c[0].max(0) as u32,
-                reset: micros(c[1]),
-            })
-            .collect())
+            .chunks(4)
+            .map(|c| (count(c[0]), count(c[1]), micros(c[2]), micros(c[3])))
+            .collect();
+        Ok((reply[0] == 1, parts))
     }
 }
 
