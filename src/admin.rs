@@ -41,6 +41,11 @@ impl Admin {
                 httpdate::fmt_http_date(since)
             )),
         };
+        if let crate::limiter::Store::Redis(r) = &self.shared.side.store {
+            if let Some(cluster) = r.cluster_state() {
+                body["cluster"] = cluster.into();
+            }
+        }
         if let Some(reason) = reason {
             body["status"] = "degraded".into();
             body["store"] = "down".into();

@@ -85,6 +85,7 @@ pub struct UpstreamFile {
 #[serde(rename_all = "snake_case")]
 pub enum BackendFile {
     Redis,
+    RedisCluster,
     Memory,
 }
 
@@ -101,6 +102,8 @@ pub enum OnErrorFile {
 pub struct StoreFile {
     pub backend: Option<BackendFile>,
     pub url: Option<String>,
+    /// `redis_cluster`: seed nodes (`redis://host:port`).
+    pub nodes: Option<Vec<String>>,
     pub timeout: Option<Text>,
     pub on_error: Option<OnErrorFile>,
     pub prefix: Option<String>,

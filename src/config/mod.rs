@@ -81,8 +81,11 @@ pub struct UpstreamConfig {
 pub enum Backend {
     /// In-process sliding log: exact for one instance, no shared state across instances.
     Memory,
-    /// Sliding log in Redis, shared by every instance that points at the same server.
+    /// Limits in Redis, shared by every instance that points at the same server.
     Redis { url: String },
+    /// Limits in a Redis Cluster: `nodes` are seeds, the rest is discovered. Every decision is
+    /// one script call on the node that owns the caller's hash tag.
+    RedisCluster { nodes: Vec<String> },
 }
 
 /// What to do with a request on a limited route when the store cannot answer in time.

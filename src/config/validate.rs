@@ -148,6 +148,30 @@ fn apply_env(
         store.url = Some(v);
         from.insert("store.url", "SLUICE_REDIS_URL");
     }
+    if let Some(v) = env("SLUICE_REDIS_NODES") {
+        let store = file.store.get_or_insert_with(StoreFile::default);
+        store.backend = Some(BackendFile::RedisCluster);
+        let nodes = v
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
+        store.nodes = Some(nodes.collect());
+        store.url = None;
+        from.insert("store.nodes", "SLUICE_REDIS_NODES");
+    }
+}
+
+/// A Redis URL redis-rs accepts, with a scheme sluice supports.
+fn redis_url(url: &str, path: &str, p: &mut Problems) {
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if !scheme_ok || redis::Client::open(url).is_err() {
+        p.add(
+            path,
+            format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379 or rediss://user:password@host:6380/0)"),
+        );
+    }
 }
 
 /// The duration at `path`: `default` when absent, `None` (and a problem) when malformed.
@@ -412,16 +436,33 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
         BackendFile::Memory => Backend::Memory,
         BackendFile::Redis => {
             let url = url.unwrap_or_else(|| defaults::REDIS_URL.into());
-            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|s| url.starts_with(s));
-            if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
+            redis_url(&url, "store.url", p);
+            if s.is_some_and(|s| s.nodes.is_some()) {
                 p.add(
-                    "store.url",
-                    format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379 or rediss://user:password@host:6380/0)"),
+                    "store.nodes",
+                    "applies to backend: redis_cluster only (use store.url)",
                 );
             }
             Backend::Redis { url }
+        }
+        BackendFile::RedisCluster => {
+            let nodes = s.and_then(|s| s.nodes.clone()).unwrap_or_default();
+            if nodes.is_empty() {
+                p.add(
+                    "store.nodes",
+                    "at least one seed node is required (e.g. [\"redis://127.0.0.1:7000\"])",
+                );
+            }
+            for (i, node) in nodes.iter().enumerate() {
+                redis_url(node, &format!("store.nodes[{i}]"), p);
+            }
+            if url.is_some() {
+                p.add(
+                    "store.url",
+                    "applies to backend: redis only (a cluster takes store.nodes)",
+                );
+            }
+            Backend::RedisCluster { nodes }
         }
     };
     StoreConfig {
@@ -477,7 +518,10 @@ fn tls_ca_file(s: Option<&StoreFile>, p: &mut Problems) -> Option<std::path::Pat
         .and_then(|s| s.url.as_deref())
         .is_some_and(|u| u.starts_with("rediss://"));
     if !tls {
-        p.add("store.tls_ca_file", "needs a rediss:// store.url (TLS)");
+        p.add(
+            "store.tls_ca_file",
+            "needs a rediss:// store.url or store.nodes (TLS)",
+        );
     } else if let Err(e) = std::fs::read(file) {
         p.add("store.tls_ca_file", format!("cannot read \"{file}\": {e}"));
     }

@@ -5,6 +5,7 @@
 
 pub mod algorithms;
 pub mod breaker;
+pub mod conn;
 pub mod denials;
 pub mod memory;
 pub mod redis;
@@ -212,9 +213,9 @@ impl Store {
             Backend::Memory => {
                 Store::Memory(std::sync::Arc::new(MemoryLimiter::new(config.max_callers)))
             }
-            Backend::Redis { url } => Store::Redis(std::sync::Arc::new(RedisLimiter::new(
-                url, config, instance,
-            )?)),
+            Backend::Redis { .. } | Backend::RedisCluster { .. } => {
+                Store::Redis(std::sync::Arc::new(RedisLimiter::new(config, instance)?))
+            }
         })
     }
 
@@ -227,6 +228,7 @@ impl Store {
     pub fn backend_name(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
+            Store::Redis(r) if r.is_cluster() => "redis_cluster",
             Store::Redis(_) => "redis",
         }
     }

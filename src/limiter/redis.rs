@@ -1,12 +1,12 @@
-//! The shared sliding-window log in Redis: one atomic Lua call per decision.
+//! The shared limiter in Redis (one server or a cluster): one atomic Lua call per decision.
 
 use super::breaker::Breaker;
+use super::conn::{Conn, Target};
 use super::{limit_key, retry_key, Decision, LimitState, Parts, Retry, StoreError};
 use crate::config::StoreConfig;
 use crate::routes::Algorithm;
 use crate::routes::Limit;
 use pingora::time::fast_timeout::fast_timeout;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,13 +23,14 @@ use std::time::{Duration, Instant};
 pub struct RedisLimiter {
     /// Tells this limiter's connections apart in the per-thread table.
     id: u64,
-    client: redis::Client,
-    manager_config: ConnectionManagerConfig,
+    target: Target,
     check_script: Script,
     timeout: Duration,
     member_prefix: String,
     counter: AtomicU64,
     breaker: Breaker,
+    /// What the last successful probe saw (a run_id, or the cluster's state), for `/health`.
+    seen: std::sync::Mutex<Option<String>>,
     /// Bumped when the store comes back: every thread then drops the connection it had (which
     /// may sit in a failed reconnect) and connects anew on its next call.
     epoch: AtomicU64,
@@ -38,7 +39,7 @@ pub struct RedisLimiter {
 /// This thread's connection of one limiter: set once connected, shared by concurrent requests.
 #[derive(Default)]
 struct Slot {
-    connection: Arc<tokio::sync::OnceCell<ConnectionManager>>,
+    connection: Arc<tokio::sync::OnceCell<Conn>>,
     /// When connecting last failed; requests fail fast for [`CONNECT_BACKOFF`] after that.
     failed_at: Option<Instant>,
     /// The limiter's epoch this connection belongs to.
@@ -60,38 +61,17 @@ thread_local! {
 }
 
 impl RedisLimiter {
-    pub fn new(url: &str, config: &StoreConfig, instance: &str) -> Result<Self, StoreError> {
+    pub fn new(config: &StoreConfig, instance: &str) -> Result<Self, StoreError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        let client = match &config.tls_ca_file {
-            Some(ca) => {
-                let root_cert = std::fs::read(ca).map_err(|e| {
-                    StoreError::Reply(format!("store.tls_ca_file {}: {e}", ca.display()))
-                })?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(url, certs)?
-            }
-            None => redis::Client::open(url)?,
-        };
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            // No response timeout here: `bounded` applies the deadline with Pingora's timer
-            // wheel, which costs far less per call than a tokio timer (see bench/RESULTS.md).
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(500));
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            client,
-            manager_config,
+            target: Target::new(config)?,
             check_script: Script::new(include_str!("check.lua")),
             timeout: config.timeout,
             member_prefix: unique_prefix(instance),
             counter: AtomicU64::new(0),
             breaker: Breaker::default(),
+            seen: std::sync::Mutex::new(None),
             epoch: AtomicU64::new(0),
         })
     }
@@ -133,35 +113,40 @@ impl RedisLimiter {
     ///
     /// The probe keeps its own plain connection in `conn`, dropped on any failure and made
     /// anew on the next probe, so it never waits on a reconnecting connection manager.
-    pub async fn probe(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-    ) -> Result<String, StoreError> {
+    pub async fn probe(&self, conn: &mut Option<Conn>) -> Result<String, StoreError> {
         let result = self.probe_on(conn).await;
-        if result.is_err() {
-            *conn = None;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(id) => *seen = Some(id.clone()),
+            Err(_) => *conn = None,
         }
         result
     }
 
-    async fn probe_on(
-        &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-    ) -> Result<String, StoreError> {
+    async fn probe_on(&self, conn: &mut Option<Conn>) -> Result<String, StoreError> {
         if conn.is_none() {
-            let connect = self.client.get_multiplexed_async_connection();
-            *conn = Some(self.bounded(connect).await?);
+            *conn = Some(self.bounded(self.target.connect_plain()).await?);
         }
         let Some(c) = conn.as_mut() else {
             return Err(StoreError::Unavailable);
         };
-        let info: String = self
-            .bounded(redis::cmd("INFO").arg("server").query_async(c))
+        let reply: String = self
+            .bounded(self.target.probe_command().query_async(c))
             .await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_string())
-            .ok_or_else(|| StoreError::Reply("INFO server has no run_id".into()))
+        self.target
+            .probe_identity(&reply)
+            .map_err(StoreError::Reply)
+    }
+
+    /// What the last successful probe saw: a cluster's state (`cluster ok, 6 nodes`).
+    pub fn cluster_state(&self) -> Option<String> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.clone().filter(|_| self.is_cluster())
+    }
+
+    /// Whether the store is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.target.is_cluster()
     }
 
     /// This thread's connection, connecting on first use (inside a tokio runtime).
@@ -171,7 +156,7 @@ impl RedisLimiter {
     /// connect instead of timing out, which under `on_error: allow` would admit it uncounted.
     /// After a failed connect the thread fails fast for a second instead of every request
     /// waiting for a Redis that is down. Once connected, redis-rs reconnects by itself.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<Conn, StoreError> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let (cell, failed_at) = CONNECTIONS.with(|table| {
             let mut table = table.borrow_mut();
@@ -190,8 +175,7 @@ impl RedisLimiter {
         if failed_at.is_some_and(|t| t.elapsed() < CONNECT_BACKOFF) {
             return Err(StoreError::Unavailable);
         }
-        let connect =
-            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone());
+        let connect = self.target.connect();
         let deadline = self.timeout.max(Duration::from_secs(1));
         let result = match fast_timeout(deadline, cell.get_or_try_init(|| connect)).await {
             Ok(Ok(conn)) => return Ok(conn.clone()),

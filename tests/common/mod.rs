@@ -538,3 +538,97 @@ pub async fn one_sidecar(body: &str) -> (Redis, Upstream, Sidecar) {
     .await;
     (redis, upstream, sidecar)
 }
+
+/// A local Redis Cluster: three masters and three replicas on loopback ports, made with
+/// `redis-cli --cluster create`, stopped with its guard.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub async fn start(dir: &Path) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = free_port();
+            let conf = format!("nodes-{port}.conf");
+            let node = Redis::start_on(
+                dir,
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica always takes over a dead master, however long since it heard
+                    // from it (an idle test cluster would otherwise refuse to fail over).
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--dbfilename",
+                    &format!("dump-{port}.rdb"),
+                ],
+            )
+            .await;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed (Debian package redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok(Duration::from_secs(20)).await;
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub async fn wait_ok(&self, limit: Duration) {
+        self.wait_ok_without(0, limit).await
+    }
+
+    /// Waits until every node but the one on `dead` says `cluster_state:ok`.
+    pub async fn wait_ok_without(&self, dead: u16, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let mut ok = true;
+            for n in self.nodes.iter().filter(|n| n.port != dead) {
+                let info = redis_cmd(n.port, "CLUSTER INFO").await.unwrap_or_default();
+                ok &= info.contains("cluster_state:ok");
+            }
+            if ok {
+                return;
+            }
+            assert!(start.elapsed() < limit, "cluster not ok after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `redis://` URLs of every node (seeds).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// The ports of the nodes that are masters now.
+    pub async fn masters(&self) -> Vec<u16> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let role = redis_cmd(n.port, "ROLE").await.unwrap_or_default();
+            if role.contains("master") {
+                out.push(n.port);
+            }
+        }
+        out
+    }
+}
