@@ -66,6 +66,20 @@ impl Cluster {
         c
     }
 
+    /// The same topology on a local Redis Cluster (`REDIS_MODE=cluster`).
+    fn up_on_redis_cluster() -> Cluster {
+        let mut c = Cluster::new();
+        let base = consecutive_free_ports(6);
+        for (k, v) in c.env.iter_mut() {
+            if *k == "REDIS_PORT" {
+                *v = base.to_string();
+            }
+        }
+        c.env.push(("REDIS_MODE", "cluster".to_string()));
+        c.run("up");
+        c
+    }
+
     fn pid(&self, part: &str) -> u32 {
         let text =
             std::fs::read_to_string(self.run_dir.join(format!("{part}.pid"))).expect("pid file");
@@ -80,6 +94,21 @@ impl Drop for Cluster {
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .output();
     }
+}
+
+/// The first of `n` consecutive loopback ports that are free now, taken through `free_port`
+/// so that no other test of this process is handed one of them.
+fn consecutive_free_ports(n: u16) -> u16 {
+    let mut run = vec![free_port()];
+    while run.len() < n as usize {
+        let next = free_port();
+        if next == run[run.len() - 1] + 1 {
+            run.push(next);
+        } else {
+            run = vec![next];
+        }
+    }
+    run[0]
 }
 
 fn via_instances(replies: &[Reply]) -> BTreeSet<String> {
@@ -402,4 +431,25 @@ fn the_compose_file_has_the_topology_and_every_mounted_config_checks() {
         );
     }
     assert!(dockerfile.contains("cmake"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_cluster_runs_the_deployment_on_a_redis_cluster() {
+    let _heavy = HEAVY.lock().await;
+    let c = Cluster::up_on_redis_cluster();
+    let mut statuses = Vec::new();
+    for _ in 0..101 {
+        statuses.push(status(c.lb, "/api/data?user_id=on_a_cluster", &[]).await);
+    }
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 100);
+    assert_eq!(statuses[100], 429);
+    let health = get(c.lb, "/health").await.unwrap().json();
+    assert_eq!(health["backend"], "redis_cluster", "{health}");
+    assert!(
+        health["cluster"]
+            .as_str()
+            .unwrap()
+            .starts_with("cluster ok, 6 nodes"),
+        "{health}"
+    );
 }
