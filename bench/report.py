@@ -316,7 +316,7 @@ def scaling_chart(res, path):
     callers = d.get("callers") or []
     labels = [f"{s['callers']:,}" for s in callers]
     line_chart(parts, 460, 270, 430, 160, "memory against distinct callers", [
-        ("sidecar RSS MiB x100", "#d9822b", [s["rss_kib"] / 1024 * 100 for s in callers]),
+        ("sidecar RSS MiB", "#d9822b", [s["rss_kib"] / 1024 for s in callers]),
         ("Redis MiB", "#2b95d6", [s["redis_used_memory"] / 2 ** 20 for s in callers])], labels, "MiB")
     with open(path, "w") as f:
         f.write(svg(parts, 900, 480))
