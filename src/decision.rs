@@ -4,7 +4,7 @@
 use crate::config::{AccessLog, CallerInLog, Config, OnError};
 use crate::identity::{IdentityError, IdentityExtractor, RequestIds};
 use crate::limiter::denials::DenialCache;
-use crate::limiter::{caller_key, Decision, MemoryLimiter, Refused, Retry, Store};
+use crate::limiter::{caller_key, Ask, Decision, MemoryLimiter, Refused, Retry, Store};
 use crate::metrics::{Metrics, Outcome, RouteCounters, NO_ROUTE};
 use crate::response::RateLimitHeaders;
 use crate::routes::{normalize_path, Limit, Route, RouteTable};
@@ -241,8 +241,13 @@ impl Decider {
                 max_retries: ids.max_retries,
             })
         });
-        let cost = route.cost.of(head.method.as_str());
-        let (mut outcome, decided) = self.limit(route, &key, limits, cost, retry).await;
+        let ask = Ask {
+            key: &key,
+            limits,
+            cost: route.cost.of(head.method.as_str()),
+            retry,
+        };
+        let (mut outcome, decided) = self.limit(route, &ask).await;
         let shadowed = route.shadow && matches!(decided, Decided::Refused(_));
         if shadowed {
             outcome = Outcome::ShadowLimited;
@@ -270,25 +275,19 @@ impl Decider {
     /// Checks `limits` for `key`: the denial cache, then the store, then (when the store
     /// cannot answer) the route's `on_error` policy. A shadow route's refusals are counted by
     /// the caller of this function, which turns them into forwards.
-    async fn limit(
-        &self,
-        route: &Route,
-        key: &str,
-        limits: &[Limit],
-        cost: u32,
-        retry: Option<Retry<'_>>,
-    ) -> (Outcome, Decided) {
+    async fn limit(&self, route: &Route, ask: &Ask<'_>) -> (Outcome, Decided) {
+        let key = ask.key;
         // A request with a trusted request id may be a retry that only the store can recognise.
         let denials = self.side.denials.as_ref();
         if let Some(refused) = denials
-            .filter(|_| retry.is_none())
-            .and_then(|d| d.get(key, cost, Instant::now()))
+            .filter(|_| ask.retry.is_none())
+            .and_then(|d| d.get(key, ask.cost, Instant::now()))
         {
             self.metrics.denial_cache_hits.inc();
             return (Outcome::Limited, Decided::Refused(refused));
         }
         let sent = Instant::now();
-        match self.side.store.check(key, limits, cost, retry).await {
+        match self.side.store.check(ask).await {
             Ok(decision) => {
                 let received = Instant::now();
                 self.metrics
@@ -301,7 +300,7 @@ impl Decider {
                     ),
                     Decision::Limited(refused) => {
                         if let Some(d) = denials {
-                            d.insert(key, &refused, cost, sent, received);
+                            d.insert(key, &refused, ask.cost, sent, received);
                         }
                         (Outcome::Limited, Decided::Refused(refused))
                     }
@@ -309,32 +308,27 @@ impl Decider {
             }
             Err(e) => {
                 log::debug!("store failed on route {}: {e}", route.name);
-                (
-                    Outcome::StoreError,
-                    self.without_store(route, key, limits, cost, retry),
-                )
+                (Outcome::StoreError, self.without_store(route, ask))
             }
         }
     }
 
     /// The route's `on_error` answer while the store cannot decide.
-    fn without_store(
-        &self,
-        route: &Route,
-        key: &str,
-        limits: &[Limit],
-        cost: u32,
-        retry: Option<Retry<'_>>,
-    ) -> Decided {
+    fn without_store(&self, route: &Route, ask: &Ask<'_>) -> Decided {
         match route.on_error.unwrap_or(self.on_error) {
             OnError::Allow => Decided::Admitted(None),
             OnError::Deny => Decided::Unavailable,
             OnError::Local => {
-                let scaled: Vec<Limit> = limits
+                let scaled: Vec<Limit> = ask
+                    .limits
                     .iter()
                     .map(|l| l.scaled(self.fallback_share))
                     .collect();
-                match self.side.fallback.check(key, &scaled, cost, retry) {
+                let local = Ask {
+                    limits: &scaled,
+                    ..*ask
+                };
+                match self.side.fallback.check(&local) {
                     Ok(d @ Decision::Admitted { .. }) => {
                         Decided::Admitted(RateLimitHeaders::new(&route.name, &d))
                     }

@@ -3,7 +3,7 @@
 
 use super::algorithms::State;
 use super::shards::Shards;
-use super::{Decision, LimitState, Retry, StoreError};
+use super::{Ask, Decision, LimitState, Retry, StoreError};
 use crate::routes::{Algorithm, Limit};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -158,13 +158,8 @@ impl MemoryLimiter {
     }
 
     /// Checks all `limits`; counts the request against every one only if all admit it.
-    pub fn check(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: u32,
-        retry: Option<Retry<'_>>,
-    ) -> Result<Decision, StoreError> {
+    pub fn check(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
+        let (key, limits, cost, retry) = (ask.key, ask.limits, ask.cost, ask.retry);
         let now = self.clock.now_us();
         if self
             .decisions
@@ -236,9 +231,18 @@ mod tests {
         (clock.clone(), MemoryLimiter::with_clock(clock, 1_000_000))
     }
 
+    fn ask<'a>(key: &'a str, limits: &'a [Limit], retry: Option<Retry<'a>>) -> Ask<'a> {
+        Ask {
+            key,
+            limits,
+            cost: 1,
+            retry,
+        }
+    }
+
     /// A check without a request id, which cannot fail on a store far from full.
     fn check(m: &MemoryLimiter, key: &str, limits: &[Limit]) -> Decision {
-        m.check(key, limits, 1, None).unwrap()
+        m.check(&ask(key, limits, None)).unwrap()
     }
 
     #[test]
@@ -344,7 +348,7 @@ mod tests {
         let l = [limit(1, 1000)];
         let mut full = 0;
         for i in 0..(SHARDS * 10) {
-            match m.check(&format!("k{i}"), &l, 1, None) {
+            match m.check(&ask(&format!("k{i}"), &l, None)) {
                 Ok(d) => assert!(d.is_admitted()),
                 Err(StoreError::Full(n)) => {
                     assert_eq!(n, SHARDS * 2);
@@ -356,12 +360,12 @@ mod tests {
         assert!(full > 0, "the cap was never reached");
         assert!(m.callers() <= SHARDS * 2, "{} callers held", m.callers());
         assert!(
-            !m.check("k0", &l, 1, None).unwrap().is_admitted(),
+            !m.check(&ask("k0", &l, None)).unwrap().is_admitted(),
             "held callers stay limited"
         );
         // Once their windows pass, expired callers make room again.
         clock.advance(Duration::from_secs(2));
-        assert!(m.check("fresh", &l, 1, None).unwrap().is_admitted());
+        assert!(m.check(&ask("fresh", &l, None)).unwrap().is_admitted());
     }
 
     #[test]
@@ -375,7 +379,7 @@ mod tests {
             max_retries: 2,
         };
         let admitted: Vec<bool> = (0..10)
-            .map(|_| m.check("k", &l, 1, Some(r)).unwrap().is_admitted())
+            .map(|_| m.check(&ask("k", &l, Some(r))).unwrap().is_admitted())
             .collect();
         // 1 counted + 2 retries + 4 counted, then refused.
         assert_eq!(
@@ -385,9 +389,9 @@ mod tests {
         assert_eq!(m.peek("k", &l).unwrap()[0].used, 5);
         // After the retry window, the same id is a new request.
         let m = MemoryLimiter::with_clock(clock.clone(), 1000);
-        assert!(m.check("k", &l, 1, Some(r)).unwrap().is_admitted());
+        assert!(m.check(&ask("k", &l, Some(r))).unwrap().is_admitted());
         clock.advance(Duration::from_secs(11));
-        m.check("k", &l, 1, Some(r)).unwrap();
+        m.check(&ask("k", &l, Some(r))).unwrap();
         assert_eq!(m.peek("k", &l).unwrap()[0].used, 2);
     }
 }

@@ -141,6 +141,16 @@ impl Decision {
     }
 }
 
+/// One question to a store: may this request (of `cost` units, perhaps a retry) pass every
+/// one of `limits` for the caller `key`?
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub key: &'a str,
+    pub limits: &'a [Limit],
+    pub cost: u32,
+    pub retry: Option<Retry<'a>>,
+}
+
 /// A request id that may mark a retry (see [`crate::identity::RequestIds`]): a repeat of an id
 /// counted less than `window` ago is admitted uncounted, at most `max_retries` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,17 +250,14 @@ impl Store {
     /// within the retry window and up to the retry budget.
     /// `cost` units (at least 1) are counted against every limit, and a request is admitted
     /// only when every limit has room for all of them.
-    pub async fn check(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: u32,
-        retry: Option<Retry<'_>>,
-    ) -> Result<Decision, StoreError> {
-        let cost = cost.max(1);
+    pub async fn check(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
+        let ask = Ask {
+            cost: ask.cost.max(1),
+            ..*ask
+        };
         match self {
-            Store::Memory(m) => m.check(key, limits, cost, retry),
-            Store::Redis(r) => r.check(key, limits, cost, retry).await,
+            Store::Memory(m) => m.check(&ask),
+            Store::Redis(r) => r.check(&ask).await,
         }
     }
 

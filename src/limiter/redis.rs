@@ -2,7 +2,7 @@
 
 use super::breaker::Breaker;
 use super::conn::{Conn, Target};
-use super::{limit_key, retry_key, Decision, LimitState, Parts, Retry, StoreError};
+use super::{limit_key, retry_key, Ask, Decision, LimitState, Parts, StoreError};
 use crate::config::StoreConfig;
 use crate::routes::Algorithm;
 use crate::routes::Limit;
@@ -200,16 +200,10 @@ impl RedisLimiter {
         }
     }
 
-    pub async fn check(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: u32,
-        retry: Option<Retry<'_>>,
-    ) -> Result<Decision, StoreError> {
+    pub async fn check(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
         self.guarded(async {
-            let (admitted, parts) = self.run(key, limits, cost, retry).await?;
-            Ok(Decision::from_parts(admitted, limits, parts))
+            let (admitted, parts) = self.run(ask).await?;
+            Ok(Decision::from_parts(admitted, ask.limits, parts))
         })
         .await
     }
@@ -217,20 +211,21 @@ impl RedisLimiter {
     /// The state of each limit, counting nothing (the script with a cost of 0).
     pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<LimitState>, StoreError> {
         self.guarded(async {
-            let (_, parts) = self.run(key, limits, 0, None).await?;
+            let peek = Ask {
+                key,
+                limits,
+                cost: 0,
+                retry: None,
+            };
+            let (_, parts) = self.run(&peek).await?;
             Ok(super::states(limits, parts))
         })
         .await
     }
 
     /// One call of `check.lua`.
-    async fn run(
-        &self,
-        key: &str,
-        limits: &[Limit],
-        cost: u32,
-        retry: Option<Retry<'_>>,
-    ) -> Result<(bool, Vec<Parts>), StoreError> {
+    async fn run(&self, ask: &Ask<'_>) -> Result<(bool, Vec<Parts>), StoreError> {
+        let (key, limits, cost, retry) = (ask.key, ask.limits, ask.cost, ask.retry);
         let mut conn = self.connection().await?;
         let member = format!(
             "{}{:x}",
