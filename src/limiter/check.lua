@@ -85,7 +85,9 @@ for i = 1, n do
       redis.call('PEXPIRE', key, ceil(window / 1000))
       used = used + cost
     end
-    if used > 0 then
+    if count and used == cost then
+      reset = window -- this request's entries are the only ones
+    elseif used > 0 then
       local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
       reset = tonumber(oldest[2]) + window - now
     else
@@ -130,7 +132,7 @@ for i = 1, n do
   else
     local tat = count and s.new or s.tat
     if count then
-      redis.call('SET', key, string.format('%.0f', tat), 'PX', max(1, ceil((tat - now) / 1000)))
+      redis.call('SET', key, floor(tat + 0.5), 'PX', max(1, ceil((tat - now) / 1000)))
     end
     remaining = max(0, floor((s.cap - (tat - now)) / s.T + 1e-9))
     used = s.burst - remaining
