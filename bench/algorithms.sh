@@ -111,6 +111,11 @@ the cluster's nodes share the cores).
   at 1.5x. Every decision of the sliding log is exact by construction (0 %), in Redis as in
   memory, whichever sidecar makes it.
 - **worst caller** is the most any caller got admitted in any sliding window of 10 s.
+- **concurrency across sidecars adds no error** to any algorithm: each decision is one atomic
+  script call, so three sidecars deciding at once are Redis deciding one after another
+  (tests/algorithms.rs: 600 concurrent requests through three sidecars admit exactly 100 with
+  `sliding_window` and with `gcra`; tests/limits.rs, tests/cluster.rs and bench/run's accuracy
+  trials: exactly 100 of 1,000 with the sliding log).
 - **bytes per caller**: `MEMORY USAGE` of one caller's key after admitting the limit (sliding
   log: {per_entry:.0f} B per entry at 100,000 entries).
 - **Redis µs per decision**: Redis's own CPU time per script call (`INFO commandstats`
