@@ -6,10 +6,13 @@
 //! - [`routes`]: the ordered route table (method + path → route and its limits).
 //! - [`decision`]: one request's verdict (head checks, path, route, caller, limits, store),
 //!   Pingora-free.
-//! - [`limiter`]: sliding-window logs in Redis (one Lua call) or in memory; [`limiter::Decision`].
-//! - [`response`]: the RateLimit headers and the 429/503 bodies, one helper for every path.
+//! - [`limiter`]: the three algorithms in Redis (one Lua call; one server or a cluster) or in
+//!   memory, the denial cache and the circuit breaker; [`limiter::Decision`].
+//! - [`response`]: the RateLimit headers and every response sluice writes itself.
 //! - [`proxy`]: the Pingora `ProxyHttp` phases, each delegating to the modules above.
-//! - [`admin`]: `/health` and `/stats/{user}` on their own listener.
+//! - [`admin`]: `/health`, `/metrics` and `/stats/{user}` on their own listener.
+//! - [`metrics`], [`access_log`]: what operators read.
+//! - [`watch`]: the store probe (breaker recovery, restarts); [`reload`]: SIGHUP.
 //! - [`server`]: builds the Pingora server from a config.
 
 pub mod access_log;
