@@ -1,5 +1,5 @@
 //! The Pingora `ProxyHttp` implementation: each phase is short and hands its work to the
-//! [`Decider`](crate::decision::Decider) (what to do) or [`response`] (what clients see).
+//! [`Decider`] (what to do) or [`response`] (what clients see).
 
 use crate::access_log::{self, Entry};
 use crate::config::{AccessLog, CallerInLog};
