@@ -1,4 +1,4 @@
-//! Configuration: the YAML file model ([`file`]) and the validated runtime model built from it.
+//! Configuration: the YAML file model ([`file`](mod@file)) and the validated runtime model built from it.
 //!
 //! `load` reads a file, applies the `SLUICE_*` environment overrides, and validates everything
 //! at once, reporting every problem (not just the first) as `FILE: FIELD.PATH: message`.
