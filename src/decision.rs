@@ -145,8 +145,6 @@ pub struct Decider {
     key_prefix: String,
     max_header_bytes: usize,
     max_uri_bytes: usize,
-    /// Keep each caller's identity in the trace (an access log is written).
-    trace_callers: bool,
     access_log: (AccessLog, CallerInLog),
 }
 
@@ -170,7 +168,6 @@ impl Decider {
             key_prefix: config.store.prefix.clone(),
             max_header_bytes: config.server.max_header_bytes,
             max_uri_bytes: config.server.max_uri_bytes,
-            trace_callers: config.server.access_log != AccessLog::Off,
             access_log: (config.server.access_log, config.server.access_log_caller),
         }
     }
@@ -226,7 +223,8 @@ impl Decider {
         };
         let limits = route.limits_for(caller.as_deref().unwrap_or_default());
         let key = self.caller_key(&route.name, caller.as_deref());
-        if self.trace_callers {
+        // The caller's identity is kept only while an access log is written.
+        if self.access_log.0 != AccessLog::Off {
             trace.caller = caller;
         }
         if limits.is_empty() {

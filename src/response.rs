@@ -32,12 +32,22 @@ impl RateLimitHeaders {
     /// limit with the least remaining (a tie goes to the longer window) or, for a refusal, the
     /// limit that refuses longest.
     pub fn new(route: &str, decision: &Decision) -> Option<Self> {
-        let states = decision.states();
-        let reported = match decision.refusing() {
+        Self::build(route, decision.states(), decision.refusing())
+    }
+
+    /// The headers of a refusal: every limit, and the one that refuses longest.
+    pub fn refused(route: &str, refused: &Refused) -> Option<Self> {
+        Self::build(route, refused.states(), Some(refused.refusing()))
+    }
+
+    /// `refusing` is the refusing limit of a refused request, `None` for an admitted one.
+    fn build(route: &str, states: &[LimitState], refusing: Option<&LimitState>) -> Option<Self> {
+        let admitted = refusing.is_none();
+        let reported = match refusing {
             Some(refusing) => refusing,
             None => states
                 .iter()
-                .min_by_key(|s| (s.remaining(), Reverse(s.limit.window)))?,
+                .min_by_key(|s| (s.remaining, Reverse(s.limit.window)))?,
         };
         let policy = states
             .iter()
@@ -51,15 +61,11 @@ impl RateLimitHeaders {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let reset = match decision.is_admitted() {
+        let reset = match admitted {
             true => ceil_secs(reported.reset),
             false => retry_after_secs(reported),
         };
-        let remaining = if decision.is_admitted() {
-            reported.remaining()
-        } else {
-            0
-        };
+        let remaining = if admitted { reported.remaining } else { 0 };
         Some(Self {
             ratelimit: format!(
                 "\"{}\";r={remaining};t={reset}",
@@ -110,7 +116,7 @@ pub fn too_many_requests(
     );
     let mut h = json_header(429, body.len())?;
     h.insert_header("Retry-After", retry_after.to_string())?;
-    if let Some(headers) = RateLimitHeaders::new(route, &Decision::Limited(refused.clone())) {
+    if let Some(headers) = RateLimitHeaders::refused(route, refused) {
         headers.apply(&mut h)?;
     }
     Ok((h, Bytes::from(body)))

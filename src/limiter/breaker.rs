@@ -90,6 +90,15 @@ impl Breaker {
         self.detail().reason = Some(reason.to_string());
     }
 
+    /// When the breaker opened, while it is open (no reason string copied: the fail-fast path
+    /// asks this on every request).
+    pub fn open_since(&self) -> Option<SystemTime> {
+        if !self.is_open() {
+            return None;
+        }
+        Some(self.detail().since.unwrap_or_else(SystemTime::now))
+    }
+
     pub fn status(&self) -> StoreStatus {
         let detail = self.detail();
         let reason = detail.reason.clone().unwrap_or_default();

@@ -253,7 +253,7 @@ mod tests {
             let d = check(&m, "k", &l);
             assert!(d.is_admitted());
             assert_eq!(d.states()[0].used, used);
-            assert_eq!(d.states()[0].remaining(), 3 - used);
+            assert_eq!(d.states()[0].remaining, 3 - used);
             clock.advance(Duration::from_millis(100));
         }
         let d = check(&m, "k", &l);

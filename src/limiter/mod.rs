@@ -34,12 +34,6 @@ pub struct LimitState {
     pub retry: Duration,
 }
 
-impl LimitState {
-    pub fn remaining(&self) -> u32 {
-        self.remaining
-    }
-}
-
 /// One limit's state as a store reports it: used, remaining, reset, retry.
 pub type Parts = (u32, u32, Duration, Duration);
 

@@ -91,11 +91,7 @@ impl RedisLimiter {
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if self.breaker.is_open() {
-            let since = match self.breaker.status() {
-                super::breaker::StoreStatus::Open { since, .. } => since,
-                _ => std::time::SystemTime::now(),
-            };
+        if let Some(since) = self.breaker.open_since() {
             return Err(StoreError::Open(since));
         }
         let result = call.await;
