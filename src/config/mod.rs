@@ -258,4 +258,22 @@ routes:
             ]
         );
     }
+
+    #[test]
+    fn a_tls_ca_file_goes_with_rediss_urls_or_cluster_nodes() {
+        let ca = std::env::temp_dir().join(format!("sluice-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let ca = ca.display();
+        let store = |s: &str| {
+            format!("upstream: {{ addrs: [\"h:1\"] }}\nstore: {{ {s}, tls_ca_file: \"{ca}\" }}")
+        };
+        let cluster = store("backend: redis_cluster, nodes: [\"rediss://10.0.0.1:7000\"]");
+        assert!(parse("x.yaml", &cluster, &no_env).is_ok());
+        assert!(parse("x.yaml", &store("url: \"rediss://r:6380\""), &no_env).is_ok());
+        let plain = parse("x.yaml", &store("url: \"redis://r:6379\""), &no_env).unwrap_err();
+        assert_eq!(
+            plain.lines,
+            ["x.yaml: store.tls_ca_file: needs a rediss:// store.url or store.nodes (TLS)"]
+        );
+    }
 }

@@ -514,9 +514,13 @@ fn fallback_share(share: Option<f64>, p: &mut Problems) -> f64 {
 
 fn tls_ca_file(s: Option<&StoreFile>, p: &mut Problems) -> Option<std::path::PathBuf> {
     let file = s.and_then(|s| s.tls_ca_file.as_ref())?;
-    let tls = s
-        .and_then(|s| s.url.as_deref())
-        .is_some_and(|u| u.starts_with("rediss://"));
+    let tls = s.is_some_and(|s| {
+        let nodes = s.nodes.iter().flatten();
+        s.url
+            .iter()
+            .chain(nodes)
+            .any(|u| u.starts_with("rediss://"))
+    });
     if !tls {
         p.add(
             "store.tls_ca_file",

@@ -193,7 +193,8 @@ impl State {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+/// A duration in whole microseconds, the unit every algorithm counts in.
+pub(super) fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 

@@ -1,7 +1,7 @@
 //! The in-process store: every algorithm, exact for one instance, and Redis's semantics to the
 //! letter (the same steps as `check.lua`, in [`super::algorithms`]).
 
-use super::algorithms::State;
+use super::algorithms::{micros, State};
 use super::shards::Shards;
 use super::{Ask, Decision, LimitState, Retry, StoreError};
 use crate::routes::{Algorithm, Limit};
@@ -211,10 +211,6 @@ impl MemoryLimiter {
     pub fn callers(&self) -> usize {
         self.callers.len()
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros() as u64
 }
 
 #[cfg(test)]
