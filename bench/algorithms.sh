@@ -42,7 +42,7 @@ for algo in 1 2 3; do
         key="sluice:{mem:a$algo-$limit}:3600000$(suffix $algo)"
         # Fill the limit: one call per request, each with its own member, window 1 h.
         redis-benchmark -p $P_ONE -c 1 -P $((limit < 100 ? limit : 100)) -n $limit -r 1000000000 \
-            EVALSHA "$SHA" 1 "$key" "m__rand_int__" 0 0 1 $algo $limit 3600000000 $limit >/dev/null
+            EVALSHA "$SHA" 1 "$key" 1 "m__rand_int__" 0 0 1 1 $algo $limit 3600000000 $limit 3600000 >/dev/null
         bytes=$(redis-cli -p $P_ONE MEMORY USAGE "$key" SAMPLES 0)
         entries=$(redis-cli -p $P_ONE TYPE "$key" | grep -q zset && redis-cli -p $P_ONE ZCARD "$key" || echo 1)
         echo "$algo $limit $bytes $entries" >>"$WORK/memory.txt"
@@ -54,10 +54,10 @@ echo "algorithms: throughput ($N calls, 100,000 callers, -c 50)" >&2
 for algo in 1 2 3; do
     redis-cli -p $P_ONE CONFIG RESETSTAT >/dev/null
     one=$(redis-benchmark -p $P_ONE --csv -c 50 -n "$N" -r 100000 \
-        EVALSHA "$SHA" 1 "sluice:{api:__rand_int__}:60000$(suffix $algo)" "m__rand_int__" 0 0 1 $algo 100 60000000 100 \
+        EVALSHA "$SHA" 1 "sluice:{api:__rand_int__}:60000$(suffix $algo)" 1 "m__rand_int__" 0 0 1 1 $algo 100 60000000 100 60000 \
         | tail -n 1 | cut -d, -f2 | tr -d '"')
     cluster=$(redis-benchmark --cluster -p 19510 --csv -c 50 -n "$N" -r 100000 \
-        EVALSHA "$SHA" 1 "sluice:{tag}:__rand_int__:60000$(suffix $algo)" "m__rand_int__" 0 0 1 $algo 100 60000000 100 \
+        EVALSHA "$SHA" 1 "sluice:{tag}:__rand_int__:60000$(suffix $algo)" 1 "m__rand_int__" 0 0 1 1 $algo 100 60000000 100 60000 \
         | tail -n 1 | cut -d, -f2 | tr -d '"')
     # Redis's own CPU per script call (INFO commandstats), which the client's speed does not move.
     usec=$(redis-cli -p $P_ONE INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')

@@ -589,3 +589,75 @@ routes:
     tokio::time::sleep(Duration::from_millis(1050).saturating_sub(start.elapsed())).await;
     assert_eq!(get(s.port, "/?user_id=hot").await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_share_script_calls_and_each_gets_its_own_answer() {
+    let _heavy = HEAVY.lock().await;
+    let routes = "routes:
+  - name: a
+    match: { path_prefix: /a/ }
+    limits: [{ requests: 5, window: 60s }]
+  - name: b
+    match: { path_prefix: /b/ }
+    limits: [{ requests: 3, window: 60s }, { requests: 100, window: 1h }]
+";
+    let (redis, _up, s) = one_sidecar(routes).await;
+    // 20 callers, each 10 requests on a route with one limit and 10 on a route with two,
+    // all at once: a worker's waiting decisions go to Redis together, in one script call.
+    let (callers, each) = (20, 10);
+    let mut targets = Vec::new();
+    for n in 0..each {
+        for c in 0..callers {
+            let route = if (n + c) % 2 == 0 { "a" } else { "b" };
+            targets.push(format!("/{route}/x?user_id=c{c}"));
+            let other = if route == "a" { "b" } else { "a" };
+            targets.push(format!("/{other}/x?user_id=c{c}"));
+        }
+    }
+    let replies = burst_of(&[s.port], &targets).await;
+    for c in 0..callers {
+        for (route, limit, header) in [("a", 5, "\"a\";r="), ("b", 3, "\"b-1m\";r=")] {
+            let target = format!("/{route}/x?user_id=c{c}");
+            let mine: Vec<&Reply> = targets
+                .iter()
+                .zip(&replies)
+                .filter(|(t, _)| **t == target)
+                .map(|(_, r)| r)
+                .collect();
+            let admitted: Vec<&&Reply> = mine.iter().filter(|r| r.status == 200).collect();
+            assert_eq!(admitted.len(), limit, "{target}: admitted");
+            let refused = mine.iter().filter(|r| r.status == 429).count();
+            assert_eq!(refused, each - limit, "{target}: refused");
+            // Each admitted request saw its own state: remaining counts down once per decision,
+            // so every value from limit - 1 to 0 is some request's answer, exactly once.
+            let mut remaining: Vec<usize> = admitted
+                .iter()
+                .map(|r| {
+                    assert_eq!(r.json()["user_id"], format!("c{c}"));
+                    let h = r.header("ratelimit").expect("RateLimit header");
+                    assert!(h.starts_with(header), "{target}: {h}");
+                    h[header.len()..]
+                        .split(';')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            remaining.sort_unstable();
+            assert_eq!(remaining, (0..limit).collect::<Vec<_>>(), "{target}");
+        }
+    }
+    let stats = redis.cmd("INFO commandstats").await;
+    let calls: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
+    assert!(
+        calls < targets.len(),
+        "{calls} script calls for {} decisions: nothing was batched",
+        targets.len()
+    );
+}

@@ -155,7 +155,7 @@ pub struct Retry<'a> {
 }
 
 /// A store failure: the decision could not be made.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store did not answer within {0:?}")]
     Timeout(Duration),

@@ -24,7 +24,6 @@ pub struct RedisLimiter {
     /// Tells this limiter's connections apart in the per-thread table.
     id: u64,
     target: Target,
-    check_script: Script,
     timeout: Duration,
     member_prefix: String,
     counter: AtomicU64,
@@ -40,6 +39,8 @@ pub struct RedisLimiter {
 #[derive(Default)]
 struct Slot {
     connection: Arc<tokio::sync::OnceCell<Conn>>,
+    /// The decisions of this thread waiting to be sent (see [`drive`]).
+    queue: Arc<std::sync::Mutex<Queue>>,
     /// When connecting last failed; requests fail fast for [`CONNECT_BACKOFF`] after that.
     failed_at: Option<Instant>,
     /// The limiter's epoch this connection belongs to.
@@ -66,7 +67,6 @@ impl RedisLimiter {
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             target: Target::new(config)?,
-            check_script: Script::new(include_str!("check.lua")),
             timeout: config.timeout,
             member_prefix: unique_prefix(instance),
             counter: AtomicU64::new(0),
@@ -121,14 +121,13 @@ impl RedisLimiter {
 
     async fn probe_on(&self, conn: &mut Option<Conn>) -> Result<String, StoreError> {
         if conn.is_none() {
-            *conn = Some(self.bounded(self.target.connect_plain()).await?);
+            *conn = Some(bounded(self.timeout, self.target.connect_plain()).await?);
         }
         let Some(c) = conn.as_mut() else {
             return Err(StoreError::Unavailable);
         };
-        let reply: String = self
-            .bounded(self.target.probe_command().query_async(c))
-            .await?;
+        let reply: String =
+            bounded(self.timeout, self.target.probe_command().query_async(c)).await?;
         self.target
             .probe_identity(&reply)
             .map_err(StoreError::Reply)
@@ -152,9 +151,9 @@ impl RedisLimiter {
     /// connect instead of timing out, which under `on_error: allow` would admit it uncounted.
     /// After a failed connect the thread fails fast for a second instead of every request
     /// waiting for a Redis that is down. Once connected, redis-rs reconnects by itself.
-    async fn connection(&self) -> Result<Conn, StoreError> {
+    async fn connection(&self) -> Result<(Conn, Arc<std::sync::Mutex<Queue>>), StoreError> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        let (cell, failed_at) = CONNECTIONS.with(|table| {
+        let (cell, queue, failed_at) = CONNECTIONS.with(|table| {
             let mut table = table.borrow_mut();
             let slot = table.entry(self.id).or_default();
             if slot.epoch != epoch {
@@ -163,10 +162,10 @@ impl RedisLimiter {
                     ..Slot::default()
                 };
             }
-            (slot.connection.clone(), slot.failed_at)
+            (slot.connection.clone(), slot.queue.clone(), slot.failed_at)
         });
         if let Some(conn) = cell.get() {
-            return Ok(conn.clone());
+            return Ok((conn.clone(), queue));
         }
         if failed_at.is_some_and(|t| t.elapsed() < CONNECT_BACKOFF) {
             return Err(StoreError::Unavailable);
@@ -174,7 +173,7 @@ impl RedisLimiter {
         let connect = self.target.connect();
         let deadline = self.timeout.max(Duration::from_secs(1));
         let result = match fast_timeout(deadline, cell.get_or_try_init(|| connect)).await {
-            Ok(Ok(conn)) => return Ok(conn.clone()),
+            Ok(Ok(conn)) => return Ok((conn.clone(), queue)),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout(deadline)),
         };
@@ -184,16 +183,6 @@ impl RedisLimiter {
             }
         });
         result
-    }
-
-    async fn bounded<T>(
-        &self,
-        call: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match fast_timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
     }
 
     pub async fn check(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
@@ -219,49 +208,225 @@ impl RedisLimiter {
         .await
     }
 
-    /// One call of `check.lua`.
+    /// This thread's connection and queue, connected (see [`Self::connection`]).
     async fn run(&self, ask: &Ask<'_>) -> Result<(bool, Vec<Parts>), StoreError> {
-        let (key, limits, cost, retry) = (ask.key, ask.limits, ask.cost, ask.retry);
-        let mut conn = self.connection().await?;
-        let member = format!(
+        let call = Call::new(ask, self.member());
+        let (mut conn, queue) = self.connection().await?;
+        // A cluster spreads callers over slots, and one script call may only touch one slot:
+        // there every decision is its own call. So is a peek (admin traffic, never hot).
+        if self.is_cluster() || ask.cost == 0 {
+            let mut replies = send(&mut conn, &[&call], self.timeout).await?;
+            return replies
+                .pop()
+                .ok_or_else(|| StoreError::Reply("no decision".into()));
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = lock(&queue);
+            q.pending.push(Pending { call, done });
+            let start = q.sending < MAX_IN_FLIGHT;
+            q.sending += usize::from(start);
+            start
+        };
+        if start {
+            tokio::spawn(drive(queue, conn, self.timeout));
+        }
+        match fast_timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            // The driver ended without answering (its runtime is shutting down).
+            Ok(Err(_)) => Err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// A member prefix no other request of any instance uses.
+    fn member(&self) -> String {
+        format!(
             "{}{:x}",
             self.member_prefix,
             self.counter.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut call = self.check_script.prepare_invoke();
-        call.arg(member);
-        match retry {
-            Some(r) => call
-                .arg(r.window.as_millis().max(1) as u64)
-                .arg(r.max_retries),
-            None => call.arg(0).arg(0),
-        };
-        call.arg(cost);
-        for l in limits {
+        )
+    }
+}
+
+/// What `check.lua` does, once per call, whatever the batch (see the script's header).
+const CHECK_LUA: &str = include_str!("check.lua");
+
+/// The most decisions one script call makes: Redis runs a script to its end before anything
+/// else, and 64 decisions take it a few hundred microseconds.
+const MAX_BATCH: usize = 64;
+
+/// One decision's share of a script call: its keys and arguments.
+struct Call {
+    keys: Vec<String>,
+    member: String,
+    /// The retry window (ms) and budget of a request id; its key is the last of `keys`.
+    retry: Option<(u64, u32)>,
+    cost: u32,
+    limits: Vec<Limit>,
+}
+
+impl Call {
+    fn new(ask: &Ask<'_>, member: String) -> Call {
+        let mut keys: Vec<String> = ask.limits.iter().map(|l| limit_key(ask.key, l)).collect();
+        let retry = ask.retry.map(|r| {
+            keys.push(retry_key(ask.key, r.id));
+            (r.window.as_millis().max(1) as u64, r.max_retries)
+        });
+        Call {
+            keys,
+            member,
+            retry,
+            cost: ask.cost,
+            limits: ask.limits.to_vec(),
+        }
+    }
+
+    fn encode(&self, cmd: &mut redis::Cmd) {
+        let (retry_ms, max_retries) = self.retry.unwrap_or((0, 0));
+        cmd.arg(&self.member)
+            .arg(retry_ms)
+            .arg(max_retries)
+            .arg(self.cost)
+            .arg(self.limits.len());
+        for l in &self.limits {
             let algorithm = match l.algorithm {
                 Algorithm::SlidingLog => 1,
                 Algorithm::SlidingWindow => 2,
                 Algorithm::Gcra => 3,
             };
-            call.key(limit_key(key, l))
-                .arg(algorithm)
+            let micros = l.window.as_micros() as u64;
+            cmd.arg(algorithm)
                 .arg(l.requests.get())
-                .arg(l.window.as_micros() as u64)
-                .arg(l.burst.get());
+                .arg(micros)
+                .arg(l.burst.get())
+                .arg(micros.div_ceil(1000));
         }
-        if let Some(r) = retry {
-            call.key(retry_key(key, r.id));
+    }
+}
+
+/// A decision waiting for the call that carries it.
+struct Pending {
+    call: Call,
+    done: tokio::sync::oneshot::Sender<Result<(bool, Vec<Parts>), StoreError>>,
+}
+
+/// The decisions of one thread waiting for a script call, and how many drivers are sending.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    sending: usize,
+}
+
+/// Script calls one thread keeps in flight: while one is in Redis, the next is being sent
+/// (pipelined on the same connection), so neither side waits idle for the other. One or four
+/// measured the same as two (`bench/optimisations.md`, round 3).
+const MAX_IN_FLIGHT: usize = 2;
+
+fn lock(queue: &std::sync::Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends a thread's waiting decisions, as many as are waiting (up to [`MAX_BATCH`]) in one
+/// script call, until none are left. At most [`MAX_IN_FLIGHT`] drivers run per thread: a request
+/// that finds fewer goes out at once, alone; under load, the requests that arrive while the
+/// calls are out go together in the next. Redis decides them one after another, exactly as
+/// separate calls would be decided.
+async fn drive(queue: Arc<std::sync::Mutex<Queue>>, mut conn: Conn, timeout: Duration) {
+    /// Lets the next request start a driver should this one end early (its task dropped).
+    struct Sending(Arc<std::sync::Mutex<Queue>>);
+    impl Drop for Sending {
+        fn drop(&mut self) {
+            lock(&self.0).sending -= 1;
         }
-        let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
-        if reply.len() != 1 + 4 * limits.len() {
-            return Err(StoreError::Reply(format!("{reply:?}")));
+    }
+    let _sending = Sending(queue.clone());
+    loop {
+        let batch: Vec<Pending> = {
+            let mut q = lock(&queue);
+            // A request that stopped waiting (its deadline passed, its client left) has been
+            // answered without the store: counting it now would count what was not decided.
+            q.pending.retain(|p| !p.done.is_closed());
+            if q.pending.is_empty() {
+                return;
+            }
+            let n = q.pending.len().min(MAX_BATCH);
+            q.pending.drain(..n).collect()
+        };
+        let calls: Vec<&Call> = batch.iter().map(|p| &p.call).collect();
+        match send(&mut conn, &calls, timeout).await {
+            Ok(replies) => {
+                for (p, reply) in batch.into_iter().zip(replies) {
+                    let _ = p.done.send(Ok(reply));
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+            }
         }
-        let count = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
-        let parts = reply[1..]
-            .chunks(4)
-            .map(|c| (count(c[0]), count(c[1]), micros(c[2]), micros(c[3])))
-            .collect();
-        Ok((reply[0] == 1, parts))
+    }
+}
+
+/// One script call deciding `calls` in order, loading the script first if Redis lacks it.
+async fn send(
+    conn: &mut Conn,
+    calls: &[&Call],
+    timeout: Duration,
+) -> Result<Vec<(bool, Vec<Parts>)>, StoreError> {
+    static HASH: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| Script::new(CHECK_LUA).get_hash().to_string());
+    let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(HASH.as_str()).arg(keys);
+    for c in calls {
+        for k in &c.keys {
+            cmd.arg(k);
+        }
+    }
+    cmd.arg(calls.len());
+    for c in calls {
+        c.encode(&mut cmd);
+    }
+    let reply: Vec<i64> = match bounded(timeout, cmd.query_async(conn)).await {
+        Err(StoreError::Redis(e))
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(CHECK_LUA);
+            bounded::<String>(timeout, load.query_async(conn)).await?;
+            bounded(timeout, cmd.query_async(conn)).await?
+        }
+        other => other?,
+    };
+    let expected: usize = calls.iter().map(|c| 1 + 4 * c.limits.len()).sum();
+    if reply.len() != expected {
+        return Err(StoreError::Reply(format!("{reply:?}")));
+    }
+    let count = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
+    let mut rest = &reply[..];
+    Ok(calls
+        .iter()
+        .map(|c| {
+            let (one, next) = rest.split_at(1 + 4 * c.limits.len());
+            rest = next;
+            let parts = one[1..]
+                .chunks(4)
+                .map(|p| (count(p[0]), count(p[1]), micros(p[2]), micros(p[3])))
+                .collect();
+            (one[0] == 1, parts)
+        })
+        .collect())
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match fast_timeout(timeout, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Timeout(timeout)),
     }
 }
 

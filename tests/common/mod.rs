@@ -396,11 +396,19 @@ fn dechunk(mut body: &str) -> String {
 /// Sends `n` requests at once (all connected first, then all sent together) and returns the
 /// status of each, spread round robin over `ports`.
 pub async fn burst(ports: &[u16], n: usize, target: &str) -> Vec<Reply> {
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
+    burst_of(ports, &vec![target.to_string(); n]).await
+}
+
+/// Sends one request to each of `targets` at once (all connected first, then all sent
+/// together), spread round robin over `ports`; the replies in the order of `targets`.
+pub async fn burst_of(ports: &[u16], targets: &[String]) -> Vec<Reply> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(targets.len()));
+    let tasks: Vec<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
             let port = ports[i % ports.len()];
-            let (barrier, target) = (barrier.clone(), target.to_string());
+            let (barrier, target) = (barrier.clone(), target.clone());
             tokio::spawn(async move {
                 let mut s = TcpStream::connect(("127.0.0.1", port))
                     .await
@@ -410,7 +418,7 @@ pub async fn burst(ports: &[u16], n: usize, target: &str) -> Vec<Reply> {
             })
         })
         .collect();
-    let mut replies = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(targets.len());
     for t in tasks {
         replies.push(t.await.expect("task"));
     }
