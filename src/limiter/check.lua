@@ -15,9 +15,9 @@
 -- each of its limits.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
--- The same instant as a decimal string (µs zero-padded), so that ZADD gets its score without
--- a number being formatted.
-local now_s = t[1] .. string.sub('000000', #t[2] + 1) .. t[2]
+-- The same instant as a decimal string (µs zero-padded), made when a ZADD first needs it, so
+-- that ZADD gets its score without a number being formatted.
+local now_s
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local tonumber = tonumber
 local out = {}
@@ -104,6 +104,7 @@ local function decide(a, k)
       used = s.used
       if count then
         local member = ARGV[a] .. ':'
+        now_s = now_s or t[1] .. string.sub('000000', #t[2] + 1) .. t[2]
         for j = 1, cost do
           redis.call('ZADD', key, now_s, member .. j)
         end
