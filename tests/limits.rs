@@ -526,6 +526,8 @@ routes:
     }
     assert_eq!(status(s.port, "/?user_id=rid", &with_id("77b1")).await, 200);
     assert_eq!(status(s.port, "/?user_id=rid", &with_id("9c9c")).await, 429);
+    // A refused request was not counted: its retry is decided afresh, not replayed as admitted.
+    assert_eq!(status(s.port, "/?user_id=rid", &with_id("9c9c")).await, 429);
     assert_eq!(get(s.port, "/?user_id=rid").await.unwrap().status, 429);
 }
 

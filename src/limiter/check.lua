@@ -32,10 +32,14 @@ local function decide(a, k)
 
   -- A retry of a request an earlier attempt counted (the same load-balancer request id, within
   -- its retry window, within its retry budget) is admitted again without counting it twice.
-  local replay = false
+  -- One call marks the id as counted (only when unmarked) and says whether it was: most ids are
+  -- seen once, and the mark is taken back below when this request is not counted after all.
+  local replay, marked = false, false
   if retry_ms > 0 then
-    local retried = redis.call('GET', id_key)
-    if retried and tonumber(retried) < tonumber(ARGV[a + 2]) then
+    local retried = redis.call('SET', id_key, 0, 'PX', retry_ms, 'NX', 'GET')
+    if not retried then
+      marked = true
+    elseif tonumber(retried) < tonumber(ARGV[a + 2]) then
       redis.call('INCR', id_key) -- keeps the key's expiry: the window runs from the count
       replay = true
     end
@@ -89,9 +93,9 @@ local function decide(a, k)
   end
   -- A cost of 0 is a peek (/stats): it reads, it never counts.
   local count = admitted == 1 and not replay and cost > 0
-  if count and retry_ms > 0 then
-    -- First counting of this id (a later one, past the retry budget, leaves it as it is).
-    redis.call('SET', id_key, 0, 'PX', retry_ms, 'NX')
+  if marked and not count then
+    -- Refused: its retry must be decided afresh, not replayed.
+    redis.call('DEL', id_key)
   end
 
   -- Phase 2: count the request (when every limit admits) and report each limit.
