@@ -663,3 +663,44 @@ async fn concurrent_decisions_share_script_calls_and_each_gets_its_own_answer() 
         targets.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_whose_keys_are_broken_fails_alone_in_a_batch() {
+    let _heavy = HEAVY.lock().await;
+    let (redis, _up, s) = one_sidecar(API_5_PER_MIN).await;
+    // Something other than sluice wrote a string where this caller's sorted set belongs.
+    assert!(redis
+        .cmd("SET sluice:{api:broken}:60000 x")
+        .await
+        .starts_with("+OK"));
+    let callers = ["broken", "g1", "g2", "g3"];
+    let targets: Vec<String> = (0..10)
+        .flat_map(|_| callers.map(|c| format!("/api/x?user_id={c}")))
+        .collect();
+    let replies = burst_of(&[s.port], &targets).await;
+    let of = |c: &str| -> Vec<&Reply> {
+        let target = format!("/api/x?user_id={c}");
+        targets
+            .iter()
+            .zip(&replies)
+            .filter(|(t, _)| **t == target)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    // The others in the same script calls are decided exactly, as if it were not there.
+    for c in &callers[1..] {
+        let mine = of(c);
+        assert_eq!(mine.iter().filter(|r| r.status == 200).count(), 5, "{c}");
+        assert_eq!(mine.iter().filter(|r| r.status == 429).count(), 5, "{c}");
+        assert!(mine.iter().all(|r| r.header("ratelimit").is_some()), "{c}");
+    }
+    // The broken caller could not be decided: on_error (allow) forwards it, without headers.
+    for r in of("broken") {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("ratelimit"), None, "{r:?}");
+    }
+    // One caller's keys say nothing about the store: the breaker stays closed.
+    let health = get(s.admin_port, "/health").await.unwrap().json();
+    assert_eq!(health["store"], "ok", "{health}");
+    assert_eq!(get(s.port, "/api/x?user_id=g4").await.unwrap().status, 200);
+}

@@ -11,8 +11,8 @@
 -- KEYS      for each decision in turn: the state of each of its n limits (a sorted set, a hash
 --           or a string, by algorithm), then (only when its retry window > 0) the request id's
 --           key: how often that id was retried
--- Returns, for each decision in turn: admitted, then used, remaining, reset_us, retry_us of
--- each of its limits.
+-- Returns, for each decision in turn: admitted (1 or 0; -1 when the decision failed), then
+-- used, remaining, reset_us, retry_us of each of its limits.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 -- The same instant as a decimal string (µs zero-padded), made when a ZADD first needs it, so
@@ -22,8 +22,7 @@ local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local tonumber = tonumber
 local out = {}
 
--- Decides one request; a is its first ARGV index, k its first KEYS index. Returns the indexes
--- of the next decision.
+-- Decides one request; a is its first ARGV index, k its first KEYS index.
 local function decide(a, k)
   local retry_ms = tonumber(ARGV[a + 1])
   local cost = tonumber(ARGV[a + 3])
@@ -174,11 +173,26 @@ local function decide(a, k)
     out[#out + 1] = reset
     out[#out + 1] = retry
   end
-  return a + 5 + 5 * n, k + n + (retry_ms > 0 and 1 or 0)
 end
 
+-- A decision that fails (a key holding another type, written by something else) fails alone:
+-- it is reported as admitted = -1 and the rest of the batch is decided as usual.
 local a, k = 2, 1
 for _ = 1, tonumber(ARGV[1]) do
-  a, k = decide(a, k)
+  local n = tonumber(ARGV[a + 4])
+  local mark = #out
+  local ok, err = pcall(decide, a, k)
+  if not ok then
+    redis.log(redis.LOG_WARNING, 'sluice: a decision failed: ' .. tostring(err and err.err or err))
+    for i = #out, mark + 1, -1 do
+      out[i] = nil
+    end
+    out[#out + 1] = -1
+    for _ = 1, 4 * n do
+      out[#out + 1] = 0
+    end
+  end
+  k = k + n + (tonumber(ARGV[a + 1]) > 0 and 1 or 0)
+  a = a + 5 + 5 * n
 end
 return out

@@ -165,6 +165,10 @@ pub enum StoreError {
     Unavailable,
     #[error("unexpected reply from the store script: {0}")]
     Reply(String),
+    /// The store answered, but the script failed on this caller's keys alone (something else
+    /// wrote another type there): not a store fault, so it does not count toward the breaker.
+    #[error("the store could not decide for this caller: {0}")]
+    Caller(String),
     #[error("the in-process store is full ({0} callers, store.max_callers)")]
     Full(usize),
     #[error("breaker open since {}", httpdate::fmt_http_date(*.0))]

@@ -96,7 +96,8 @@ impl RedisLimiter {
         }
         let result = call.await;
         match &result {
-            Ok(_) => self.breaker.record_success(),
+            // A caller's broken keys say nothing about the store, which answered.
+            Ok(_) | Err(StoreError::Caller(_)) => self.breaker.record_success(),
             Err(e) => {
                 self.breaker.record_failure(&e.to_string());
             }
@@ -218,7 +219,7 @@ impl RedisLimiter {
             let mut replies = send(&mut conn, &[&call], self.timeout).await?;
             return replies
                 .pop()
-                .ok_or_else(|| StoreError::Reply("no decision".into()));
+                .unwrap_or_else(|| Err(StoreError::Reply("no decision".into())));
         }
         let (done, answer) = tokio::sync::oneshot::channel();
         let start = {
@@ -357,7 +358,7 @@ async fn drive(queue: Arc<std::sync::Mutex<Queue>>, mut conn: Conn, timeout: Dur
         match send(&mut conn, &calls, timeout).await {
             Ok(replies) => {
                 for (p, reply) in batch.into_iter().zip(replies) {
-                    let _ = p.done.send(Ok(reply));
+                    let _ = p.done.send(reply);
                 }
             }
             Err(e) => {
@@ -369,12 +370,13 @@ async fn drive(queue: Arc<std::sync::Mutex<Queue>>, mut conn: Conn, timeout: Dur
     }
 }
 
-/// One script call deciding `calls` in order, loading the script first if Redis lacks it.
+/// One script call deciding `calls` in order, loading the script first if Redis lacks it: the
+/// call's own failure, or each decision's outcome (one can fail while the others stand).
 async fn send(
     conn: &mut Conn,
     calls: &[&Call],
     timeout: Duration,
-) -> Result<Vec<(bool, Vec<Parts>)>, StoreError> {
+) -> Result<Vec<Result<(bool, Vec<Parts>), StoreError>>, StoreError> {
     static HASH: std::sync::LazyLock<String> =
         std::sync::LazyLock::new(|| Script::new(CHECK_LUA).get_hash().to_string());
     let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
@@ -411,11 +413,16 @@ async fn send(
         .map(|c| {
             let (one, next) = rest.split_at(1 + 4 * c.limits.len());
             rest = next;
+            if one[0] < 0 {
+                return Err(StoreError::Caller(
+                    "the script failed on this caller's keys (Redis's log says why)".into(),
+                ));
+            }
             let parts = one[1..]
                 .chunks(4)
                 .map(|p| (count(p[0]), count(p[1]), micros(p[2]), micros(p[3])))
                 .collect();
-            (one[0] == 1, parts)
+            Ok((one[0] == 1, parts))
         })
         .collect())
 }
