@@ -357,7 +357,10 @@ Saturation: `wrk -t2` for a fixed time (64 connections for one proxy, 100 for th
 topologies), users drawn uniformly from 100,000 (one user in `sluice-redis-hot`). Fixed rates:
 `oha -q RATE -c 32 --latency-correction` (latency counted from when each request was due, so a
 stall is not hidden by coordinated omission), users `u00000`-`u99999`, uniform. Every figure is
-the median of the runs, with the range in brackets. The status mix is shown for every row; a
+the median of the runs, with the range in brackets; the runs are taken in rounds (run 1 of every
+one-proxy scenario, then run 2 of every one, ...; the three-instance topologies alternate, sluice's
+then nginx's, each round), so a slow spell of this shared machine falls on all of them alike.
+The status mix is shown for every row; a
 "many users" row with more than 1 % non-2xx would be flagged ⚠ (then it is not "all admitted").
 
 {table(res)}
