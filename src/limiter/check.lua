@@ -35,12 +35,14 @@ local function decide(a, k)
   -- seen once, and the mark is taken back below when this request is not counted after all.
   local replay, marked = false, false
   if retry_ms > 0 then
-    local retried = redis.call('SET', id_key, 0, 'PX', retry_ms, 'NX', 'GET')
-    if not retried then
+    if redis.call('SET', id_key, 0, 'PX', retry_ms, 'NX') then
       marked = true
-    elseif tonumber(retried) < tonumber(ARGV[a + 2]) then
-      redis.call('INCR', id_key) -- keeps the key's expiry: the window runs from the count
-      replay = true
+    else
+      local retried = redis.call('GET', id_key)
+      if retried and tonumber(retried) < tonumber(ARGV[a + 2]) then
+        redis.call('INCR', id_key) -- keeps the key's expiry: the window runs from the count
+        replay = true
+      end
     end
   end
 
