@@ -620,12 +620,7 @@ async fn concurrent_decisions_share_script_calls_and_each_gets_its_own_answer() 
     for c in 0..callers {
         for (route, limit, header) in [("a", 5, "\"a\";r="), ("b", 3, "\"b-1m\";r=")] {
             let target = format!("/{route}/x?user_id=c{c}");
-            let mine: Vec<&Reply> = targets
-                .iter()
-                .zip(&replies)
-                .filter(|(t, _)| **t == target)
-                .map(|(_, r)| r)
-                .collect();
+            let mine = replies_to(&targets, &replies, &target);
             let admitted: Vec<&&Reply> = mine.iter().filter(|r| r.status == 200).collect();
             assert_eq!(admitted.len(), limit, "{target}: admitted");
             let refused = mine.iter().filter(|r| r.status == 429).count();
@@ -678,15 +673,7 @@ async fn a_caller_whose_keys_are_broken_fails_alone_in_a_batch() {
         .flat_map(|_| callers.map(|c| format!("/api/x?user_id={c}")))
         .collect();
     let replies = burst_of(&[s.port], &targets).await;
-    let of = |c: &str| -> Vec<&Reply> {
-        let target = format!("/api/x?user_id={c}");
-        targets
-            .iter()
-            .zip(&replies)
-            .filter(|(t, _)| **t == target)
-            .map(|(_, r)| r)
-            .collect()
-    };
+    let of = |c: &str| replies_to(&targets, &replies, &format!("/api/x?user_id={c}"));
     // The others in the same script calls are decided exactly, as if it were not there.
     for c in &callers[1..] {
         let mine = of(c);
@@ -703,4 +690,14 @@ async fn a_caller_whose_keys_are_broken_fails_alone_in_a_batch() {
     let health = get(s.admin_port, "/health").await.unwrap().json();
     assert_eq!(health["store"], "ok", "{health}");
     assert_eq!(get(s.port, "/api/x?user_id=g4").await.unwrap().status, 200);
+}
+
+/// The replies of a [`burst_of`] to the requests for `target`.
+fn replies_to<'r>(targets: &[String], replies: &'r [Reply], target: &str) -> Vec<&'r Reply> {
+    targets
+        .iter()
+        .zip(replies)
+        .filter(|(t, _)| *t == target)
+        .map(|(_, r)| r)
+        .collect()
 }

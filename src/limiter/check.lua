@@ -18,7 +18,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 -- The same instant as a decimal string (µs zero-padded), made when a ZADD first needs it, so
 -- that ZADD gets its score without a number being formatted.
 local now_s
-local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+local floor, ceil, max = math.floor, math.ceil, math.max
 local tonumber = tonumber
 local out = {}
 

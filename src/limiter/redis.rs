@@ -209,7 +209,8 @@ impl RedisLimiter {
         .await
     }
 
-    /// This thread's connection and queue, connected (see [`Self::connection`]).
+    /// One run of `check.lua` for `ask`: alone (a cluster, a peek), or queued on this thread
+    /// to go out with whatever else is waiting (see [`drive`]).
     async fn run(&self, ask: &Ask<'_>) -> Result<(bool, Vec<Parts>), StoreError> {
         let call = Call::new(ask, self.member());
         let (mut conn, queue) = self.connection().await?;
@@ -250,8 +251,9 @@ impl RedisLimiter {
     }
 }
 
-/// What `check.lua` does, once per call, whatever the batch (see the script's header).
-const CHECK_LUA: &str = include_str!("check.lua");
+/// The script of every call, one decision or a batch (see its header).
+static CHECK: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("check.lua")));
 
 /// The most decisions one script call makes: Redis runs a script to its end before anything
 /// else, and 64 decisions take it a few hundred microseconds.
@@ -377,11 +379,9 @@ async fn send(
     calls: &[&Call],
     timeout: Duration,
 ) -> Result<Vec<Result<(bool, Vec<Parts>), StoreError>>, StoreError> {
-    static HASH: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| Script::new(CHECK_LUA).get_hash().to_string());
     let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(HASH.as_str()).arg(keys);
+    cmd.arg(CHECK.get_hash()).arg(keys);
     for c in calls {
         for k in &c.keys {
             cmd.arg(k);
@@ -395,9 +395,7 @@ async fn send(
         Err(StoreError::Redis(e))
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
         {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(CHECK_LUA);
-            bounded::<String>(timeout, load.query_async(conn)).await?;
+            bounded(timeout, CHECK.load_async(conn)).await?;
             bounded(timeout, cmd.query_async(conn)).await?
         }
         other => other?,
