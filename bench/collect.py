@@ -42,6 +42,27 @@ def saturation(paths):
     return out
 
 
+def cpu_per_request(work, name):
+    """bench/cpu.py's figures for each saturation run, divided by that run's requests: the µs of
+    CPU a request cost each part of the topology (medians and ranges over the runs)."""
+    per_run = {}
+    for path in glob.glob(os.path.join(work, f"{name}.cpu.[0-9]*.json")):
+        sat_path = path.replace(".cpu.", ".sat.")
+        if not os.path.exists(sat_path):
+            continue
+        cpu, sat = load(path), load(sat_path)
+        if not sat.get("requests"):
+            continue
+        us = lambda seconds: seconds * 1e6 / sat["requests"]
+        figures = {role: us(s) for role, s in cpu["roles"].items()}
+        figures["parts"] = sum(figures.values())
+        figures["client"] = us(cpu["client"])
+        figures["machine"] = us(cpu["machine"])
+        for k, v in figures.items():
+            per_run.setdefault(k, []).append(v)
+    return {k: spread(v) for k, v in per_run.items()}
+
+
 def oha_run(d):
     p = d.get("latencyPercentiles") or {}
     ms = lambda k: p[k] * 1000 if p.get(k) is not None else None
@@ -111,6 +132,9 @@ def main():
     sat = saturation(paths or ([single] if os.path.exists(single) else []))
     if sat:
         out["saturation"] = sat
+        cpu = cpu_per_request(work, name)
+        if cpu:
+            out["saturation"]["cpu_us_per_request"] = cpu
     rates = fixed_rates(work, name)
     if rates:
         out["fixed_rate"] = rates

@@ -169,6 +169,58 @@ def targets(res):
     return "\n".join(rows)
 
 
+ROLES = [("balancer", "balancer (nginx)"), ("proxy", "proxy hop(s)"), ("redis", "Redis"),
+         ("upstream", "upstream-demo"), ("parts", "all parts"), ("client", "load generator (wrk)"),
+         ("machine", "whole machine")]
+
+
+def cpu_figures(r):
+    return ((r or {}).get("saturation") or {}).get("cpu_us_per_request") or {}
+
+
+def cpu(r, role):
+    return med(cpu_figures(r).get(role))
+
+
+def cpu_section(res):
+    """µs of CPU per request for each part (bench/cpu.py), and what they say the machine allows."""
+    names = [n for n in ORDER if cpu(res.get(n), "machine")]
+    if not names:
+        return "_(no CPU figures in this run)_"
+    rows = ["| scenario | " + " | ".join(label for _, label in ROLES) + " |",
+            "|---|" + "---:|" * len(ROLES)]
+    for n in names:
+        cells = []
+        for role, _ in ROLES:
+            x = cpu_figures(res.get(n)).get(role)
+            cells.append(f"{med(x):.1f} [{x['min']:.1f}–{x['max']:.1f}]" if x else "–")
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    out = ["CPU time (user + system, every thread) each process spent during the saturation runs, "
+           "divided by the requests served: µs per request, median [range] of the runs. Unlike "
+           "req/s these figures barely depend on how busy the shared machine was, and with every "
+           "core busy, throughput is about cores ÷ CPU per request.", "", "\n".join(rows)]
+    cl, ng = res.get("cluster"), res.get("nginx-cluster")
+    if cpu(cl, "machine") and cpu(ng, "machine"):
+        cm, nm, cr = cpu(cl, "machine"), cpu(ng, "machine"), cpu(cl, "redis") or 0
+        cp, np_ = cpu(cl, "proxy"), cpu(ng, "proxy")
+        best = nm / (nm + cr)
+        out += ["", f"**What this says about `cluster ≥ 0.8 × nginx-cluster`.** A request through the "
+                f"sluice cluster cost the machine {cm:.0f} µs of CPU against {nm:.0f} µs through the "
+                f"nginx topology, a CPU ratio of {nm / cm:.2f} (the measured throughput ratio is "
+                f"{sat(cl) / sat(ng):.2f}). The three sidecars together spent {cp:.0f} µs per request "
+                f"against the three nginx hops' {np_:.0f}, and Redis {cr:.0f} µs, which nginx-cluster "
+                f"does not spend at all. Even a sidecar hop as cheap as an nginx hop, with one Redis "
+                f"decision per request, would cost the machine about {nm + cr:.0f} µs per request: "
+                f"at most **{best:.2f} ×** nginx-cluster's throughput on this machine, where Redis, "
+                f"the hops, the balancer, the upstream and the load generator share the same cores."]
+    pp, npx = cpu(res.get("sluice-passthrough"), "proxy"), cpu(res.get("nginx-proxy"), "proxy")
+    if pp and npx:
+        out += ["", f"One proxy: `sluice-passthrough` spent {pp:.1f} µs per request against "
+                f"`nginx-proxy`'s {npx:.1f} ({npx / pp:.2f}×): the same system calls per request "
+                f"(bench/optimisations.md), the rest is Pingora's user-space work."]
+    return "\n".join(out)
+
+
 def scaling_section(res):
     d = (res.get("scaling") or {}).get("data")
     if not d:
@@ -377,6 +429,10 @@ place (no limiting, no Redis): the ceiling of this machine for three hops.
 ## Targets
 
 {targets(res)}
+
+## Where the CPU goes
+
+{cpu_section(res)}
 
 ## Scaling
 
