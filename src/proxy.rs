@@ -99,6 +99,10 @@ impl ProxyHttp for Sidecar {
         RequestCtx::default()
     }
 
+    /// No downstream modules: Pingora's default is a response-compression module at level 0
+    /// (off), whose context is still built and consulted on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let head = RequestHead {
