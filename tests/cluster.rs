@@ -452,4 +452,31 @@ async fn redis_mode_cluster_runs_the_deployment_on_a_redis_cluster() {
             .starts_with("cluster ok, 6 nodes"),
         "{health}"
     );
+
+    // Down and up again: a new, empty cluster (its nodes keep no data). A node writes an RDB
+    // file at times (a replica's full sync, an operator's SAVE): SAVE on every node stands in
+    // for that, and a node that loaded such a file would refuse to join the new cluster.
+    for i in 0..30 {
+        let path = format!("/api/data?user_id=spread_{i}");
+        assert_eq!(status(c.lb, &path, &[]).await, 200, "keys on every master");
+    }
+    let base: u16 = c
+        .env
+        .iter()
+        .find(|(k, _)| *k == "REDIS_PORT")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap();
+    for port in base..base + 6 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "SAVE"])
+            .output()
+            .expect("redis-cli");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+    c.run("down");
+    c.run("up");
+    assert_eq!(
+        status(c.lb, "/api/data?user_id=on_a_cluster", &[]).await,
+        200
+    );
 }
