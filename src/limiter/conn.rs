@@ -6,7 +6,8 @@ use crate::config::{Backend, StoreConfig};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 use std::time::Duration;
 
 /// How to reach the store.
@@ -27,6 +28,14 @@ pub enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// `TCP_NODELAY` on every connection to Redis (redis-rs leaves Nagle's algorithm on by
+/// default): with Nagle, a script call written while an earlier one is still unanswered waits
+/// in the kernel until that answer arrives, so pipelined calls (two per worker, and every
+/// concurrent call on a cluster connection) would go out one round trip apart.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 impl Target {
     pub fn new(config: &StoreConfig) -> RedisResult<Target> {
         let tls = |ca: &std::path::Path| -> RedisResult<redis::TlsCertificates> {
@@ -45,6 +54,7 @@ impl Target {
         match &config.backend {
             Backend::RedisCluster { nodes } => {
                 let mut builder = ClusterClient::builder(nodes.clone())
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(config.timeout.max(Duration::from_secs(1)))
                     .retries(2)
                     .min_retry_wait(10)
@@ -55,9 +65,13 @@ impl Target {
                 Ok(Target::Cluster(builder.build()?))
             }
             Backend::Redis { url } => {
+                let info = url
+                    .as_str()
+                    .into_connection_info()?
+                    .set_tcp_settings(tcp_settings());
                 let client = match &config.tls_ca_file {
-                    Some(ca) => redis::Client::build_with_tls(url.as_str(), tls(ca)?)?,
-                    None => redis::Client::open(url.as_str())?,
+                    Some(ca) => redis::Client::build_with_tls(info, tls(ca)?)?,
+                    None => redis::Client::open(info)?,
                 };
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.timeout))
