@@ -97,15 +97,19 @@ impl Drop for Cluster {
 }
 
 /// The first of `n` consecutive loopback ports that are free now, taken through `free_port`
-/// so that no other test of this process is handed one of them.
+/// so that no other test of this process is handed one of them, for Redis Cluster nodes: their
+/// cluster bus ports (port + 10000) must be free too and stay below the ephemeral range
+/// (32768 and up), where the suite's outgoing connections take ports at random.
 fn consecutive_free_ports(n: u16) -> u16 {
-    let mut run = vec![free_port()];
+    let bus_free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok();
+    let mut run: Vec<u16> = Vec::new();
     while run.len() < n as usize {
         let next = free_port();
-        if next == run[run.len() - 1] + 1 {
+        let fits = next + 10_000 < 32_768 && bus_free(next);
+        if fits && run.last().is_some_and(|&last| next == last + 1) {
             run.push(next);
         } else {
-            run = vec![next];
+            run = if fits { vec![next] } else { Vec::new() };
         }
     }
     run[0]

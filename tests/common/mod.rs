@@ -558,11 +558,16 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..6 {
             let port = free_port();
+            // The cluster bus defaults to port + 10000, which can land in the ephemeral range
+            // (32768-60999), where the suite's own outgoing connections take ports at random.
+            let bus = free_port().to_string();
             let conf = format!("nodes-{port}.conf");
             let node = Redis::start_on(
                 dir,
                 port,
                 &[
+                    "--cluster-port",
+                    &bus,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
