@@ -42,6 +42,11 @@ def at_rate(r, rate):
     return next((x for x in (r or {}).get("fixed_rate", []) if x["rate"] == rate), {})
 
 
+def p99_at(r, rate):
+    """The median P99 (ms) of a scenario at a fixed rate, or None."""
+    return med(at_rate(r, rate).get("p99_ms"))
+
+
 def fmt(v, digits=2):
     if v is None:
         return "–"
@@ -109,19 +114,18 @@ def side_by_side(res):
     def vs_seed(x, a, higher_better):
         if not (x and a):
             return "–"
-        return f"{x / a:.2f}×" if higher_better else f"{a / x:.1f}× lower"
+        return ratio(x, a) if higher_better else f"{a / x:.1f}× lower"
 
     def row(label, get, higher_better):
         a, b, c = get(seed), get(cl), get(ng)
-        r2 = f"{b / c:.2f}×" if b and c else "–"
-        rows.append(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {vs_seed(b, a, higher_better)} | {r2} | "
+        rows.append(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {vs_seed(b, a, higher_better)} | {ratio(b, c)} | "
                     f"{vs_seed(c, a, higher_better)} |")
 
     row("saturation req/s (100 conns)", lambda r: sat(r), True)
     row("P50 ms at saturation", lambda r: sat(r, "p50_ms"), False)
     row("P99 ms at saturation", lambda r: sat(r, "p99_ms"), False)
     for rate in (1000, 2000):
-        row(f"P99 ms at a fixed {rate:,}/s", lambda r, rate=rate: med(at_rate(r, rate).get("p99_ms")), False)
+        row(f"P99 ms at a fixed {rate:,}/s", lambda r, rate=rate: p99_at(r, rate), False)
     return "\n".join(rows)
 
 
@@ -133,8 +137,7 @@ def targets(res):
         cp, np_ = g("cluster", "p99_ms"), g("nginx-cluster", "p99_ms")
         rows.append(f"| cluster ≥ 0.8 × nginx-cluster throughput, P99 ≤ 1.5 × its P99 (100 conns) | {c:,.0f} vs {n:,.0f} req/s "
                     f"({c / n:.2f}×); P99 {cp:.2f} vs {np_:.2f} ms ({cp / np_:.2f}×) | {verdict(c >= 0.8 * n and cp <= 1.5 * np_)} |")
-    p99_2k = lambda name: med(at_rate(res.get(name), 2000).get("p99_ms"))
-    cq, sq, nq = p99_2k("cluster"), p99_2k("seed-design"), p99_2k("nginx-cluster")
+    cq, sq, nq = (p99_at(res.get(name), 2000) for name in ("cluster", "seed-design", "nginx-cluster"))
     # What the same comparison gives for nginx-cluster, which limits nothing: the most any
     # three-hop topology reaches against seed-design on this machine.
     ceiling = lambda text: f"; nginx-cluster, no limiting at all: {text}" if text else ""
@@ -158,8 +161,8 @@ def targets(res):
     if d and rm:
         # Latency is compared at equal load (the fixed rates): at saturation each runs at its
         # own throughput, and a P99 there says more about the queue than about the request.
-        p99 = lambda name, rate: med(at_rate(res.get(name), rate).get("p99_ms"))
-        pairs = [(q, p99("sluice-redis-down", q), p99("sluice-redis-many", q)) for q in (1000, 2000)]
+        pairs = [(q, p99_at(res.get("sluice-redis-down"), q), p99_at(res.get("sluice-redis-many"), q))
+                 for q in (1000, 2000)]
         pairs = [(q, a, b) for q, a, b in pairs if a and b]
         at = "; ".join(f"P99 at {q:,}/s {a:.2f} vs {b:.2f} ms" for q, a, b in pairs)
         ok = d >= 0.95 * rm and all(a <= 1.1 * b for _, a, b in pairs)
@@ -208,10 +211,7 @@ def cpu_section(res):
     rows = ["| scenario | " + " | ".join(label for _, label in ROLES) + " |",
             "|---|" + "---:|" * len(ROLES)]
     for n in names:
-        cells = []
-        for role, _ in ROLES:
-            x = cpu_figures(res.get(n)).get(role)
-            cells.append(f"{med(x):.1f} [{x['min']:.1f}–{x['max']:.1f}]" if x else "–")
+        cells = [rng(cpu_figures(res.get(n)).get(role), 1) for role, _ in ROLES]
         rows.append(f"| {n} | " + " | ".join(cells) + " |")
     out = ["CPU time (user + system, every thread) each process spent during the saturation runs, "
            "divided by the requests served: µs per request, median [range] of the runs. Unlike "
