@@ -13,7 +13,7 @@
 //! and the worst caller: the most it got admitted in any sliding window.
 
 use sluice::limiter::algorithms::State;
-use sluice::routes::{Algorithm, Limit};
+use sluice::limiter::{Algorithm, Limit};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;

@@ -81,7 +81,7 @@ impl Admin {
                         "remaining": u.remaining,
                         "reset_s": ceil_secs(u.reset),
                     });
-                    if l.algorithm == crate::routes::Algorithm::Gcra {
+                    if l.algorithm == crate::limiter::Algorithm::Gcra {
                         limit["burst"] = l.burst.get().into();
                     }
                     limit

@@ -1,13 +1,12 @@
 //! The decision for one request, Pingora-free: head checks → path → route → caller → limits →
 //! store → verdict. The proxy hands it a [`RequestHead`] and acts on the [`Verdict`].
 
-use crate::config::{AccessLog, CallerInLog, Config, OnError};
-use crate::identity::{IdentityError, IdentityExtractor, RequestIds};
-use crate::limiter::denials::DenialCache;
-use crate::limiter::{caller_key, Ask, Decision, MemoryLimiter, Refused, Retry, Store};
+use crate::config::{AccessLog, CallerInLog, Config};
+use crate::identity::{IdentityExtractor, RequestIds};
+use crate::limiter::{caller_key, Ask, Decision, Limit, OnError, Refused, Retry, Store, StoreSide};
 use crate::metrics::{Metrics, Outcome, RouteCounters, NO_ROUTE};
-use crate::response::RateLimitHeaders;
-use crate::routes::{normalize_path, Limit, Route, RouteTable};
+use crate::response::{RateLimitHeaders, Refusal};
+use crate::routes::{normalize_path, Route, RouteTable};
 use http::{HeaderMap, Method};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -63,70 +62,6 @@ pub struct Forward {
     pub rewrite: Option<http::Uri>,
     /// The RateLimit headers for the response (limited routes only).
     pub rate_headers: Option<RateLimitHeaders>,
-}
-
-/// Why a request is answered by sluice itself.
-#[derive(Debug)]
-pub enum Refusal<'a> {
-    /// 400: a target that is not origin-form, or a path with a malformed escape.
-    BadTarget(&'static str),
-    /// 414: the target is longer than `server.max_uri_bytes`.
-    UriTooLong { max_bytes: usize },
-    /// 431: the request head is larger than `server.max_header_bytes`.
-    HeadersTooLarge { max_bytes: usize },
-    /// 400: the identity is too long or holds a control character.
-    Identity(IdentityError),
-    /// 429: a limit refused; `refused` names the limit that refuses longest.
-    Limited { route: &'a str, refused: Refused },
-    /// 503: the store could not answer and the policy is `deny`.
-    StoreUnavailable { route: &'a str },
-}
-
-impl Refusal<'_> {
-    /// The JSON `error` of a refusal made before any limit is consulted (a metric label).
-    fn rejection(&self) -> Option<&'static str> {
-        Some(match self {
-            Refusal::BadTarget(what) => what,
-            Refusal::UriTooLong { .. } => "uri_too_long",
-            Refusal::HeadersTooLarge { .. } => "headers_too_large",
-            Refusal::Identity(IdentityError::TooLong { .. }) => "identity_too_long",
-            Refusal::Identity(IdentityError::Invalid) => "invalid_identity",
-            Refusal::Limited { .. } | Refusal::StoreUnavailable { .. } => return None,
-        })
-    }
-}
-
-/// What outlives a config reload: the store (its connections and breaker) and the state
-/// derived from the store's data, which a reload or a store restart must clear.
-pub struct StoreSide {
-    pub store: Store,
-    /// Refusals answered locally until Redis would certainly refuse again (Redis store only).
-    pub denials: Option<DenialCache>,
-    /// `on_error: local`: in-process limits while the store is away, dropped when it returns.
-    pub fallback: MemoryLimiter,
-}
-
-impl StoreSide {
-    pub fn new(store: Store, max_callers: usize) -> Self {
-        Self {
-            denials: store.is_remote().then(|| DenialCache::new(max_callers)),
-            fallback: MemoryLimiter::new(max_callers),
-            store,
-        }
-    }
-
-    /// The store answers again: its decisions replace the local ones.
-    pub fn store_returned(&self) {
-        self.fallback.clear();
-    }
-
-    /// The store's data may be gone (it restarted) or the rules changed (a reload): no
-    /// cached refusal can be trusted any more.
-    pub fn forget_refusals(&self) {
-        if let Some(d) = &self.denials {
-            d.clear();
-        }
-    }
 }
 
 /// Everything a decision needs, built once from the config and shared by every worker;

@@ -3,7 +3,8 @@
 
 use crate::access_log::{self, Entry};
 use crate::config::{AccessLog, CallerInLog};
-use crate::decision::{Action, Decider, RequestHead, StoreSide};
+use crate::decision::{Action, Decider, RequestHead};
+use crate::limiter::StoreSide;
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
 use arc_swap::ArcSwap;

@@ -4,13 +4,43 @@
 //! the 429s sluice writes itself), so the two can never disagree.
 
 use crate::config::format_duration;
-use crate::decision::Refusal;
 use crate::identity::IdentityError;
 use crate::limiter::{Decision, LimitState, Refused};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use std::cmp::Reverse;
 use std::time::Duration;
+
+/// Why a request is answered by sluice itself.
+#[derive(Debug)]
+pub enum Refusal<'a> {
+    /// 400: a target that is not origin-form, or a path with a malformed escape.
+    BadTarget(&'static str),
+    /// 414: the target is longer than `server.max_uri_bytes`.
+    UriTooLong { max_bytes: usize },
+    /// 431: the request head is larger than `server.max_header_bytes`.
+    HeadersTooLarge { max_bytes: usize },
+    /// 400: the identity is too long or holds a control character.
+    Identity(IdentityError),
+    /// 429: a limit refused; `refused` names the limit that refuses longest.
+    Limited { route: &'a str, refused: Refused },
+    /// 503: the store could not answer and the policy is `deny`.
+    StoreUnavailable { route: &'a str },
+}
+
+impl Refusal<'_> {
+    /// The JSON `error` of a refusal made before any limit is consulted (a metric label).
+    pub fn rejection(&self) -> Option<&'static str> {
+        Some(match self {
+            Refusal::BadTarget(what) => what,
+            Refusal::UriTooLong { .. } => "uri_too_long",
+            Refusal::HeadersTooLarge { .. } => "headers_too_large",
+            Refusal::Identity(IdentityError::TooLong { .. }) => "identity_too_long",
+            Refusal::Identity(IdentityError::Invalid) => "invalid_identity",
+            Refusal::Limited { .. } | Refusal::StoreUnavailable { .. } => return None,
+        })
+    }
+}
 
 /// Whole seconds, rounded up: a client that waits this long is never early.
 pub fn ceil_secs(d: Duration) -> u64 {
@@ -167,7 +197,7 @@ fn json_header(status: u16, len: usize) -> pingora::Result<Box<ResponseHeader>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Limit;
+    use crate::limiter::Limit;
 
     fn state(requests: u32, window_s: u64, used: u32, reset_ms: u64, retry_ms: u64) -> LimitState {
         LimitState {

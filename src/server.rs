@@ -2,8 +2,8 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::decision::{Decider, StoreSide};
-use crate::limiter::{Store, StoreError};
+use crate::decision::Decider;
+use crate::limiter::{Store, StoreError, StoreSide};
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Sidecar};
 use crate::watch::StoreWatch;

@@ -1,9 +1,9 @@
 //! The store watch: one background task per sidecar that probes the store every 250 ms,
 //! closes the breaker when the store answers again, and notices a store that restarted.
 
-use crate::decision::StoreSide;
 use crate::limiter::breaker::StoreStatus;
 use crate::limiter::Store;
+use crate::limiter::StoreSide;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;

@@ -12,6 +12,7 @@ mod validate;
 pub use duration::{format_duration, parse_duration, DURATION_HINT};
 
 use crate::identity::{IdentityExtractor, RequestIds};
+pub use crate::limiter::{Backend, OnError, StoreConfig};
 use crate::routes::RouteTable;
 use std::path::Path;
 use std::time::Duration;
@@ -75,45 +76,6 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How long an idle pooled upstream connection is kept; below the upstream's own keep-alive.
     pub idle_timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// In-process sliding log: exact for one instance, no shared state across instances.
-    Memory,
-    /// Limits in Redis, shared by every instance that points at the same server.
-    Redis { url: String },
-    /// Limits in a Redis Cluster: `nodes` are seeds, the rest is discovered. Every decision is
-    /// one script call on the node that owns the caller's hash tag.
-    RedisCluster { nodes: Vec<String> },
-}
-
-/// What to do with a request on a limited route when the store cannot answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Forward it (availability first: a store outage does not take the API down).
-    Allow,
-    /// Refuse it with 503 (protection first).
-    Deny,
-    /// Enforce the route's limits in this process, each scaled by `store.fallback_share`
-    /// (the cluster stays near the promised limit instead of wide open or shut).
-    Local,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoreConfig {
-    pub backend: Backend,
-    /// Deadline for one store call, connection set-up included.
-    pub timeout: Duration,
-    pub on_error: OnError,
-    /// Prefix of every Redis key, so several deployments can share one Redis.
-    pub prefix: String,
-    /// Most callers the in-process state holds (memory store entries, denial-cache entries).
-    pub max_callers: usize,
-    /// `on_error: local`: the share of each limit this sidecar enforces alone, in (0, 1].
-    pub fallback_share: f64,
-    /// `rediss://`: PEM file of the CA that signed the server's certificate (else the system's).
-    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Every problem found in a config file, one line each, ready for stderr.

@@ -3,7 +3,8 @@
 use super::file::*;
 use super::*;
 use crate::identity::{Cidr, IdentitySource, RequestIds, TrustedProxies};
-use crate::routes::{normalize_path, Algorithm, Cost, Limit, PathMatch, Route};
+use crate::limiter::{Algorithm, Cost, Limit};
+use crate::routes::{normalize_path, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

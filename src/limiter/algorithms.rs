@@ -3,7 +3,7 @@
 //! phase 2 counts (only when every limit of the route has room) and reports.
 
 use super::Parts;
-use crate::routes::{Algorithm, Limit};
+use super::{Algorithm, Limit};
 use std::collections::VecDeque;
 use std::time::Duration;
 

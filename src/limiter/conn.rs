@@ -2,7 +2,7 @@
 //! manager) or a Redis Cluster (through redis-rs's cluster client, which follows MOVED/ASK,
 //! slot migration and failover), behind one connection type.
 
-use crate::config::{Backend, StoreConfig};
+use super::{Backend, StoreConfig};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;

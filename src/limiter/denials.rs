@@ -118,8 +118,8 @@ impl DenialCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::Limit;
     use crate::limiter::LimitState;
-    use crate::routes::Limit;
 
     fn limited(retry_ms: u64) -> Refused {
         Refused::new(vec![LimitState {

@@ -3,8 +3,8 @@
 
 use super::algorithms::{micros, State};
 use super::shards::Shards;
+use super::{Algorithm, Limit};
 use super::{Ask, Decision, LimitState, Retry, StoreError};
-use crate::routes::{Algorithm, Limit};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,16 +7,46 @@ pub mod algorithms;
 pub mod breaker;
 pub mod conn;
 pub mod denials;
+pub mod limit;
 pub mod memory;
 pub mod redis;
 mod shards;
+pub mod side;
 
-use crate::config::{Backend, StoreConfig};
-use crate::routes::{Algorithm, Limit};
 use std::time::Duration;
+
+pub use self::limit::{Algorithm, Cost, Limit, OnError};
+pub use self::side::StoreSide;
 
 pub use self::memory::MemoryLimiter;
 pub use self::redis::RedisLimiter;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In-process sliding log: exact for one instance, no shared state across instances.
+    Memory,
+    /// Limits in Redis, shared by every instance that points at the same server.
+    Redis { url: String },
+    /// Limits in a Redis Cluster: `nodes` are seeds, the rest is discovered. Every decision is
+    /// one script call on the node that owns the caller's hash tag.
+    RedisCluster { nodes: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    /// Deadline for one store call, connection set-up included.
+    pub timeout: Duration,
+    pub on_error: OnError,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Most callers the in-process state holds (memory store entries, denial-cache entries).
+    pub max_callers: usize,
+    /// `on_error: local`: the share of each limit this sidecar enforces alone, in (0, 1].
+    pub fallback_share: f64,
+    /// `rediss://`: PEM file of the CA that signed the server's certificate (else the system's).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
 
 /// The state of one limit after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,9 +3,7 @@
 use super::breaker::Breaker;
 use super::conn::{Conn, Target};
 use super::{limit_key, retry_key, Ask, Decision, LimitState, Parts, StoreError};
-use crate::config::StoreConfig;
-use crate::routes::Algorithm;
-use crate::routes::Limit;
+use super::{Algorithm, Limit, StoreConfig};
 use pingora::time::fast_timeout::fast_timeout;
 use redis::Script;
 use std::cell::RefCell;
