@@ -13,7 +13,7 @@
 //! and the worst caller: the most it got admitted in any sliding window.
 
 use sluice::limiter::algorithms::State;
-use sluice::limiter::{Algorithm, Limit};
+use sluice::limiter::{Algorithm, Kind, Rate};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -111,27 +111,27 @@ fn trace(name: &str, seed: u64) -> Vec<(u64, u32)> {
     events
 }
 
-fn limit(algorithm: Algorithm) -> Limit {
+fn limit(algorithm: Algorithm) -> Kind {
     let requests = NonZeroU32::new(LIMIT).unwrap();
-    Limit {
+    Kind::Rate(Rate {
         requests,
         window: Duration::from_micros(WINDOW_US),
         algorithm,
         burst: requests,
-    }
+    })
 }
 
 /// Every event's decision under `limit`, each caller with its own state.
-fn decide(events: &[(u64, u32)], limit: &Limit) -> Vec<bool> {
+fn decide(events: &[(u64, u32)], limit: &Kind) -> Vec<bool> {
     let mut states: HashMap<u32, State> = HashMap::new();
     events
         .iter()
         .map(|&(now, caller)| {
-            let s = states
-                .entry(caller)
-                .or_insert_with(|| State::new(limit.algorithm));
-            let look = s.look(limit, now, 1);
-            s.finish(look, limit, now, 1, look.ok, !look.ok);
+            let s = states.entry(caller).or_insert_with(|| State::new(limit));
+            let mut look = s.look(limit, now, 1);
+            if look.ok {
+                s.count(&mut look, now, 1, 0, Duration::ZERO);
+            }
             look.ok
         })
         .collect()

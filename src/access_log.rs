@@ -23,10 +23,7 @@ pub struct Entry {
 impl Entry {
     /// The line, newline included, in `format` with callers shown as `callers` says.
     pub fn line(&self, format: AccessLog, callers: CallerInLog) -> Option<String> {
-        let caller = self.caller.as_deref().map(|c| match callers {
-            CallerInLog::Hashed => format!("{:016x}", fnv1a(c)),
-            CallerInLog::Plain => String::from_utf8_lossy(c).into_owned(),
-        });
+        let caller = self.caller.as_deref().map(|c| shown(c, callers));
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let time = rfc3339_millis(self.time);
         match format {
@@ -66,6 +63,20 @@ pub fn write(line: &str) {
     if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
         log::debug!("access log: {e}");
     }
+}
+
+/// A caller as every log line shows it: hashed (the default) or as it is.
+fn shown(caller: &[u8], mode: CallerInLog) -> String {
+    match mode {
+        CallerInLog::Hashed => format!("{:016x}", fnv1a(caller)),
+        CallerInLog::Plain => String::from_utf8_lossy(caller).into_owned(),
+    }
+}
+
+/// A caller (or `-` for an anonymous one) in the form the access log writes it, for any other
+/// log line that must name one: no log shows a caller more plainly than the access log does.
+pub fn shown_caller(caller: Option<&[u8]>, mode: CallerInLog) -> String {
+    caller.map_or_else(|| "-".to_string(), |c| shown(c, mode))
 }
 
 /// 64-bit FNV-1a: stable across runs and versions, so hashed callers correlate across lines

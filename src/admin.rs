@@ -2,6 +2,7 @@
 //! proxy port.
 
 use crate::limiter::breaker::StoreStatus;
+use crate::limiter::{Algorithm, Kind, Limit, LimitState};
 use crate::proxy::Shared;
 use crate::response::ceil_secs;
 use async_trait::async_trait;
@@ -57,10 +58,9 @@ impl Admin {
     async fn stats(&self, user: &[u8]) -> (StatusCode, Value) {
         let decider = self.shared.decider.load_full();
         let mut routes = Vec::new();
-        for route in decider.routes().routes().iter().filter(|r| r.has_limits()) {
-            let limits = route.limits_for(user);
-            let key = decider.caller_key(&route.name, Some(user));
-            let usage = match decider.store().peek(&key, limits).await {
+        for (route, limits) in decider.stats(user) {
+            let checks: Vec<_> = limits.iter().map(|(_, c)| c.clone()).collect();
+            let usage = match decider.store().peek(&checks).await {
                 Ok(u) => u,
                 Err(e) => {
                     return (
@@ -72,22 +72,9 @@ impl Admin {
             let limits: Vec<Value> = limits
                 .iter()
                 .zip(usage)
-                .map(|(l, u)| {
-                    let mut limit = json!({
-                        "requests": l.requests.get(),
-                        "window_s": l.window_secs(),
-                        "algorithm": l.algorithm.name(),
-                        "used": u.used,
-                        "remaining": u.remaining,
-                        "reset_s": ceil_secs(u.reset),
-                    });
-                    if l.algorithm == crate::limiter::Algorithm::Gcra {
-                        limit["burst"] = l.burst.get().into();
-                    }
-                    limit
-                })
+                .map(|((l, _), u)| limit_usage(l, &u))
                 .collect();
-            routes.push(json!({"route": route.name, "limits": limits}));
+            routes.push(json!({"route": route, "limits": limits}));
         }
         let user = String::from_utf8_lossy(user);
         (StatusCode::OK, json!({"user": user, "routes": routes}))
@@ -145,6 +132,32 @@ impl Admin {
         };
         Reply::json(status, body)
     }
+}
+
+/// One limit's definition and its usage, as `/stats` shows it.
+fn limit_usage(l: &Limit, u: &LimitState) -> Value {
+    let mut limit = match l.kind {
+        Kind::Rate(r) => {
+            let mut v = json!({
+                "requests": r.requests.get(),
+                "window_s": r.window_secs(),
+                "algorithm": r.algorithm.name(),
+            });
+            if r.algorithm == Algorithm::Gcra {
+                v["burst"] = r.burst.get().into();
+            }
+            v
+        }
+        Kind::Concurrency(n) => json!({ "concurrency": n.get() }),
+    };
+    limit["per"] = l.per.to_json();
+    if let Some(bucket) = &l.bucket {
+        limit["bucket"] = bucket.as_ref().into();
+    }
+    limit["used"] = u.used.into();
+    limit["remaining"] = u.remaining.into();
+    limit["reset_s"] = ceil_secs(u.reset).into();
+    limit
 }
 
 /// One admin response.

@@ -1,9 +1,16 @@
 //! The decision for one request, Pingora-free: head checks → path → route → caller → limits →
 //! store → verdict. The proxy hands it a [`RequestHead`] and acts on the [`Verdict`].
 
+mod plan;
+
+use self::plan::{Plan, RoutePlans, Values};
+use crate::access_log::shown_caller;
 use crate::config::{AccessLog, CallerInLog, Config};
 use crate::identity::{IdentityExtractor, RequestIds};
-use crate::limiter::{caller_key, Ask, Decision, Limit, OnError, Refused, Retry, Store, StoreSide};
+use crate::limiter::side::Held;
+use crate::limiter::{
+    Ask, Check, Decision, Limit, OnError, Refused, Retry, Scope, Store, StoreSide,
+};
 use crate::metrics::{Metrics, Outcome, RouteCounters, NO_ROUTE};
 use crate::response::{RateLimitHeaders, Refusal};
 use crate::routes::{normalize_path, Route, RouteTable};
@@ -62,13 +69,17 @@ pub struct Forward {
     pub rewrite: Option<http::Uri>,
     /// The RateLimit headers for the response (limited routes only).
     pub rate_headers: Option<RateLimitHeaders>,
+    /// The in-flight slots the request holds until it ends (see [`StoreSide::release`]).
+    pub held: Option<Held>,
 }
 
 /// Everything a decision needs, built once from the config and shared by every worker;
 /// a reload builds a new one and swaps it in whole.
 pub struct Decider {
     routes: RouteTable,
-    /// `counters[i]` counts `routes[i]`; `unrouted` counts requests no route matched.
+    /// `plans[i]` and `counters[i]` belong to `routes[i]`; `unrouted` counts requests no route
+    /// matched.
+    plans: Vec<RoutePlans>,
     counters: Vec<RouteCounters>,
     unrouted: RouteCounters,
     identity: IdentityExtractor,
@@ -81,17 +92,22 @@ pub struct Decider {
     max_header_bytes: usize,
     max_uri_bytes: usize,
     access_log: (AccessLog, CallerInLog),
+    /// Which config this is (0 at start, +1 per reload): the denial cache serves and keeps
+    /// only refusals made under the rules in force.
+    generation: u64,
 }
 
 impl Decider {
-    pub fn new(config: &Config, side: Arc<StoreSide>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        side: Arc<StoreSide>,
+        metrics: Arc<Metrics>,
+        generation: u64,
+    ) -> Self {
+        let routes = config.routes.routes();
         Self {
-            counters: config
-                .routes
-                .routes()
-                .iter()
-                .map(|r| metrics.route(&r.name))
-                .collect(),
+            plans: routes.iter().map(RoutePlans::new).collect(),
+            counters: routes.iter().map(|r| metrics.route(&r.name)).collect(),
             unrouted: metrics.route(NO_ROUTE),
             routes: config.routes.clone(),
             identity: config.identity.clone(),
@@ -104,7 +120,13 @@ impl Decider {
             max_header_bytes: config.server.max_header_bytes,
             max_uri_bytes: config.server.max_uri_bytes,
             access_log: (config.server.access_log, config.server.access_log_caller),
+            generation,
         }
+    }
+
+    /// Which config this is: 0 at start, one more per reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The access log's format and how it shows callers.
@@ -120,9 +142,30 @@ impl Decider {
         &self.routes
     }
 
-    /// The store key of `caller` on `route` (what `/stats` reads).
-    pub fn caller_key(&self, route: &str, caller: Option<&[u8]>) -> String {
-        caller_key(&self.key_prefix, route, caller)
+    /// What `/stats/<user>` reads: for each limited route, the limits that apply to `user`
+    /// and are keyed by the caller alone or by nothing (`global`), each with its key.
+    pub fn stats(&self, user: &[u8]) -> Vec<(&str, Vec<(&Limit, Check)>)> {
+        let headers = HeaderMap::new();
+        self.routes
+            .routes()
+            .iter()
+            .zip(&self.plans)
+            .filter(|(r, _)| r.has_limits())
+            .map(|(route, plans)| {
+                let plan = plans.for_caller(Some(user));
+                let mut values = Values::new(&self.identity, None, &headers, None);
+                let checks = plan
+                    .checks(&self.key_prefix, Some(user), &mut values)
+                    .unwrap_or_default();
+                let shown = plan
+                    .limits
+                    .iter()
+                    .zip(checks)
+                    .filter(|(l, _)| l.per.is_caller() || l.per == Scope::Global)
+                    .collect();
+                (route.name.as_str(), shown)
+            })
+            .collect()
     }
 
     /// Decides one request. Never fails: a store fault is answered by the `on_error` policy.
@@ -144,27 +187,34 @@ impl Decider {
         };
         let Some(index) = self.routes.position(head.method.as_str(), &path) else {
             self.unrouted.count(Outcome::Unlimited);
-            return forward(rewrite, None, trace);
+            return forward(rewrite, None, None, trace);
         };
         let (route, counters) = (&self.routes.routes()[index], &self.counters[index]);
         trace.route = Some(&route.name);
         if !route.has_limits() {
             counters.count(Outcome::Unlimited);
-            return forward(rewrite, None, trace);
+            return forward(rewrite, None, None, trace);
         }
         let caller = match self.identity.caller(head.query, head.headers, head.peer) {
             Ok(caller) => caller,
             Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
         };
-        let limits = route.limits_for(caller.as_deref().unwrap_or_default());
-        let key = self.caller_key(&route.name, caller.as_deref());
+        let plan = self.plans[index].for_caller(caller.as_deref());
+        let mut values = Values::new(&self.identity, head.query, head.headers, head.peer);
+        let checks = match plan.checks(&self.key_prefix, caller.as_deref(), &mut values) {
+            Ok(checks) => checks,
+            Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
+        };
         // The caller's identity is kept only while an access log is written.
+        let shown = (self.access_log.0 != AccessLog::Off || route.shadow)
+            .then(|| caller.clone())
+            .flatten();
         if self.access_log.0 != AccessLog::Off {
             trace.caller = caller;
         }
-        if limits.is_empty() {
+        if checks.is_empty() {
             counters.count(Outcome::Unlimited);
-            return forward(rewrite, None, trace);
+            return forward(rewrite, None, None, trace);
         }
         let retry = self.request_ids.as_ref().and_then(|ids| {
             let id = ids.id(&self.identity.trusted, head.peer, head.headers)?;
@@ -175,12 +225,11 @@ impl Decider {
             })
         });
         let ask = Ask {
-            key: &key,
-            limits,
+            checks: &checks,
             cost: route.cost.of(head.method.as_str()),
             retry,
         };
-        let (mut outcome, decided) = self.limit(route, &ask).await;
+        let (mut outcome, decided) = self.limit(route, plan, &ask).await;
         let shadowed = route.shadow && matches!(decided, Decided::Refused(_));
         if shadowed {
             outcome = Outcome::ShadowLimited;
@@ -188,36 +237,46 @@ impl Decider {
         counters.count(outcome);
         trace.decision = outcome.label();
         match decided {
-            Decided::Admitted(headers) => forward(rewrite, headers, trace),
-            Decided::Refused(_) if shadowed => {
-                log::info!(target: "sluice::shadow", "shadow route {}: would refuse {key}", route.name);
-                forward(rewrite, None, trace)
+            // A shadow route is a dry run: it counts, and clients see nothing of it.
+            Decided::Admitted { held, .. } if route.shadow => forward(rewrite, None, held, trace),
+            Decided::Admitted { headers, held } => forward(rewrite, headers, held, trace),
+            Decided::Refused(refused) if shadowed => {
+                let who = shown_caller(shown.as_deref(), self.access_log.1);
+                log::info!(target: "sluice::shadow", "shadow route {}: would refuse caller {who}", route.name);
+                let _ = refused;
+                forward(rewrite, None, None, trace)
             }
             Decided::Refused(refused) => refuse(
                 Refusal::Limited {
                     route: &route.name,
+                    limit: &plan.limits[refused.index],
+                    policy: &plan.policy,
                     refused,
                 },
                 trace,
             ),
-            Decided::Unavailable if route.shadow => forward(rewrite, None, trace),
+            Decided::Unavailable if route.shadow => forward(rewrite, None, None, trace),
             Decided::Unavailable => refuse(Refusal::StoreUnavailable { route: &route.name }, trace),
         }
     }
 
-    /// Checks `limits` for `key`: the denial cache, then the store, then (when the store
+    /// Checks the request's limits: the denial cache, then the store, then (when the store
     /// cannot answer) the route's `on_error` policy. A shadow route's refusals are counted by
     /// the caller of this function, which turns them into forwards.
-    async fn limit(&self, route: &Route, ask: &Ask<'_>) -> (Outcome, Decided) {
-        let key = ask.key;
+    async fn limit(&self, route: &Route, plan: &Plan, ask: &Ask<'_>) -> (Outcome, Decided) {
         // A request with a trusted request id may be a retry that only the store can recognise.
         let denials = self.side.denials.as_ref();
-        if let Some(refused) = denials
-            .filter(|_| ask.retry.is_none())
-            .and_then(|d| d.get(key, ask.cost, Instant::now()))
-        {
-            self.metrics.denial_cache_hits.inc();
-            return (Outcome::Limited, Decided::Refused(refused));
+        if let Some(d) = denials.filter(|_| ask.retry.is_none()) {
+            let now = Instant::now();
+            let cached = ask.checks.iter().enumerate().find_map(|(index, c)| {
+                c.kind.rate()?;
+                let state = d.get(&c.key, ask.cost, now, self.generation)?;
+                Some(Refused { state, index })
+            });
+            if let Some(refused) = cached {
+                self.metrics.denial_cache_hits.inc();
+                return (Outcome::Limited, Decided::Refused(refused));
+            }
         }
         let sent = Instant::now();
         match self.side.store.check(ask).await {
@@ -227,13 +286,18 @@ impl Decider {
                     .store_seconds
                     .observe((received - sent).as_secs_f64());
                 match decision {
-                    Decision::Admitted { .. } => (
+                    Decision::Admitted { states, permit, .. } => (
                         Outcome::Admitted,
-                        Decided::Admitted(RateLimitHeaders::new(&route.name, &decision)),
+                        Decided::Admitted {
+                            headers: RateLimitHeaders::admitted(&plan.policy, &states),
+                            held: permit.map(Held::Store),
+                        },
                     ),
                     Decision::Limited(refused) => {
                         if let Some(d) = denials {
-                            d.insert(key, &refused, ask.cost, sent, received);
+                            let key = &ask.checks[refused.index].key;
+                            let at = (sent, received);
+                            d.insert(key, &refused.state, ask.cost, at, self.generation);
                         }
                         (Outcome::Limited, Decided::Refused(refused))
                     }
@@ -241,30 +305,37 @@ impl Decider {
             }
             Err(e) => {
                 log::debug!("store failed on route {}: {e}", route.name);
-                (Outcome::StoreError, self.without_store(route, ask))
+                (Outcome::StoreError, self.without_store(route, plan, ask))
             }
         }
     }
 
     /// The route's `on_error` answer while the store cannot decide.
-    fn without_store(&self, route: &Route, ask: &Ask<'_>) -> Decided {
+    fn without_store(&self, route: &Route, plan: &Plan, ask: &Ask<'_>) -> Decided {
         match route.on_error.unwrap_or(self.on_error) {
-            OnError::Allow => Decided::Admitted(None),
+            OnError::Allow => Decided::Admitted {
+                headers: None,
+                held: None,
+            },
             OnError::Deny => Decided::Unavailable,
             OnError::Local => {
-                let scaled: Vec<Limit> = ask
-                    .limits
+                let scaled: Vec<Check> = ask
+                    .checks
                     .iter()
-                    .map(|l| l.scaled(self.fallback_share))
+                    .map(|c| Check {
+                        key: c.key.clone(),
+                        kind: c.kind.scaled(self.fallback_share),
+                    })
                     .collect();
                 let local = Ask {
-                    limits: &scaled,
+                    checks: &scaled,
                     ..*ask
                 };
                 match self.side.fallback.check(&local) {
-                    Ok(d @ Decision::Admitted { .. }) => {
-                        Decided::Admitted(RateLimitHeaders::new(&route.name, &d))
-                    }
+                    Ok(Decision::Admitted { states, permit, .. }) => Decided::Admitted {
+                        headers: RateLimitHeaders::admitted(&plan.policy, &states),
+                        held: permit.map(Held::Fallback),
+                    },
                     Ok(Decision::Limited(refused)) => Decided::Refused(refused),
                     Err(_) => Decided::Unavailable,
                 }
@@ -319,7 +390,10 @@ impl Decider {
 
 /// What the limits (or the policy standing in for them) said.
 enum Decided {
-    Admitted(Option<RateLimitHeaders>),
+    Admitted {
+        headers: Option<RateLimitHeaders>,
+        held: Option<Held>,
+    },
     Refused(Refused),
     /// No decision could be made and the policy refuses: 503.
     Unavailable,
@@ -328,12 +402,14 @@ enum Decided {
 fn forward(
     rewrite: Option<http::Uri>,
     rate_headers: Option<RateLimitHeaders>,
+    held: Option<Held>,
     trace: Trace<'_>,
 ) -> Verdict<'_> {
     Verdict {
         action: Action::Forward(Forward {
             rewrite,
             rate_headers,
+            held,
         }),
         trace,
     }

@@ -1,5 +1,6 @@
 //! Who is calling: the first identity source present in the request names the caller.
 
+use crate::limiter::Part;
 use http::header::{HeaderMap, HeaderName};
 use percent_encoding::percent_decode;
 use std::net::IpAddr;
@@ -205,15 +206,41 @@ impl IdentityExtractor {
     ) -> Result<Option<Vec<u8>>, IdentityError> {
         let found = self.sources.iter().find_map(|source| match source {
             IdentitySource::Query(name) => query.and_then(|q| query_param(q, name)),
-            IdentitySource::Header(name) => headers
-                .get(name)
-                .map(|v| v.as_bytes().trim_ascii().to_vec())
-                .filter(|v| !v.is_empty()),
-            IdentitySource::ClientIp => {
-                peer.map(|p| self.trusted.client_ip(p, headers).to_string().into_bytes())
-            }
+            IdentitySource::Header(name) => header_value(headers, name),
+            IdentitySource::ClientIp => peer.map(|p| self.client_ip(p, headers)),
         });
-        match found {
+        self.bounded(found)
+    }
+
+    /// The value of one part of a limit's scope (`per: client_ip`, `header:...`, `query:...`),
+    /// bounded and validated exactly as an identity; `None` when the request has none.
+    pub fn part(
+        &self,
+        part: &Part,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Vec<u8>>, IdentityError> {
+        let found = match part {
+            Part::Caller => return self.caller(query, headers, peer),
+            Part::ClientIp => peer.map(|p| self.client_ip(p, headers)),
+            Part::Header(name) => header_value(headers, name),
+            Part::Query(name) => query.and_then(|q| query_param(q, name)),
+        };
+        self.bounded(found)
+    }
+
+    fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Vec<u8> {
+        self.trusted
+            .client_ip(peer, headers)
+            .to_string()
+            .into_bytes()
+    }
+
+    /// A value longer than `max_bytes` or holding a control character is refused: it is
+    /// never truncated into someone else's quota nor stored.
+    fn bounded(&self, value: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, IdentityError> {
+        match value {
             Some(id) if id.len() > self.max_bytes => Err(IdentityError::TooLong {
                 max_bytes: self.max_bytes,
             }),
@@ -221,6 +248,14 @@ impl IdentityExtractor {
             other => Ok(other),
         }
     }
+}
+
+/// A header's value, trimmed; empty counts as absent.
+fn header_value(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    headers
+        .get(name)
+        .map(|v| v.as_bytes().trim_ascii().to_vec())
+        .filter(|v| !v.is_empty())
 }
 
 /// Load-balancer request ids (`request_ids` in the config): what makes a retry exact.

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        for w in &config.warnings {
+            eprintln!("warning: {w}");
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }

@@ -4,6 +4,7 @@
 use crate::access_log::{self, Entry};
 use crate::config::{AccessLog, CallerInLog};
 use crate::decision::{Action, Decider, RequestHead};
+use crate::limiter::side::Held;
 use crate::limiter::StoreSide;
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
@@ -72,6 +73,9 @@ impl Sidecar {
 #[derive(Default)]
 pub struct RequestCtx {
     rate_headers: Option<RateLimitHeaders>,
+    /// The in-flight slots this request holds, given back in `logging` (which runs for every
+    /// request: answered here, proxied, failed upstream, or left by its client).
+    held: Option<Held>,
     rewrite: Option<http::Uri>,
     upstream_tries: usize,
     /// The access log's entry, while one is written.
@@ -141,6 +145,7 @@ impl ProxyHttp for Sidecar {
             Action::Forward(forward) => {
                 ctx.rate_headers = forward.rate_headers;
                 ctx.rewrite = forward.rewrite;
+                ctx.held = forward.held;
                 return Ok(false);
             }
             Action::Refuse(refusal) => response::refusal(&refusal)?,
@@ -227,6 +232,9 @@ impl ProxyHttp for Sidecar {
         _e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
+        if let Some(held) = ctx.held.take() {
+            self.shared.side.release(held).await;
+        }
         let Some(mut log) = ctx.log.take() else {
             return;
         };

@@ -65,14 +65,20 @@ impl Reloader {
                 need_restart.join(", ")
             );
         }
+        let generation = self.shared.decider.load().generation() + 1;
         let decider = Decider::new(
             &merged,
             self.shared.side.clone(),
             self.shared.metrics.clone(),
+            generation,
         );
         self.shared.decider.store(Arc::new(decider));
-        // Refusals cached under the old rules may not hold under the new ones.
-        self.shared.side.forget_refusals();
+        // Refusals cached under the old rules may not hold under the new ones, and a request
+        // still deciding on the old rules must not cache one after this.
+        self.shared.side.new_rules(generation);
+        for w in &merged.warnings {
+            log::warn!("{w}");
+        }
         log::info!(
             "reloaded {}: {} routes",
             self.path.display(),

@@ -5,8 +5,9 @@
 
 use crate::config::format_duration;
 use crate::identity::IdentityError;
-use crate::limiter::{Decision, LimitState, Refused};
+use crate::limiter::{Kind, Limit, LimitState, Refused};
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use std::cmp::Reverse;
 use std::time::Duration;
@@ -20,10 +21,17 @@ pub enum Refusal<'a> {
     UriTooLong { max_bytes: usize },
     /// 431: the request head is larger than `server.max_header_bytes`.
     HeadersTooLarge { max_bytes: usize },
-    /// 400: the identity is too long or holds a control character.
+    /// 400: the identity (or a value a limit is keyed by) is too long or holds a control
+    /// character.
     Identity(IdentityError),
-    /// 429: a limit refused; `refused` names the limit that refuses longest.
-    Limited { route: &'a str, refused: Refused },
+    /// 429: a limit refused; `refused` is the limit that refuses longest, `limit` its
+    /// definition and `policy` the route's headers.
+    Limited {
+        route: &'a str,
+        limit: &'a Limit,
+        policy: &'a Policy,
+        refused: Refused,
+    },
     /// 503: the store could not answer and the policy is `deny`.
     StoreUnavailable { route: &'a str },
 }
@@ -47,10 +55,59 @@ pub fn ceil_secs(d: Duration) -> u64 {
     d.as_micros().div_ceil(1_000_000) as u64
 }
 
+/// What a route's limits look like in the RateLimit headers, built once when the config
+/// loads: each limit's policy name and the whole `RateLimit-Policy` value.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    names: Vec<String>,
+    /// `None` when the route has no rate limit (in-flight caps have no window to report).
+    header: Option<HeaderValue>,
+}
+
+impl Policy {
+    /// Names: the route's (or bucket's) name when there is one rate limit; with several,
+    /// `name-window`, and `-per` when that is not the caller (`api-1m-client_ip`).
+    pub fn new(route: &str, limits: &[Limit]) -> Policy {
+        let rates = limits.iter().filter(|l| l.rate().is_some()).count();
+        let names: Vec<String> = limits
+            .iter()
+            .map(|l| {
+                let base = l.bucket.as_deref().unwrap_or(route);
+                match (l.kind, rates) {
+                    (Kind::Rate(_), 1) => base.to_string(),
+                    (Kind::Rate(r), _) if l.per.is_caller() => {
+                        format!("{base}-{}", format_duration(r.window))
+                    }
+                    (Kind::Rate(r), _) => {
+                        format!("{base}-{}-{}", format_duration(r.window), l.per.label())
+                    }
+                    (Kind::Concurrency(_), _) => format!("{base}-inflight"),
+                }
+            })
+            .collect();
+        let items: Vec<String> = limits
+            .iter()
+            .zip(&names)
+            .filter_map(|(l, name)| {
+                let r = l.rate()?;
+                Some(format!("\"{name}\";q={};w={}", r.requests, r.window_secs()))
+            })
+            .collect();
+        let header = (!items.is_empty())
+            .then(|| HeaderValue::from_str(&items.join(", ")).ok())
+            .flatten();
+        Policy { names, header }
+    }
+
+    pub fn name(&self, index: usize) -> &str {
+        self.names.get(index).map_or("", String::as_str)
+    }
+}
+
 /// The header values of one decision, computed once and applied to whichever response goes out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitHeaders {
-    pub policy: String,
+    pub policy: HeaderValue,
     pub ratelimit: String,
     pub limit: u32,
     pub remaining: u32,
@@ -58,71 +115,44 @@ pub struct RateLimitHeaders {
 }
 
 impl RateLimitHeaders {
-    /// `RateLimit-Policy` lists every limit; `RateLimit` and the `X-` headers report one: the
-    /// limit with the least remaining (a tie goes to the longer window) or, for a refusal, the
-    /// limit that refuses longest.
-    pub fn new(route: &str, decision: &Decision) -> Option<Self> {
-        Self::build(route, decision.states(), decision.refusing())
-    }
-
-    /// The headers of a refusal: every limit, and the one that refuses longest.
-    pub fn refused(route: &str, refused: &Refused) -> Option<Self> {
-        Self::build(route, refused.states(), Some(refused.refusing()))
-    }
-
-    /// `refusing` is the refusing limit of a refused request, `None` for an admitted one.
-    fn build(route: &str, states: &[LimitState], refusing: Option<&LimitState>) -> Option<Self> {
-        let admitted = refusing.is_none();
-        let reported = match refusing {
-            Some(refusing) => refusing,
-            None => states
-                .iter()
-                .min_by_key(|s| (s.remaining, Reverse(s.limit.window)))?,
-        };
-        let policy = states
+    /// An admitted request's headers: `RateLimit-Policy` lists every rate limit; `RateLimit`
+    /// and the `X-` headers report the one with the least remaining (a tie goes to the longer
+    /// window). `None` when no rate limit applies.
+    pub fn admitted(policy: &Policy, states: &[LimitState]) -> Option<Self> {
+        let (index, reported) = states
             .iter()
-            .map(|s| {
-                format!(
-                    "\"{}\";q={};w={}",
-                    policy_name(route, states, s),
-                    s.limit.requests,
-                    s.limit.window_secs()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let reset = match admitted {
-            true => ceil_secs(reported.reset),
-            false => retry_after_secs(reported),
-        };
-        let remaining = if admitted { reported.remaining } else { 0 };
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s, s.kind.rate()?)))
+            .min_by_key(|(_, s, r)| (s.remaining, Reverse(r.window)))
+            .map(|(i, s, _)| (i, s))?;
+        Self::build(policy, index, reported, ceil_secs(reported.reset))
+    }
+
+    /// A refusal's headers: every rate limit, and the one that refuses longest (`None` when
+    /// an in-flight cap refused: it has no window to report).
+    pub fn refused(policy: &Policy, refused: &Refused) -> Option<Self> {
+        let state = &refused.state;
+        state.kind.rate()?;
+        Self::build(policy, refused.index, state, retry_after_secs(state))
+    }
+
+    fn build(policy: &Policy, index: usize, s: &LimitState, reset: u64) -> Option<Self> {
         Some(Self {
-            ratelimit: format!(
-                "\"{}\";r={remaining};t={reset}",
-                policy_name(route, states, reported)
-            ),
-            policy,
-            limit: reported.limit.requests.get(),
-            remaining,
+            ratelimit: format!("\"{}\";r={};t={reset}", policy.name(index), s.remaining),
+            policy: policy.header.clone()?,
+            limit: s.kind.amount(),
+            remaining: s.remaining,
             reset,
         })
     }
 
     pub fn apply(&self, h: &mut ResponseHeader) -> pingora::Result<()> {
-        h.insert_header("RateLimit-Policy", &self.policy)?;
+        h.insert_header("RateLimit-Policy", self.policy.clone())?;
         h.insert_header("RateLimit", &self.ratelimit)?;
         h.insert_header("X-RateLimit-Limit", self.limit.to_string())?;
         h.insert_header("X-RateLimit-Remaining", self.remaining.to_string())?;
         h.insert_header("X-RateLimit-Reset", self.reset.to_string())?;
         Ok(())
-    }
-}
-
-/// The route's name when it has one limit; `route-window` for each when it has several.
-fn policy_name(route: &str, states: &[LimitState], s: &LimitState) -> String {
-    match states.len() {
-        1 => route.to_string(),
-        _ => format!("{route}-{}", format_duration(s.limit.window)),
     }
 }
 
@@ -132,21 +162,33 @@ pub fn retry_after_secs(refusing: &LimitState) -> u64 {
 }
 
 /// A complete 429 for a refused request: headers (Content-Length included, so the
-/// connection stays open for the next request) and the JSON body.
+/// connection stays open for the next request) and the JSON body naming the limit.
 pub fn too_many_requests(
     route: &str,
+    limit: &Limit,
+    policy: &Policy,
     refused: &Refused,
 ) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
-    let refusing = refused.refusing();
-    let retry_after = retry_after_secs(refusing);
+    let state = &refused.state;
+    let retry_after = retry_after_secs(state);
+    let (error, window) = match limit.rate() {
+        Some(r) => ("rate_limited", format!(",\"window_s\":{}", r.window_secs())),
+        None => ("too_many_in_flight", String::new()),
+    };
+    // Route and bucket names are [A-Za-z0-9._-]: nothing to escape; a scope may name a query
+    // parameter, so it goes through the JSON encoder.
+    let bucket = limit
+        .bucket
+        .as_ref()
+        .map_or(String::new(), |b| format!(",\"bucket\":\"{b}\""));
     let body = format!(
-        "{{\"error\":\"rate_limited\",\"route\":\"{route}\",\"limit\":{},\"window_s\":{},\"retry_after\":{retry_after}}}",
-        refusing.limit.requests,
-        refusing.limit.window_secs(),
+        "{{\"error\":\"{error}\",\"route\":\"{route}\"{bucket},\"limit\":{}{window},\"per\":{},\"retry_after\":{retry_after}}}",
+        limit.kind.amount(),
+        limit.per.to_json(),
     );
     let mut h = json_header(429, body.len())?;
     h.insert_header("Retry-After", retry_after.to_string())?;
-    if let Some(headers) = RateLimitHeaders::refused(route, refused) {
+    if let Some(headers) = RateLimitHeaders::refused(policy, refused) {
         headers.apply(&mut h)?;
     }
     Ok((h, Bytes::from(body)))
@@ -155,7 +197,12 @@ pub fn too_many_requests(
 /// The complete response for a request sluice answers itself.
 pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
     let (status, body) = match r {
-        Refusal::Limited { route, refused } => return too_many_requests(route, refused),
+        Refusal::Limited {
+            route,
+            limit,
+            policy,
+            refused,
+        } => return too_many_requests(route, limit, policy, refused),
         Refusal::StoreUnavailable { route } => return store_unavailable(route),
         Refusal::BadTarget(what) => (400, format!("{{\"error\":\"{what}\"}}")),
         Refusal::UriTooLong { max_bytes } => (
@@ -197,13 +244,22 @@ fn json_header(status: u16, len: usize) -> pingora::Result<Box<ResponseHeader>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::Limit;
+    use crate::limiter::{Part, Rate, Scope};
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
 
-    fn state(requests: u32, window_s: u64, used: u32, reset_ms: u64, retry_ms: u64) -> LimitState {
+    fn rate(requests: u32, window_s: u64) -> Limit {
+        Limit::per_caller(Kind::Rate(Rate::log(
+            requests,
+            Duration::from_secs(window_s),
+        )))
+    }
+
+    fn state(l: &Limit, used: u32, reset_ms: u64, retry_ms: u64) -> LimitState {
         LimitState {
-            limit: Limit::log(requests, Duration::from_secs(window_s)),
+            kind: l.kind,
             used,
-            remaining: requests.saturating_sub(used),
+            remaining: l.kind.amount().saturating_sub(used),
             reset: Duration::from_millis(reset_ms),
             retry: Duration::from_millis(retry_ms),
         }
@@ -211,10 +267,9 @@ mod tests {
 
     #[test]
     fn one_limit_admitted() {
-        let d = Decision::Admitted {
-            states: vec![state(100, 60, 63, 40_200, 0)],
-        };
-        let h = RateLimitHeaders::new("api", &d).unwrap();
+        let l = [rate(100, 60)];
+        let policy = Policy::new("api", &l);
+        let h = RateLimitHeaders::admitted(&policy, &[state(&l[0], 63, 40_200, 0)]).unwrap();
         assert_eq!(h.policy, "\"api\";q=100;w=60");
         assert_eq!(h.ratelimit, "\"api\";r=37;t=41");
         assert_eq!((h.limit, h.remaining, h.reset), (100, 37, 41));
@@ -222,43 +277,86 @@ mod tests {
 
     #[test]
     fn least_remaining_is_reported_and_ties_go_to_the_longer_window() {
-        let d = Decision::Admitted {
-            states: vec![
-                state(10, 1, 8, 500, 0),
-                state(1000, 3600, 998, 3_000_000, 0),
-            ],
-        };
-        let h = RateLimitHeaders::new("api", &d).unwrap();
+        let l = [rate(10, 1), rate(1000, 3600)];
+        let policy = Policy::new("api", &l);
+        let states = [state(&l[0], 8, 500, 0), state(&l[1], 998, 3_000_000, 0)];
+        let h = RateLimitHeaders::admitted(&policy, &states).unwrap();
         assert_eq!(h.policy, "\"api-1s\";q=10;w=1, \"api-1h\";q=1000;w=3600");
         assert_eq!(h.ratelimit, "\"api-1h\";r=2;t=3000");
     }
 
     #[test]
-    fn a_refusal_reports_the_limit_that_refuses_longest() {
-        let r = Refused::new(vec![
-            state(2, 1, 2, 300, 300),
-            state(5, 60, 5, 20_000, 20_000),
-        ])
-        .unwrap();
-        let h = RateLimitHeaders::new("r", &Decision::Limited(r.clone())).unwrap();
-        assert_eq!(h.ratelimit, "\"r-1m\";r=0;t=20");
-        let (head, body) = too_many_requests("r", &r).unwrap();
+    fn buckets_and_scopes_name_their_limits_and_slots_are_not_rates() {
+        let mut global = rate(5000, 1);
+        global.per = Scope::Global;
+        let mut account = rate(1000, 3600);
+        account.bucket = Some(Arc::from("account"));
+        let mut ip = rate(20, 60);
+        ip.per = Scope::Of(Box::new([Part::ClientIp]));
+        let slots = Limit::per_caller(Kind::Concurrency(NonZeroU32::new(10).unwrap()));
+        let policy = Policy::new("search", &[rate(100, 60), global, ip, slots, account]);
+        assert_eq!(
+            policy.header.unwrap(),
+            "\"search-1m\";q=100;w=60, \"search-1s-global\";q=5000;w=1, \"search-1m-client_ip\";q=20;w=60, \"account-1h\";q=1000;w=3600"
+        );
+        let only_slots = Policy::new(
+            "s",
+            &[Limit::per_caller(Kind::Concurrency(NonZeroU32::MIN))],
+        );
+        assert!(only_slots.header.is_none());
+    }
+
+    #[test]
+    fn a_refusal_names_the_limit_its_scope_and_bucket() {
+        let mut l = rate(5, 60);
+        l.bucket = Some(Arc::from("account"));
+        let policy = Policy::new("r", &[rate(2, 1), l.clone()]);
+        let refused = Refused {
+            state: state(&l, 4, 20_000, 20_000),
+            index: 1,
+        };
+        let (head, body) = too_many_requests("r", &l, &policy, &refused).unwrap();
         assert_eq!(head.status.as_u16(), 429);
         assert_eq!(head.headers.get("retry-after").unwrap(), "20");
+        assert_eq!(
+            head.headers.get("ratelimit").unwrap(),
+            "\"account-1m\";r=1;t=20"
+        );
         assert_eq!(
             head.headers.get("content-length").unwrap(),
             &body.len().to_string()
         );
         assert_eq!(
             &body[..],
-            br#"{"error":"rate_limited","route":"r","limit":5,"window_s":60,"retry_after":20}"#
+            br#"{"error":"rate_limited","route":"r","bucket":"account","limit":5,"window_s":60,"per":"caller","retry_after":20}"#
+        );
+        let slots = Limit {
+            per: Scope::Global,
+            ..Limit::per_caller(Kind::Concurrency(NonZeroU32::new(10).unwrap()))
+        };
+        let refused = Refused {
+            state: state(&slots, 10, 0, 1000),
+            index: 0,
+        };
+        let policy = Policy::new("r", std::slice::from_ref(&slots));
+        let (head, body) = too_many_requests("r", &slots, &policy, &refused).unwrap();
+        assert_eq!(head.headers.get("retry-after").unwrap(), "1");
+        assert!(head.headers.get("ratelimit").is_none());
+        assert_eq!(
+            &body[..],
+            br#"{"error":"too_many_in_flight","route":"r","limit":10,"per":"global","retry_after":1}"#
         );
     }
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let r = Refused::new(vec![state(1, 1, 1, 1, 1)]).unwrap();
-        let (head, _) = too_many_requests("r", &r).unwrap();
+        let l = rate(1, 1);
+        let policy = Policy::new("r", std::slice::from_ref(&l));
+        let refused = Refused {
+            state: state(&l, 1, 1, 1),
+            index: 0,
+        };
+        let (head, _) = too_many_requests("r", &l, &policy, &refused).unwrap();
         assert_eq!(head.headers.get("retry-after").unwrap(), "1");
     }
 }

@@ -179,7 +179,10 @@ mod tests {
     use std::time::Duration;
 
     fn limit(requests: u32, secs: u64) -> Limit {
-        Limit::log(requests, Duration::from_secs(secs))
+        Limit::per_caller(crate::limiter::Kind::Rate(crate::limiter::Rate::log(
+            requests,
+            Duration::from_secs(secs),
+        )))
     }
 
     fn route(name: &str, path: PathMatch, methods: Option<&[&str]>) -> Route {

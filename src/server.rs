@@ -99,9 +99,16 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartErro
     server.bootstrap();
 
     let store = Store::new(&config.store, &config.server.instance)?;
-    let side = Arc::new(StoreSide::new(store, config.store.max_callers));
+    let side = Arc::new(StoreSide::new(
+        store,
+        config.store.max_callers,
+        config.store.lease_ttl,
+    ));
     let metrics = Arc::new(Metrics::new());
-    let decider = Decider::new(&config, side.clone(), metrics.clone());
+    let decider = Decider::new(&config, side.clone(), metrics.clone(), 0);
+    for w in &config.warnings {
+        log::warn!("{w}");
+    }
     let shared = Arc::new(Shared {
         decider: ArcSwap::from_pointee(decider),
         side: side.clone(),
@@ -137,6 +144,13 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartErro
     };
     server.add_service(pingora::services::background::background_service(
         "reload", reloader,
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "lease renewal",
+        crate::watch::LeaseRenewal {
+            side: side.clone(),
+            every: config.store.lease_ttl / 3,
+        },
     ));
     let watch = StoreWatch { side, metrics };
     server.add_service(pingora::services::background::background_service(

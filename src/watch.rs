@@ -74,3 +74,22 @@ impl BackgroundService for StoreWatch {
         }
     }
 }
+
+/// Renews every in-flight slot this sidecar holds, every third of the lease time: one batched
+/// call per store node, whatever the number of requests in flight.
+pub struct LeaseRenewal {
+    pub side: Arc<StoreSide>,
+    pub every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for LeaseRenewal {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(self.every) => self.side.renew_leases().await,
+            }
+        }
+    }
+}

@@ -99,8 +99,8 @@ async fn every_algorithm_and_cost_decide_alike_on_redis_and_in_memory() {
         let (status, remaining) = ask(s.port, "POST", "/cost/x?user_id=a").await;
         assert_eq!(
             (status, remaining),
-            (429, rem(0)),
-            "{name}: 4 > 2, refused whole"
+            (429, rem(2)),
+            "{name}: 4 > 2, refused whole, and the 2 that remain are reported"
         );
         assert_eq!(
             ask(s.port, "GET", "/cost/x?user_id=a").await,

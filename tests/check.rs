@@ -68,6 +68,25 @@ fn every_bad_fixture_fails_with_its_exact_message() {
 }
 
 #[test]
+fn a_bucket_no_route_draws_from_is_a_warning_not_an_error() {
+    let dir = common::scratch_dir();
+    let path = dir.join("unused-bucket.yaml");
+    std::fs::write(
+        &path,
+        "upstream: { addrs: [\"127.0.0.1:9000\"] }\nbuckets:\n  spare: { limits: [{ requests: 5, window: 1s }] }\n",
+    )
+    .unwrap();
+    let shown = path.display().to_string();
+    let (code, stdout, stderr) = check(&shown, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), format!("{shown}: ok"));
+    assert_eq!(
+        stderr.trim(),
+        format!("warning: {shown}: buckets.spare: no route draws from this bucket (add it to a route's buckets, or remove it)")
+    );
+}
+
+#[test]
 fn every_shipped_config_passes() {
     let mut checked = 0;
     for dir in ["conf", "nginx", "docker"] {

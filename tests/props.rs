@@ -10,7 +10,8 @@ use sluice::identity::{
     parse_forwarded_ip, query_param, Cidr, IdentityError, IdentityExtractor, IdentitySource,
     TrustedProxies,
 };
-use sluice::limiter::caller_key;
+use sluice::limiter::keys::limit_key;
+use sluice::limiter::{Kind, Rate, Scope};
 use sluice::routes::normalize_path;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -122,8 +123,10 @@ proptest! {
         b in prop::collection::vec(any::<u8>(), 0..24),
         anonymous in any::<bool>(),
     ) {
-        let ka = caller_key("sluice:", "api", if anonymous { None } else { Some(&a) });
-        let kb = caller_key("sluice:", "api", Some(&b));
+        let kind = Kind::Rate(Rate::log(1, std::time::Duration::from_secs(1)));
+        let key = |c: Option<&[u8]>| limit_key("sluice:", "api", &Scope::caller(), &[c], &kind);
+        let ka = key(if anonymous { None } else { Some(&a) });
+        let kb = key(Some(&b));
         if anonymous || a != b {
             prop_assert_ne!(&ka, &kb);
         } else {
@@ -132,7 +135,7 @@ proptest! {
         // One hash tag, which no identity can close early.
         prop_assert_eq!(kb.matches('{').count(), 1);
         prop_assert_eq!(kb.matches('}').count(), 1);
-        prop_assert!(kb.ends_with('}'), "{kb}");
+        prop_assert!(kb.ends_with("}:1000"), "{kb}");
     }
 
     #[test]

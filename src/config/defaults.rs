@@ -20,6 +20,10 @@ pub const MAX_URI_BYTES: u64 = 8 * 1024;
 /// Callers held in process (memory store entries, denial-cache entries) at once.
 pub const MAX_CALLERS: u64 = 1_000_000;
 
+/// How long an in-flight slot outlives its holder's last renewal (a SIGKILLed sidecar's slots
+/// are free again this long after it died, at most); renewed every third of it.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// `on_error: local` with no share given: each sidecar enforces the whole limit alone.
 pub const FALLBACK_SHARE: f64 = 1.0;
 

@@ -22,8 +22,29 @@ pub struct FileConfig {
     pub trusted_proxies: Vec<String>,
     /// Absent: request ids are ignored (forwarded untouched, never believed).
     pub request_ids: Option<RequestIdsFile>,
+    /// Limits shared by several routes, by name.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+/// A shared bucket: limits that every route naming it draws from together.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketFile {
+    /// Whose bucket: the default `per` of its limits (default caller).
+    pub per: Option<PerFile>,
+    #[serde(default)]
+    pub limits: Vec<LimitFile>,
+}
+
+/// `per: caller`, or a list for a composite key: `per: [caller, client_ip]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PerFile {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Load-balancer request ids, believed from `trusted_proxies` only.
@@ -113,6 +134,8 @@ pub struct StoreFile {
     pub fallback_share: Option<f64>,
     /// `rediss://`: the CA certificate (PEM) that signed the server's certificate.
     pub tls_ca_file: Option<String>,
+    /// How long an in-flight slot outlives its holder's last renewal.
+    pub lease_ttl: Option<Text>,
 }
 
 /// One identity source: a map with exactly one of these keys (`- query: user_id`).
@@ -132,6 +155,9 @@ pub struct RouteFile {
     pub matcher: MatchFile,
     #[serde(default)]
     pub limits: Vec<LimitFile>,
+    /// Shared buckets this route also draws from.
+    #[serde(default)]
+    pub buckets: Vec<String>,
     #[serde(default)]
     pub overrides: BTreeMap<String, OverrideFile>,
     /// What to do on this route when the store cannot answer (overrides `store.on_error`).
@@ -151,14 +177,19 @@ pub struct MatchFile {
     pub methods: Option<Vec<String>>,
 }
 
+/// One limit: a rate (`requests` per `window`) or an in-flight cap (`concurrency`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitFile {
-    pub requests: i64,
-    pub window: Text,
+    pub requests: Option<i64>,
+    pub window: Option<Text>,
     pub algorithm: Option<AlgorithmFile>,
     /// GCRA only: how many may arrive at once.
     pub burst: Option<i64>,
+    /// Requests in flight at once.
+    pub concurrency: Option<i64>,
+    /// Whose requests it counts together (default caller).
+    pub per: Option<PerFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -7,6 +7,7 @@
 pub mod defaults;
 mod duration;
 pub mod file;
+mod limits;
 mod validate;
 
 pub use duration::{format_duration, parse_duration, DURATION_HINT};
@@ -27,6 +28,9 @@ pub struct Config {
     /// Load-balancer request ids (idempotent retries); `None` ignores them.
     pub request_ids: Option<RequestIds>,
     pub routes: RouteTable,
+    /// Settings that are valid but can never take effect, one line each (`--check` prints
+    /// them and exits 0; a sidecar logs them at start and on reload).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +113,11 @@ pub fn parse(
             .collect(),
     };
     let file = validate::deserialize(text).map_err(|p| prefix(vec![p]))?;
-    validate::build(file, env).map_err(prefix)
+    let mut config = validate::build(file, env).map_err(prefix)?;
+    for w in &mut config.warnings {
+        *w = format!("{name}: {w}");
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -164,8 +172,9 @@ routes:
             Some(&["GET".to_string(), "POST".to_string(), "HEAD".to_string()][..]),
             "HEAD is covered wherever GET is"
         );
-        assert_eq!(api.limits[1].window, Duration::from_secs(3600));
-        assert_eq!(api.limits_for(b"vip")[0].requests.get(), 1000);
+        let window = |l: &crate::limiter::Limit| l.rate().map(|r| r.window);
+        assert_eq!(window(&api.limits[1]), Some(Duration::from_secs(3600)));
+        assert_eq!(api.limits_for(b"vip")[0].kind.amount(), 1000);
         assert!(c.routes.routes()[1].limits.is_empty());
     }
 

@@ -3,11 +3,8 @@
 use super::file::*;
 use super::*;
 use crate::identity::{Cidr, IdentitySource, RequestIds, TrustedProxies};
-use crate::limiter::{Algorithm, Cost, Limit};
-use crate::routes::{normalize_path, PathMatch, Route};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 
 /// Parses YAML into the file model; a problem is reported with its field path.
 pub(super) fn deserialize(text: &str) -> Result<FileConfig, String> {
@@ -57,14 +54,20 @@ fn at(path: &str, msg: &str) -> String {
 }
 
 /// Collects problems with the field path each belongs to.
-struct Problems {
+pub(super) struct Problems {
     lines: Vec<String>,
+    /// Settings that are valid but can never take effect: printed, never fatal.
+    pub(super) warnings: Vec<String>,
     /// Field paths whose value came from an environment variable, and that variable.
     from_env: HashMap<&'static str, &'static str>,
 }
 
 impl Problems {
-    fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
+    pub(super) fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.warnings.push(format!("{path}: {msg}"));
+    }
+
+    pub(super) fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
         let shown = match self.from_env.get(path) {
             Some(var) => format!("{path} (from {var})"),
             None => path.to_string(),
@@ -80,6 +83,7 @@ pub(super) fn build(
 ) -> Result<Config, Vec<String>> {
     let mut p = Problems {
         lines: Vec::new(),
+        warnings: Vec::new(),
         from_env: HashMap::new(),
     };
     apply_env(&mut file, env, &mut p.from_env);
@@ -96,7 +100,7 @@ pub(super) fn build(
     let trusted = trusted_proxies(&file.trusted_proxies, &mut p);
     let request_ids = request_ids(file.request_ids.as_ref(), &mut p);
     let sources = identity(file.identity.as_deref(), &mut p);
-    let routes = routes(&file.routes, &mut p);
+    let routes = super::limits::routes(&file, &mut p);
     if !p.lines.is_empty() {
         return Err(p.lines);
     }
@@ -111,6 +115,7 @@ pub(super) fn build(
         },
         request_ids,
         routes: RouteTable::new(routes),
+        warnings: p.warnings,
     })
 }
 
@@ -196,7 +201,7 @@ fn duration(
 }
 
 /// Like [`duration`], and zero is a problem too.
-fn positive_duration(
+pub(super) fn positive_duration(
     text: Option<&Text>,
     default: Duration,
     path: &str,
@@ -236,7 +241,7 @@ fn whole_seconds(text: Option<&Text>, path: &str, p: &mut Problems) -> Duration 
 }
 
 /// A whole number at `path` within `min..=max`: `default` when absent.
-fn bounded(
+pub(super) fn bounded(
     value: Option<i64>,
     default: u64,
     (min, max): (u64, u64),
@@ -488,10 +493,25 @@ fn store(s: Option<&StoreFile>, p: &mut Problems) -> StoreConfig {
             "store.max_callers",
             p,
         ),
+        lease_ttl: lease_ttl(s.and_then(|s| s.lease_ttl.as_ref()), p),
     }
 }
 
-fn on_error(f: OnErrorFile) -> OnError {
+/// At least a second (it is renewed every third of it) and at most an hour.
+fn lease_ttl(text: Option<&Text>, p: &mut Problems) -> Duration {
+    let path = "store.lease_ttl";
+    let ttl = positive_duration(text, defaults::LEASE_TTL, path, p).unwrap_or(defaults::LEASE_TTL);
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(3600) {
+        p.add(
+            path,
+            format!("must be between 1s and 1h (got {})", format_duration(ttl)),
+        );
+        return defaults::LEASE_TTL;
+    }
+    ttl
+}
+
+pub(super) fn on_error(f: OnErrorFile) -> OnError {
     match f {
         OnErrorFile::Allow => OnError::Allow,
         OnErrorFile::Deny => OnError::Deny,
@@ -625,236 +645,4 @@ fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySour
         }
     }
     sources
-}
-
-fn routes(list: &[RouteFile], p: &mut Problems) -> Vec<Route> {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut routes = Vec::new();
-    for (i, r) in list.iter().enumerate() {
-        let path = format!("routes[{i}]");
-        if r.name.is_empty()
-            || !r
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            p.add(
-                &format!("{path}.name"),
-                format!(
-                    "invalid route name \"{}\" (use letters, digits, '.', '_', '-')",
-                    r.name
-                ),
-            );
-        } else if let Some(first) = seen.insert(&r.name, i) {
-            p.add(
-                &format!("{path}.name"),
-                format!("duplicate route name \"{}\" (also routes[{first}])", r.name),
-            );
-        }
-        let (path_match, methods) = matcher(&r.matcher, &format!("{path}.match"), p);
-        let limits = limits(&r.limits, &format!("{path}.limits"), p);
-        let overrides = overrides(&r.overrides, &path, p);
-        let mut all = vec![(format!("{path}.limits"), limits.clone())];
-        all.extend(overrides.iter().map(|(who, l)| {
-            (
-                format!("{path}.overrides.{}", String::from_utf8_lossy(who)),
-                l.clone(),
-            )
-        }));
-        let cost = cost(r.cost.as_ref(), &all, &path, p);
-        routes.push(Route {
-            name: r.name.clone(),
-            path: path_match,
-            methods,
-            limits,
-            overrides,
-            on_error: r.on_error.map(on_error),
-            shadow: r.shadow,
-            cost,
-        });
-    }
-    routes
-}
-
-fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Vec<String>>) {
-    let path_match = match (&m.path, &m.path_prefix) {
-        (Some(exact), None) => PathMatch::Exact(exact.clone()),
-        (None, Some(prefix)) => PathMatch::Prefix(prefix.clone()),
-        _ => {
-            p.add(path, "needs exactly one of \"path\" or \"path_prefix\"");
-            PathMatch::Prefix("/".into())
-        }
-    };
-    let (field, value) = match &path_match {
-        PathMatch::Exact(v) => ("path", v),
-        PathMatch::Prefix(v) => ("path_prefix", v),
-    };
-    if !value.starts_with('/') {
-        p.add(
-            &format!("{path}.{field}"),
-            format!("must start with \"/\" (got \"{value}\")"),
-        );
-    } else {
-        match normalize_path(value) {
-            Ok(normal) if normal != value.as_str() => p.add(
-                &format!("{path}.{field}"),
-                format!("\"{value}\" is not in normal form, so no request could match it (use \"{normal}\")"),
-            ),
-            Ok(_) => {}
-            Err(why) => p.add(&format!("{path}.{field}"), format!("\"{value}\": {why}")),
-        }
-    }
-    let methods = m.methods.as_ref().map(|ms| {
-        if ms.is_empty() {
-            p.add(
-                &format!("{path}.methods"),
-                "must list at least one method (leave it out to match all)",
-            );
-        }
-        ms.iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let upper = m.to_ascii_uppercase();
-                if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
-                    p.add(
-                        &format!("{path}.methods[{j}]"),
-                        format!("invalid method \"{m}\""),
-                    );
-                }
-                upper
-            })
-            .collect::<Vec<_>>()
-    });
-    // Frameworks answer HEAD with the GET handler: a limit on GET covers HEAD too.
-    let methods = methods.map(|mut ms| {
-        if ms.iter().any(|m| m == "GET") && !ms.iter().any(|m| m == "HEAD") {
-            ms.push("HEAD".to_string());
-        }
-        ms
-    });
-    (path_match, methods)
-}
-
-fn limits(list: &[LimitFile], path: &str, p: &mut Problems) -> Vec<Limit> {
-    let mut out: Vec<Limit> = Vec::new();
-    for (j, l) in list.iter().enumerate() {
-        let at = format!("{path}[{j}]");
-        let requests = match u32::try_from(l.requests).ok().and_then(NonZeroU32::new) {
-            Some(n) => Some(n),
-            None if l.requests < 1 => {
-                p.add(&format!("{at}.requests"), "must be at least 1");
-                None
-            }
-            None => {
-                p.add(
-                    &format!("{at}.requests"),
-                    format!("must be at most {}", u32::MAX),
-                );
-                None
-            }
-        };
-        let window = positive_duration(Some(&l.window), Duration::ZERO, &format!("{at}.window"), p);
-        if let Some(window) = window {
-            if window > Duration::from_secs(366 * 86_400) {
-                p.add(&format!("{at}.window"), "must be at most 366d");
-            }
-            if let Some(dup) = out.iter().position(|o| o.window == window) {
-                let shown = format_duration(window);
-                p.add(
-                    &format!("{at}.window"),
-                    format!("duplicate window {shown} (also {path}[{dup}]; each limit of a route needs its own window)"),
-                );
-            }
-        }
-        let algorithm = match l.algorithm {
-            None | Some(AlgorithmFile::SlidingLog) => Algorithm::SlidingLog,
-            Some(AlgorithmFile::SlidingWindow) => Algorithm::SlidingWindow,
-            Some(AlgorithmFile::Gcra) => Algorithm::Gcra,
-        };
-        let burst = match (l.burst, algorithm) {
-            (None, _) => requests,
-            (Some(_), a) if a != Algorithm::Gcra => {
-                p.add(&format!("{at}.burst"), "applies to algorithm: gcra only");
-                requests
-            }
-            (Some(b), _) => {
-                let burst = u32::try_from(b).ok().and_then(NonZeroU32::new);
-                if burst.is_none() {
-                    p.add(
-                        &format!("{at}.burst"),
-                        format!("must be between 1 and {}", u32::MAX),
-                    );
-                }
-                burst
-            }
-        };
-        if let (Some(requests), Some(window), Some(burst)) = (requests, window, burst) {
-            out.push(Limit {
-                requests,
-                window,
-                algorithm,
-                burst,
-            });
-        }
-    }
-    out
-}
-
-/// A route's cost: at least 1, and no more than every limit can ever admit (such a request
-/// could never be admitted: a config error, not a permanent 429).
-fn cost(
-    c: Option<&CostFile>,
-    limits: &[(String, Vec<Limit>)],
-    path: &str,
-    p: &mut Problems,
-) -> Cost {
-    let one = |v: i64, at: &str, p: &mut Problems| {
-        let n = u32::try_from(v).ok().and_then(NonZeroU32::new);
-        if n.is_none() {
-            p.add(at, format!("must be between 1 and {} (got {v})", u32::MAX));
-        }
-        n.unwrap_or(NonZeroU32::MIN)
-    };
-    let at = format!("{path}.cost");
-    let cost = match c {
-        None => Cost::default(),
-        Some(CostFile::Fixed(v)) => Cost::Fixed(one(*v, &at, p)),
-        Some(CostFile::PerMethod(map)) => Cost::PerMethod(
-            map.iter()
-                .map(|(m, v)| {
-                    let upper = m.to_ascii_uppercase();
-                    if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
-                        p.add(&format!("{at}.{m}"), format!("invalid method \"{m}\""));
-                    }
-                    (upper, one(*v, &format!("{at}.{m}"), p))
-                })
-                .collect(),
-        ),
-    };
-    let most = cost.max();
-    for (where_, list) in limits {
-        if let Some(l) = list.iter().find(|l| l.capacity() < most) {
-            p.add(
-                &at,
-                format!(
-                    "a request costing {most} exceeds {where_}'s limit of {} at once, so it could never be admitted",
-                    l.capacity()
-                ),
-            );
-        }
-    }
-    cost
-}
-
-fn overrides(
-    map: &BTreeMap<String, OverrideFile>,
-    path: &str,
-    p: &mut Problems,
-) -> HashMap<Vec<u8>, Vec<Limit>> {
-    map.iter()
-        .map(|(user, o)| {
-            let at = format!("{path}.overrides.{user}.limits");
-            (user.as_bytes().to_vec(), limits(&o.limits, &at, p))
-        })
-        .collect()
 }

@@ -1,175 +1,378 @@
--- sluice: decide one or more requests in order, atomically, on Redis TIME. For each: check it
--- against every limit of its route and, only if all admit it, count it against all of them.
--- Decisions run one after another, so a batch decides exactly what the same calls one by one
--- would (at one instant: the batch's TIME).
+-- sluice: every store operation of one or more requests, in order, atomically, at one instant.
 --
--- ARGV[1]   D, the number of decisions; then for each decision, from position p:
--- ARGV[p]   member prefix for this request, unique across instances and requests
--- ARGV[p+1] retry window in ms (0: no request id), ARGV[p+2] max retries, ARGV[p+3] cost
--- ARGV[p+4] n, its number of limits; then for each limit five values: algorithm (1 sliding_log,
---           2 sliding_window, 3 gcra), requests, window (µs), burst, window (ms, rounded up)
--- KEYS      for each decision in turn: the state of each of its n limits (a sorted set, a hash
---           or a string, by algorithm), then (only when its retry window > 0) the request id's
---           key: how often that id was retried
--- Returns, for each decision in turn: admitted (1 or 0; -1 when the decision failed), then
--- used, remaining, reset_us, retry_us of each of its limits.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
--- The same instant as a decimal string (µs zero-padded), made when a ZADD first needs it, so
--- that ZADD gets its score without a number being formatted.
-local now_s
+-- The constants above this line (kind and operation codes, argument and reply strides) are
+-- generated from the Rust definitions in limiter/layout.rs, which the memory store's engine
+-- (limiter/algorithms.rs) shares: the two are run side by side on random traces by
+-- tests/engine.rs and must answer alike.
+--
+-- ARGV[1]  the time in µs, or "0" for Redis TIME (a sidecar always sends "0"; tests send their
+--          own clock so the memory store and this script see the same instant)
+-- ARGV[2]  the number of operations; then each operation from position p, ARGV[p] its code:
+--
+-- OP_CHECK   p+1 member (unique per request), p+2 retry window ms (0: no request id; -1: an
+--            earlier call already found this request to be a retry), p+3 max retries,
+--            p+4 cost (0: a peek, which counts nothing), p+5 n limits, then LIMIT_ARGS values
+--            per limit: kind, amount (requests or slots), window µs, burst, window or lease ms.
+--            KEYS: each limit's key, then (retry window > 0) the request id's key.
+--            Reply: status (1 admitted, 2 admitted as a retry, 0 refused, -1 failed), then
+--            REPLY_PER_LIMIT values per limit: used, remaining, reset µs, retry µs.
+-- OP_RELEASE p+1 member, p+2 n. KEYS: n slot keys. Reply: the leases removed.
+-- OP_RENEW   p+1 lease µs, p+2 n, then n members. KEYS: each member's slot key. Reply: renewed.
+-- OP_ADJUST  p+1 member, p+2 counted cost, p+3 new cost, p+4 when it was counted (µs),
+--            p+5 1 when the request id's mark must go too, p+6 n, then LIMIT_ARGS per limit.
+--            KEYS: n limit keys (then the id key). Reply: 1. Undoes a count (new cost 0) or
+--            settles it at another cost.
+--
+-- The reply starts with the time used, so a caller can adjust what it counted.
+
 local floor, ceil, max = math.floor, math.ceil, math.max
-local tonumber = tonumber
-local out = {}
+local tonumber, find, sub, format = tonumber, string.find, string.sub, string.format
+local call = redis.call
 
--- Decides one request; a is its first ARGV index, k its first KEYS index.
-local function decide(a, k)
-  local retry_ms = tonumber(ARGV[a + 1])
-  local cost = tonumber(ARGV[a + 3])
-  local n = tonumber(ARGV[a + 4])
-  local id_key = KEYS[k + n]
+-- Key expiry only collects what the stored times already say is over (a log's entries, a
+-- window's index, a GCRA time, a lease's or an id's deadline: each is read against `now`).
+-- Redis expires keys on its own clock, so with a clock given by the caller (tests) keys are
+-- kept a minute longer, lest Redis's clock run ahead of the given one.
+local now, now_s, slack
+if ARGV[1] ~= '0' then
+  now, now_s, slack = tonumber(ARGV[1]), ARGV[1], 60000
+else
+  slack = 0
+  local t = call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  -- The same instant as a decimal string (µs zero-padded), so ZADD gets it unformatted.
+  now_s = t[1] .. sub('000000', #t[2] + 1) .. t[2]
+end
+local out = { now }
 
-  -- A retry of a request an earlier attempt counted (the same load-balancer request id, within
-  -- its retry window, within its retry budget) is admitted again without counting it twice.
-  -- One call marks the id as counted (only when unmarked) and says whether it was: most ids are
-  -- seen once, and the mark is taken back below when this request is not counted after all.
-  local replay, marked = false, false
-  if retry_ms > 0 then
-    if redis.call('SET', id_key, 0, 'PX', retry_ms, 'NX') then
-      marked = true
-    else
-      local retried = redis.call('GET', id_key)
-      if retried and tonumber(retried) < tonumber(ARGV[a + 2]) then
-        redis.call('INCR', id_key) -- keeps the key's expiry: the window runs from the count
-        replay = true
-      end
-    end
+-- A whole number as digits (Lua's own conversion writes large ones in exponent form).
+local function int(x)
+  return format('%.0f', x)
+end
+
+-- The fixed window holding `at`: exact for integers below 2^53, whatever float division does.
+local function window_index(at, window)
+  local i = floor(at / window)
+  if i * window > at then
+    i = i - 1
+  elseif (i + 1) * window <= at then
+    i = i + 1
   end
+  return i
+end
 
-  -- Phase 1: every limit's state now, and whether it admits `cost` more.
-  local st = {}
-  local admitted = 1
-  for i = 1, n do
-    local b = a + 5 * i
-    local algo, limit, window = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-    local key, s = KEYS[k + i - 1], { algo = algo, limit = limit, window = window }
-    if algo == 1 then
-      -- The oldest entry first: only when it has left the window is there anything to remove
-      -- (entries leave oldest first), and it is the limit's reset time either way.
-      local oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
-      if oldest and oldest <= now - window then
-        redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-        oldest = tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+-- Sliding log entries: one member per admission, named by the request and, when it cost more
+-- than 1, its cost (`<member>*<cost>`); the member `#` holds minus the units in the log.
+local function entry(member, cost)
+  if cost == 1 then
+    return member
+  end
+  return member .. '*' .. cost
+end
+
+local function entry_cost(name)
+  local star = find(name, '*', 1, true)
+  if star then
+    return tonumber(sub(name, star + 1))
+  end
+  return 1
+end
+
+-- The units in the log and its oldest entry's time. A log written before the total was kept
+-- (no `#`) counts one unit per entry.
+local function log_head(key)
+  local head = call('ZRANGE', key, 0, 1, 'WITHSCORES')
+  if head[1] == '#' then
+    return -tonumber(head[2]), tonumber(head[4]), 1
+  end
+  if head[1] then
+    return call('ZCARD', key), tonumber(head[2]), 0
+  end
+  return 0, nil, 0
+end
+
+local function log_store_total(key, total)
+  if total <= 0 then
+    call('DEL', key)
+  else
+    call('ZADD', key, -total, '#')
+  end
+end
+
+local KINDS = {}
+
+KINDS[KIND_LOG] = {
+  look = function(s, cost)
+    local key, window = s.key, s.window
+    local total, oldest, first = log_head(key)
+    if oldest and oldest <= now - window then
+      local gone = call('ZRANGEBYSCORE', key, '(0', now - window)
+      for j = 1, #gone do
+        total = total - entry_cost(gone[j])
       end
-      s.oldest = oldest
-      s.used = oldest and redis.call('ZCARD', key) or 0
-      s.ok = s.used + cost <= limit
-      s.ms = ARGV[b + 4]
-    elseif algo == 2 then
-      local h = redis.call('HMGET', key, 'i', 'c', 'p')
-      local idx = floor(now / window)
-      local hi, hc, hp = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
-      s.idx, s.cur, s.prev = idx, 0, 0
-      if hi == idx then
-        s.cur, s.prev = hc, hp
-      elseif hi == idx - 1 then
-        s.prev = hc
-      end
-      s.f = (now - idx * window) / window
-      s.est = s.prev * (1 - s.f) + s.cur
-      s.ok = s.est + cost <= limit + 1e-9
-    else
-      local burst = tonumber(ARGV[b + 3])
-      s.T = window / limit
-      s.cap = burst * s.T
-      s.burst = burst
-      s.tat = max(tonumber(redis.call('GET', key)) or now, now)
-      s.new = s.tat + cost * s.T
-      s.ok = s.new - now <= s.cap + 1e-6
+      call('ZREMRANGEBYSCORE', key, '(0', now - window)
+      log_store_total(key, total)
+      total, oldest, first = log_head(key)
     end
-    if not s.ok and not replay then
-      admitted = 0
+    s.used, s.oldest, s.first = total, oldest, first
+    s.ok = total + cost <= s.amount
+  end,
+  count = function(s, member, cost)
+    s.used = s.used + cost
+    call('ZADD', s.key, now_s, entry(member, cost), -s.used, '#')
+    call('PEXPIRE', s.key, s.ms + slack)
+    s.oldest = s.oldest or now
+  end,
+  report = function(s, cost, refused)
+    local used, window = s.used, s.window
+    local retry = 0
+    if refused and not s.ok then
+      local k = used + cost - s.amount -- this many counted units must leave first
+      if k > used then
+        retry = window -- the cost exceeds the limit itself
+      else
+        -- Walk from the oldest entry until k units have left.
+        local i, need = s.first, k
+        while need > 0 do
+          local chunk = call('ZRANGE', s.key, i, i + 127, 'WITHSCORES')
+          if #chunk == 0 then
+            retry = window
+            break
+          end
+          for j = 1, #chunk, 2 do
+            need = need - entry_cost(chunk[j])
+            if need <= 0 then
+              retry = tonumber(chunk[j + 1]) + window - now
+              break
+            end
+          end
+          i = i + 128
+        end
+      end
+    end
+    local reset = 0
+    if used > 0 then
+      reset = (s.oldest or now) + window - now
+    end
+    return used, s.amount - used, reset, retry
+  end,
+  adjust = function(s, member, counted, cost, at)
+    if at <= now - s.window then
+      return -- it has left the window: it counts nothing any more
+    end
+    local name = entry(member, counted)
+    if not call('ZSCORE', s.key, name) then
+      return
+    end
+    local total = log_head(s.key)
+    call('ZREM', s.key, name)
+    if cost > 0 then
+      call('ZADD', s.key, at, entry(member, cost))
+    end
+    log_store_total(s.key, total - counted + cost)
+  end,
+}
+
+KINDS[KIND_WINDOW] = {
+  look = function(s, cost)
+    local h = call('HMGET', s.key, 'i', 'c', 'p')
+    local window = s.window
+    local idx = window_index(now, window)
+    local hi, hc, hp = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
+    s.idx, s.cur, s.prev = idx, 0, 0
+    if hi == idx then
+      s.cur, s.prev = hc, hp
+    elseif hi == idx - 1 then
+      s.prev = hc
+    end
+    s.est = s.prev * (1 - (now - idx * window) / window) + s.cur
+    s.ok = s.est + cost <= s.amount + 1e-9
+  end,
+  count = function(s, member, cost)
+    s.cur = s.cur + cost
+    s.est = s.est + cost
+    call('HSET', s.key, 'i', s.idx, 'c', s.cur, 'p', s.prev)
+    call('PEXPIRE', s.key, ceil(2 * s.window / 1000) + slack)
+  end,
+  report = function(s, cost, refused)
+    local limit, window, cur, est = s.amount, s.window, s.cur, s.est
+    local reset = (s.idx + 1) * window - now
+    local retry = 0
+    if refused and not s.ok then
+      local room = limit - cost
+      if room < 0 then
+        retry = window
+      elseif cur <= room and s.prev > 0 then
+        -- Later in this window: prev * (1 - f') + cur <= room.
+        retry = ceil((1 - (room - cur) / s.prev) * window - (now - s.idx * window))
+      else
+        -- In the next window this one's count becomes the previous: cur * (1 - g) <= room.
+        local share = 0
+        if cur > 0 then
+          share = (1 - room / cur) * window
+        end
+        retry = ceil(reset + share)
+      end
+      retry = max(retry, 1)
+    end
+    return ceil(est - 1e-9), max(0, floor(limit - est + 1e-9)), reset, retry
+  end,
+  adjust = function(s, member, counted, cost, at)
+    local idx = window_index(at, s.window)
+    local h = call('HMGET', s.key, 'i', 'c', 'p')
+    local hi = tonumber(h[1])
+    if hi == idx then
+      call('HSET', s.key, 'c', max(0, (tonumber(h[2]) or 0) - counted + cost))
+    elseif hi == idx + 1 then
+      call('HSET', s.key, 'p', max(0, (tonumber(h[3]) or 0) - counted + cost))
+    end
+  end,
+}
+
+KINDS[KIND_GCRA] = {
+  look = function(s, cost)
+    s.T = s.window / s.amount
+    s.cap = s.burst * s.T
+    s.tat = max(tonumber(call('GET', s.key)) or now, now)
+    s.new = s.tat + cost * s.T
+    s.ok = s.new - now <= s.cap + 1e-6
+  end,
+  count = function(s, member, cost)
+    s.tat = s.new
+    call('SET', s.key, floor(s.tat + 0.5), 'PX', max(1, ceil((s.tat - now) / 1000)) + slack)
+  end,
+  report = function(s, cost, refused)
+    local ahead = s.tat - now
+    local remaining = max(0, floor((s.cap - ahead) / s.T + 1e-9))
+    local retry = 0
+    if refused and not s.ok then
+      if cost > s.burst then
+        retry = s.window
+      else
+        retry = max(1, ceil(s.new - s.cap - now))
+      end
+    end
+    return s.burst - remaining, remaining, ceil(ahead), retry
+  end,
+  adjust = function(s, member, counted, cost, at)
+    local tat = tonumber(call('GET', s.key))
+    if not tat or tat <= now then
+      return -- nothing owed any more
+    end
+    tat = floor(tat + (cost - counted) * s.window / s.amount + 0.5)
+    if tat <= now then
+      call('DEL', s.key)
+    else
+      call('SET', s.key, tat, 'PX', max(1, ceil((tat - now) / 1000)) + slack)
+    end
+  end,
+}
+
+-- In-flight requests: one lease per request, the member's score its expiry.
+KINDS[KIND_SLOTS] = {
+  look = function(s, cost)
+    call('ZREMRANGEBYSCORE', s.key, '-inf', now)
+    s.used = call('ZCARD', s.key)
+    s.ok = s.used + 1 <= s.amount
+  end,
+  count = function(s, member, cost)
+    call('ZADD', s.key, now + s.ms * 1000, member)
+    call('PEXPIRE', s.key, s.ms + slack)
+    s.used = s.used + 1
+  end,
+  report = function(s, cost, refused)
+    local retry = 0
+    if refused and not s.ok then
+      retry = SLOT_RETRY_US
+    end
+    return s.used, max(0, s.amount - s.used), 0, retry
+  end,
+  adjust = function(s, member, counted, cost, at)
+    if cost == 0 then
+      call('ZREM', s.key, member)
+    end
+  end,
+}
+
+local function limit_at(b, key)
+  return {
+    code = tonumber(ARGV[b]),
+    amount = tonumber(ARGV[b + 1]),
+    window = tonumber(ARGV[b + 2]),
+    burst = tonumber(ARGV[b + 3]),
+    ms = tonumber(ARGV[b + 4]),
+    key = key,
+  }
+end
+
+-- OP_CHECK: every limit's state, then all or nothing.
+local function check(a, k)
+  local member, retry_ms = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local cost, n = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local st, rates_ok, slots_ok, id_retried = {}, true, true, nil
+  for i = 1, n do
+    local s = limit_at(a + 6 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
+    KINDS[s.code].look(s, cost)
+    if not s.ok then
+      if s.code == KIND_SLOTS then
+        slots_ok = false
+      else
+        rates_ok = false
+      end
     end
     st[i] = s
   end
-  -- A cost of 0 is a peek (/stats): it reads, it never counts.
-  local count = admitted == 1 and not replay and cost > 0
-  if marked and not count then
-    -- Refused: its retry must be decided afresh, not replayed.
-    redis.call('DEL', id_key)
-  end
 
-  -- Phase 2: count the request (when every limit admits) and report each limit.
-  out[#out + 1] = admitted
-  for i = 1, n do
-    local s, key = st[i], KEYS[k + i - 1]
-    local limit, window = s.limit, s.window
-    local used, remaining, reset, retry
-    if s.algo == 1 then
-      used = s.used
-      if count then
-        local member = ARGV[a] .. ':'
-        now_s = now_s or t[1] .. string.sub('000000', #t[2] + 1) .. t[2]
-        for j = 1, cost do
-          redis.call('ZADD', key, now_s, member .. j)
-        end
-        redis.call('PEXPIRE', key, s.ms)
-        used = used + cost
-      end
-      -- Until the oldest entry leaves (this request's own, when it is the only one).
-      reset = used > 0 and (s.oldest or now) + window - now or 0
-      retry = 0
-      if admitted == 0 and not s.ok then
-        local k = used + cost - limit -- this many counted requests must leave first
-        if k > used then
-          retry = window -- the cost exceeds the limit itself
-        else
-          local nth = redis.call('ZRANGE', key, k - 1, k - 1, 'WITHSCORES')
-          retry = tonumber(nth[2]) + window - now
-        end
-      end
-      remaining = limit - used
-    elseif s.algo == 2 then
-      local cur, est = s.cur, s.est
-      if count then
-        cur = cur + cost
-        est = est + cost
-        redis.call('HSET', key, 'i', s.idx, 'c', cur, 'p', s.prev)
-        redis.call('PEXPIRE', key, ceil(2 * window / 1000))
-      end
-      used = ceil(est - 1e-9)
-      remaining = max(0, floor(limit - est + 1e-9))
-      reset = (s.idx + 1) * window - now
-      retry = 0
-      if admitted == 0 and not s.ok then
-        local room = limit - cost
-        if room < 0 then
-          retry = window
-        elseif cur <= room and s.prev > 0 then
-          -- Later in this window: prev * (1 - f') + cur <= room.
-          retry = ceil((1 - (room - cur) / s.prev) * window - (now - s.idx * window))
-        else
-          -- In the next window this one's count becomes the previous: cur * (1 - g) <= room.
-          retry = ceil(reset + (cur > 0 and (1 - room / cur) * window or 0))
-        end
-        retry = max(retry, 1)
-      end
+  -- A retry of a request an earlier attempt counted (the same load-balancer request id, within
+  -- its retry window and budget) passes the rate limits without being counted twice; it still
+  -- needs a free slot, being in flight again. The id's key holds `<retries>:<until µs>`: one
+  -- SET NX marks a first-seen id (most are), the key's own expiry clears it, and the script's
+  -- clock decides when it has run out. The mark is taken back when this request is refused.
+  local replay, marked, id_key, id_until = retry_ms < 0, false, KEYS[k + n], nil
+  if retry_ms > 0 and cost > 0 then
+    id_until = now + retry_ms * 1000
+    if call('SET', id_key, '0:' .. int(id_until), 'PX', retry_ms + slack, 'NX') then
+      marked = true
     else
-      local tat = count and s.new or s.tat
-      if count then
-        redis.call('SET', key, floor(tat + 0.5), 'PX', max(1, ceil((tat - now) / 1000)))
-      end
-      remaining = max(0, floor((s.cap - (tat - now)) / s.T + 1e-9))
-      used = s.burst - remaining
-      reset = ceil(tat - now)
-      retry = 0
-      if admitted == 0 and not s.ok then
-        retry = max(1, ceil(s.new - s.cap - now))
-        if cost > s.burst then
-          retry = window
+      local v = call('GET', id_key) or ''
+      local colon = find(v, ':', 1, true)
+      local retried, until_us = tonumber(sub(v, 1, (colon or 1) - 1)), tonumber(sub(v, (colon or #v) + 1))
+      if retried and until_us and until_us > now then
+        replay = retried < tonumber(ARGV[a + 3])
+        id_until = until_us
+        if replay then
+          id_retried = retried + 1
         end
+      else
+        call('SET', id_key, '0:' .. int(id_until), 'PX', retry_ms + slack)
+        marked = true
       end
     end
+  end
+  -- A peek (cost 0) counts nothing and refuses nothing: it reports.
+  local admitted = cost == 0 or (slots_ok and (rates_ok or replay))
+  if id_retried and admitted then
+    -- The id's window runs from its first count: the key keeps its deadline.
+    call('SET', id_key, id_retried .. ':' .. int(id_until), 'PX', max(1, ceil((id_until - now) / 1000)) + slack)
+  end
+  if marked and not admitted then
+    call('DEL', id_key) -- refused: its retry must be decided afresh, not replayed
+  end
+
+  if not admitted then
+    out[#out + 1] = 0
+  elseif replay then
+    out[#out + 1] = 2
+  else
+    out[#out + 1] = 1
+  end
+  for i = 1, n do
+    local s = st[i]
+    local kind = KINDS[s.code]
+    if admitted and cost > 0 and (s.code == KIND_SLOTS or not replay) then
+      kind.count(s, member, cost)
+    end
+    local used, remaining, reset, retry = kind.report(s, cost, not admitted)
     out[#out + 1] = used
     out[#out + 1] = remaining
     out[#out + 1] = reset
@@ -177,24 +380,101 @@ local function decide(a, k)
   end
 end
 
--- A decision that fails (a key holding another type, written by something else) fails alone:
--- it is reported as admitted = -1 and the rest of the batch is decided as usual.
-local a, k = 2, 1
-for _ = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[a + 4])
+local function release(a, k)
+  local member, n, removed = ARGV[a + 1], tonumber(ARGV[a + 2]), 0
+  for i = 1, n do
+    removed = removed + call('ZREM', KEYS[k + i - 1], member)
+  end
+  out[#out + 1] = removed
+end
+
+local function renew(a, k)
+  local until_s, n, renewed = now + tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), 0
+  local ms = ceil(tonumber(ARGV[a + 1]) / 1000)
+  for i = 1, n do
+    -- Only a lease still running: one that ran out has freed its slot for someone else.
+    local key, member = KEYS[k + i - 1], ARGV[a + 2 + i]
+    local expiry = tonumber(call('ZSCORE', key, member))
+    if expiry and expiry > now then
+      call('ZADD', key, until_s, member)
+      call('PEXPIRE', key, ms + slack)
+      renewed = renewed + 1
+    end
+  end
+  out[#out + 1] = renewed
+end
+
+local function adjust(a, k)
+  local member, counted, cost = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local at, drop_id, n = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1', tonumber(ARGV[a + 6])
+  for i = 1, n do
+    local s = limit_at(a + 7 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
+    KINDS[s.code].adjust(s, member, counted, cost, at)
+  end
+  if drop_id then
+    call('DEL', KEYS[k + n])
+  end
+  out[#out + 1] = 1
+end
+
+-- Each operation's width in ARGV and the number of keys it takes, from its arguments.
+local OPS = {
+  [OP_CHECK] = {
+    run = check,
+    width = function(a) return 6 + LIMIT_ARGS * tonumber(ARGV[a + 5]) end,
+    keys = function(a)
+      local n = tonumber(ARGV[a + 5])
+      if tonumber(ARGV[a + 2]) > 0 then
+        return n + 1
+      end
+      return n
+    end,
+    fails = function(a) return REPLY_PER_LIMIT * tonumber(ARGV[a + 5]) end,
+  },
+  [OP_RELEASE] = {
+    run = release,
+    width = function(a) return 3 end,
+    keys = function(a) return tonumber(ARGV[a + 2]) end,
+    fails = function(a) return 0 end,
+  },
+  [OP_RENEW] = {
+    run = renew,
+    width = function(a) return 3 + tonumber(ARGV[a + 2]) end,
+    keys = function(a) return tonumber(ARGV[a + 2]) end,
+    fails = function(a) return 0 end,
+  },
+  [OP_ADJUST] = {
+    run = adjust,
+    width = function(a) return 7 + LIMIT_ARGS * tonumber(ARGV[a + 6]) end,
+    keys = function(a)
+      local n = tonumber(ARGV[a + 6])
+      if ARGV[a + 5] == '1' then
+        return n + 1
+      end
+      return n
+    end,
+    fails = function(a) return 0 end,
+  },
+}
+
+-- An operation that fails (a key holding another type, written by something else) fails
+-- alone: its reply is -1 then zeros, and the rest of the call is done as usual.
+local a, k = 3, 1
+for _ = 1, tonumber(ARGV[2]) do
+  local op = OPS[tonumber(ARGV[a])]
   local mark = #out
-  local ok, err = pcall(decide, a, k)
+  local ok, err = pcall(op.run, a, k)
   if not ok then
-    redis.log(redis.LOG_WARNING, 'sluice: a decision failed: ' .. tostring(err and err.err or err))
+    redis.log(redis.LOG_WARNING, 'sluice: an operation failed: ' .. tostring(err and err.err or err))
     for i = #out, mark + 1, -1 do
       out[i] = nil
     end
     out[#out + 1] = -1
-    for _ = 1, 4 * n do
+    for _ = 1, op.fails(a) do
       out[#out + 1] = 0
     end
   end
-  k = k + n + (tonumber(ARGV[a + 1]) > 0 and 1 or 0)
-  a = a + 5 + 5 * n
+  k = k + op.keys(a)
+  a = a + op.width(a)
 end
 return out

@@ -1,34 +1,37 @@
 //! A local cache of refusals: a caller over its limit is refused without asking Redis again.
 
+use super::ask::LimitState;
 use super::shards::Shards;
-use super::Refused;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 struct Denial {
     /// Until when a local refusal is certainly right (see [`DenialCache`]).
     until: Instant,
-    /// When Redis's answer arrived; the durations in `decision` count from here.
+    /// When Redis's answer arrived; the durations in `state` count from here.
     received: Instant,
-    refused: Refused,
+    state: LimitState,
     /// The cost refused: a cheaper request may fit sooner, so only as costly ones are answered.
     cost: u32,
+    /// The config generation whose rules refused (see [`DenialCache::generation`]).
+    generation: u64,
 }
 
 const SHARDS: usize = 32;
 const SWEEP_EVERY: u64 = 1024;
 
-/// Remembers, per caller key, until when Redis will certainly refuse that caller.
+/// Remembers, per rate-limit key, until when Redis will certainly refuse a request there.
 ///
-/// **Why this is exact for the sliding log.** Redis refused at its time `T` and said the
-/// caller is admitted again no earlier than `T + retry` (when enough counted requests leave
-/// the window). Counted requests only ever leave the window by time passing; every other
-/// instance can only *add* requests, which pushes that moment later, never earlier; and a
-/// refusal adds nothing. So until `T + retry` Redis refuses every request of that caller, and
+/// **Why this is exact.** Redis refused at its time `T` and said the limit admits again no
+/// earlier than `T + retry` (when enough counted requests leave the window). Counted requests
+/// only ever leave a rate limit by time passing; every other instance can only *add*, which
+/// pushes that moment later, never earlier; and a refusal adds nothing. So until `T + retry`
+/// Redis refuses every request that this limit must admit, whatever its other limits say, and
 /// answering locally changes no outcome. The cache keeps `sent + retry`, where `sent` is when
 /// the call left this process: `sent <= T`, so the local deadline is never later than the real
 /// one. The `Retry-After` a cached refusal reports counts from when the answer arrived
-/// (`>= T`), so it is never earlier than the real moment of admission either.
+/// (`>= T`), so it is never earlier than the real moment of admission either. An in-flight
+/// limit frees a slot whenever a request ends: its refusals are never cached.
 ///
 /// One exception is left to Redis: a request carrying a trusted load-balancer request id may be
 /// a retry of a request an earlier attempt already counted (which Redis admits again), so the
@@ -36,6 +39,8 @@ const SWEEP_EVERY: u64 = 1024;
 pub struct DenialCache {
     denials: Shards<Denial>,
     inserts: AtomicU64,
+    /// The config in force: a refusal decided under other rules is neither kept nor served.
+    generation: AtomicU64,
 }
 
 impl DenialCache {
@@ -46,6 +51,7 @@ impl DenialCache {
         Self {
             denials: Shards::with_capacity(SHARDS, max_callers),
             inserts: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -54,11 +60,19 @@ impl DenialCache {
         self.denials.sweep_all(|_, _| false);
     }
 
-    /// The refusal still certain at `now`, its durations counted down to `now`.
-    pub fn get(&self, key: &str, cost: u32, now: Instant) -> Option<Refused> {
+    /// New rules are in force (a reload): refusals made under older ones are void, even one a
+    /// request still deciding on the old rules inserts after this call.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Release);
+        self.clear();
+    }
+
+    /// The refusal still certain at `now` for a request of `cost` on `key`, its durations
+    /// counted down to `now`.
+    pub fn get(&self, key: &str, cost: u32, now: Instant, generation: u64) -> Option<LimitState> {
         let mut shard = self.denials.lock(key);
         let denial = shard.get(key)?;
-        if now >= denial.until {
+        if now >= denial.until || denial.generation != generation {
             shard.remove(key);
             return None;
         }
@@ -67,22 +81,26 @@ impl DenialCache {
         }
         Some(
             denial
-                .refused
+                .state
                 .later(now.saturating_duration_since(denial.received)),
         )
     }
 
-    /// Records Redis's refusal of a call sent at `sent` whose answer arrived at `received`.
+    /// Records Redis's refusal on `key` of a call sent at `sent`, answered at `received`, by
+    /// the rules of `generation`.
     pub fn insert(
         &self,
         key: &str,
-        refused: &Refused,
+        state: &LimitState,
         cost: u32,
-        sent: Instant,
-        received: Instant,
+        (sent, received): (Instant, Instant),
+        generation: u64,
     ) {
-        let retry = refused.refusing().retry;
-        if retry < Duration::from_millis(1) {
+        let retry = state.retry;
+        if retry < Duration::from_millis(1)
+            || state.kind.rate().is_none()
+            || generation != self.generation.load(Ordering::Acquire)
+        {
             return;
         }
         let n = self.inserts.fetch_add(1, Ordering::Relaxed);
@@ -92,8 +110,9 @@ impl DenialCache {
         let denial = Denial {
             until: sent + retry,
             received,
-            refused: refused.clone(),
+            state: *state,
             cost,
+            generation,
         };
         let mut shard = self.denials.lock(key);
         if !shard.contains_key(key) && self.denials.is_full(&shard) {
@@ -102,10 +121,13 @@ impl DenialCache {
                 return;
             }
         }
-        shard.insert(key.to_string(), denial);
+        // Checked again under the shard's lock: a reload clears after setting the generation.
+        if generation == self.generation.load(Ordering::Acquire) {
+            shard.insert(key.to_string(), denial);
+        }
     }
 
-    /// Callers currently refused locally (tests and memory checks).
+    /// Keys currently refused locally (tests and memory checks).
     pub fn len(&self) -> usize {
         self.denials.len()
     }
@@ -118,18 +140,16 @@ impl DenialCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::Limit;
-    use crate::limiter::LimitState;
+    use crate::limiter::{Kind, Rate};
 
-    fn limited(retry_ms: u64) -> Refused {
-        Refused::new(vec![LimitState {
-            limit: Limit::log(1, Duration::from_secs(10)),
+    fn limited(retry_ms: u64) -> LimitState {
+        LimitState {
+            kind: Kind::Rate(Rate::log(1, Duration::from_secs(10))),
             used: 1,
             remaining: 0,
             reset: Duration::from_millis(retry_ms),
             retry: Duration::from_millis(retry_ms),
-        }])
-        .unwrap()
+        }
     }
 
     #[test]
@@ -137,16 +157,16 @@ mod tests {
         let cache = DenialCache::new(1_000_000);
         let sent = Instant::now();
         let received = sent + Duration::from_millis(5);
-        cache.insert("k", &limited(1000), 1, sent, received);
+        cache.insert("k", &limited(1000), 1, (sent, received), 0);
         let later = received + Duration::from_millis(400);
-        let d = cache.get("k", 1, later).expect("still refused");
-        assert_eq!(d.refusing().retry, Duration::from_millis(600));
+        let d = cache.get("k", 1, later, 0).expect("still refused");
+        assert_eq!(d.retry, Duration::from_millis(600));
         assert!(cache
-            .get("k", 1, sent + Duration::from_millis(999))
+            .get("k", 1, sent + Duration::from_millis(999), 0)
             .is_some());
         assert!(
             cache
-                .get("k", 1, sent + Duration::from_millis(1000))
+                .get("k", 1, sent + Duration::from_millis(1000), 0)
                 .is_none(),
             "the deadline counts from the send"
         );
@@ -157,21 +177,44 @@ mod tests {
     fn a_refused_cost_answers_only_requests_as_costly() {
         let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
-        cache.insert("k", &limited(5000), 5, now, now);
-        assert!(cache.get("k", 5, now).is_some());
-        assert!(cache.get("k", 9, now).is_some());
+        cache.insert("k", &limited(5000), 5, (now, now), 0);
+        assert!(cache.get("k", 5, now, 0).is_some());
+        assert!(cache.get("k", 9, now, 0).is_some());
         assert!(
-            cache.get("k", 1, now).is_none(),
+            cache.get("k", 1, now, 0).is_none(),
             "a cheaper request may fit: ask the store"
         );
     }
 
     #[test]
-    fn instant_retries_are_not_cached() {
+    fn instant_retries_and_slots_are_not_cached() {
         let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
-        cache.insert("b", &limited(0), 1, now, now);
+        cache.insert("b", &limited(0), 1, (now, now), 0);
+        let slots = LimitState {
+            kind: Kind::Concurrency(std::num::NonZeroU32::MIN),
+            ..limited(1000)
+        };
+        cache.insert("c", &slots, 1, (now, now), 0);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_of_older_rules_is_neither_kept_nor_served() {
+        let cache = DenialCache::new(1_000_000);
+        let now = Instant::now();
+        cache.insert("k", &limited(5000), 1, (now, now), 0);
+        cache.set_generation(1);
+        assert!(cache.get("k", 1, now, 1).is_none(), "cleared by the reload");
+        // A request that decided on the old rules answers after the reload.
+        cache.insert("k", &limited(5000), 1, (now, now), 0);
+        assert!(cache.is_empty(), "an old generation's refusal is dropped");
+        cache.insert("k", &limited(5000), 1, (now, now), 1);
+        assert!(cache.get("k", 1, now, 1).is_some());
+        assert!(
+            cache.get("k", 1, now, 0).is_none(),
+            "not served to a request still deciding on the old rules"
+        );
     }
 
     #[test]
@@ -179,7 +222,7 @@ mod tests {
         let cache = DenialCache::new(SHARDS * 4);
         let now = Instant::now();
         for i in 0..(SHARDS * 40) {
-            cache.insert(&format!("k{i}"), &limited(10_000), 1, now, now);
+            cache.insert(&format!("k{i}"), &limited(10_000), 1, (now, now), 0);
         }
         assert!(cache.len() <= SHARDS * 4, "{} held", cache.len());
         assert!(cache.len() >= SHARDS * 2, "the cache still caches");
@@ -188,15 +231,21 @@ mod tests {
     }
 
     #[test]
-    fn expired_callers_are_swept() {
+    fn expired_keys_are_swept() {
         let cache = DenialCache::new(1_000_000);
         let now = Instant::now();
         for i in 0..500 {
-            cache.insert(&format!("k{i}"), &limited(10), 1, now, now);
+            cache.insert(&format!("k{i}"), &limited(10), 1, (now, now), 0);
         }
         let later = now + Duration::from_secs(1);
         for i in 0..(SWEEP_EVERY as usize * SHARDS) {
-            cache.insert(&format!("x{}", i % 3), &limited(10_000), 1, later, later);
+            cache.insert(
+                &format!("x{}", i % 3),
+                &limited(10_000),
+                1,
+                (later, later),
+                0,
+            );
         }
         assert_eq!(cache.len(), 3);
     }

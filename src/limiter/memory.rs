@@ -1,25 +1,47 @@
-//! The in-process store: every algorithm, exact for one instance, and Redis's semantics to the
-//! letter (the same steps as `check.lua`, in [`super::algorithms`]).
+//! The in-process store: every kind and algorithm, exact for one instance, and Redis's
+//! semantics to the letter (the engine in [`super::algorithms`] runs `check.lua`'s steps).
 
-use super::algorithms::{micros, State};
+use super::algorithms::{lease_ms, Look, State};
+use super::ask::{Ask, Check, Decision, LimitState, Parts, Permit, Receipt};
+use super::keys::retry_key;
+use super::leases::Leases;
+use super::limit::Kind;
 use super::shards::Shards;
-use super::{Algorithm, Limit};
-use super::{Ask, Decision, LimitState, Retry, StoreError};
+use super::StoreError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A source of monotonic time in microseconds; injected so tests can move time by hand.
+/// A source of time in microseconds since the Unix epoch, the time base Redis's `TIME` uses
+/// (so a sliding window's edges fall at the same instants in both stores); injected so tests
+/// can move time by hand.
 pub trait Clock: Send + Sync {
     fn now_us(&self) -> u64;
 }
 
-/// Microseconds since the limiter was created, from the monotonic clock.
-pub struct MonotonicClock(Instant);
+/// The wall clock read once, then moved on by the monotonic clock: epoch-based like Redis, and
+/// never going backwards when the system clock is stepped.
+pub struct EpochClock {
+    base_us: u64,
+    start: Instant,
+}
 
-impl Clock for MonotonicClock {
+impl Default for EpochClock {
+    fn default() -> Self {
+        let base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            base_us: base.as_micros() as u64,
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Clock for EpochClock {
     fn now_us(&self) -> u64 {
-        self.0.elapsed().as_micros() as u64
+        self.base_us + self.start.elapsed().as_micros() as u64
     }
 }
 
@@ -28,6 +50,10 @@ impl Clock for MonotonicClock {
 pub struct ManualClock(pub AtomicU64);
 
 impl ManualClock {
+    pub fn at(us: u64) -> Self {
+        Self(AtomicU64::new(us))
+    }
+
     pub fn advance(&self, d: Duration) {
         self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
     }
@@ -39,355 +65,320 @@ impl Clock for ManualClock {
     }
 }
 
-/// One caller's state on one route: one [`State`] per limit (by algorithm and window).
-#[derive(Default)]
-struct CallerLog {
-    limits: Vec<(Algorithm, u64, State)>,
-    /// Request ids counted within their retry window: (id, window end, retries so far).
-    ids: Vec<(Box<str>, u64, u32)>,
-    /// When every queue is empty, so the sweeper may drop the whole entry.
-    expires_at: u64,
+/// One key's state: a limit's, or a request id's (how often it was retried, until when).
+enum Entry {
+    Limit { state: State, expires_at: u64 },
+    Id { retried: u32, until: u64 },
 }
 
-impl CallerLog {
-    /// Whether a request with `retry` repeats an id counted within its window and budget; if
-    /// so the repeat is taken from the budget. Expired ids are dropped first.
-    fn replay(&mut self, retry: Option<Retry<'_>>, now: u64) -> bool {
-        self.ids.retain(|(_, until, _)| *until > now);
-        let Some(r) = retry else {
-            return false;
-        };
-        match self.ids.iter_mut().find(|(id, _, _)| **id == *r.id) {
-            Some((_, _, retried)) if *retried < r.max_retries => {
-                *retried += 1;
-                true
-            }
-            _ => false,
+impl Entry {
+    fn expires_at(&self) -> u64 {
+        match self {
+            Entry::Limit { expires_at, .. } => *expires_at,
+            Entry::Id { until, .. } => *until,
         }
-    }
-
-    /// Remembers the first counting of `retry`'s id (a later one leaves it as it is).
-    fn remember(&mut self, retry: Option<Retry<'_>>, now: u64) {
-        if let Some(r) = retry {
-            if !self.ids.iter().any(|(id, _, _)| **id == *r.id) {
-                let until = now + micros(r.window);
-                self.ids.push((r.id.into(), until, 0));
-                self.expires_at = self.expires_at.max(until);
-            }
-        }
-    }
-
-    /// The state of `limit`, made empty on first use.
-    fn state(&mut self, limit: &Limit) -> &mut State {
-        let id = (limit.algorithm, micros(limit.window));
-        let i = match self.limits.iter().position(|(a, w, _)| (*a, *w) == id) {
-            Some(i) => i,
-            None => {
-                self.limits.push((id.0, id.1, State::new(id.0)));
-                self.limits.len() - 1
-            }
-        };
-        &mut self.limits[i].2
-    }
-
-    /// Both phases for every limit; `count` is false for a peek.
-    fn decide(
-        &mut self,
-        limits: &[Limit],
-        now: u64,
-        cost: u32,
-        replay: bool,
-        may_count: bool,
-    ) -> (bool, Vec<super::Parts>) {
-        let looks: Vec<_> = limits
-            .iter()
-            .map(|l| self.state(l).look(l, now, cost))
-            .collect();
-        let admitted = replay || looks.iter().all(|l| l.ok);
-        let count = admitted && !replay && may_count;
-        let parts = limits
-            .iter()
-            .zip(looks)
-            .map(|(l, look)| self.state(l).finish(look, l, now, cost, count, !admitted))
-            .collect();
-        if count {
-            let until = limits
-                .iter()
-                .map(|l| self.state(l).expires_at(l))
-                .max()
-                .unwrap_or(0);
-            self.expires_at = self.expires_at.max(until);
-        }
-        (admitted, parts)
     }
 }
 
 const SHARDS: usize = 64;
-/// Every this many decisions, one shard is swept of callers whose windows have emptied.
+/// Every this many decisions, one shard is swept of keys whose windows have emptied.
 const SWEEP_EVERY: u64 = 256;
 
-/// Sliding-window logs in a sharded map, keyed like Redis (route and caller).
-///
-/// All limits of one caller sit under one lock, so a decision is atomic exactly as the Redis
-/// script is. Memory stays bounded by the callers active within their windows: a sweep runs
-/// one shard every few hundred decisions and drops callers whose every window has emptied.
-///
-/// **Bounded.** At most `max_callers` callers are held (spread evenly over the shards). When a
-/// new caller's shard is full even after dropping its expired callers, the decision fails with
-/// [`StoreError::Full`] and the route's `on_error` policy answers: callers already held stay
-/// limited exactly, and a flood of fresh identities can neither grow memory nor evict them.
-pub struct MemoryLimiter {
-    callers: Shards<CallerLog>,
-    clock: Arc<dyn Clock>,
-    decisions: AtomicU64,
-    max_callers: usize,
-}
+type Map = HashMap<String, Entry>;
 
-impl MemoryLimiter {
-    pub fn new(max_callers: usize) -> Self {
-        Self::with_clock(Arc::new(MonotonicClock(Instant::now())), max_callers)
+/// The shards one operation holds, locked in order.
+struct Locked<'a>(Vec<(usize, MutexGuard<'a, Map>)>);
+
+impl Locked<'_> {
+    fn map(&mut self, shard: usize) -> &mut Map {
+        let i = self.0.iter().position(|(s, _)| *s == shard).unwrap_or(0);
+        &mut self.0[i].1
     }
 
-    pub fn with_clock(clock: Arc<dyn Clock>, max_callers: usize) -> Self {
-        Self {
-            callers: Shards::with_capacity(SHARDS, max_callers),
-            clock,
-            decisions: AtomicU64::new(0),
-            max_callers,
+    /// The state of `key`, made empty when missing or of another kind.
+    fn state(&mut self, shard: usize, key: &str, kind: &Kind) -> &mut State {
+        let map = self.map(shard);
+        if !matches!(map.get(key), Some(Entry::Limit { .. })) {
+            let fresh = Entry::Limit {
+                state: State::new(kind),
+                expires_at: 0,
+            };
+            map.insert(key.to_string(), fresh);
+        }
+        match map.get_mut(key) {
+            Some(Entry::Limit { state, .. }) => state,
+            _ => unreachable!("inserted above"),
         }
     }
 
-    /// Checks all `limits`; counts the request against every one only if all admit it.
+    /// Records when `key`'s state empties, and drops it when it already has.
+    fn settle(&mut self, shard: usize, key: &str, kind: &Kind, now: u64) {
+        let map = self.map(shard);
+        if let Some(Entry::Limit { state, expires_at }) = map.get_mut(key) {
+            *expires_at = state.expires_at(kind);
+            if *expires_at <= now {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+/// Every kind's state in a sharded map, keyed like Redis.
+///
+/// The keys of one decision are locked together (in shard order), so a decision is atomic
+/// exactly as the Redis script is. Memory stays bounded by the keys active within their
+/// windows: a sweep runs one shard every few hundred decisions and drops keys whose state has
+/// emptied.
+///
+/// **Bounded.** At most `max_keys` keys are held (spread evenly over the shards). When a new
+/// key's shard is full even after dropping its expired keys, the decision fails with
+/// [`StoreError::Full`] and the route's `on_error` policy answers: callers already held stay
+/// limited exactly, and a flood of fresh identities can neither grow memory nor evict them.
+pub struct MemoryLimiter {
+    entries: Shards<Entry>,
+    clock: Arc<dyn Clock>,
+    decisions: AtomicU64,
+    max_keys: usize,
+    lease: Duration,
+    leases: Arc<Leases>,
+}
+
+impl MemoryLimiter {
+    pub fn new(max_keys: usize, lease: Duration) -> Self {
+        Self::with_clock(Arc::new(EpochClock::default()), max_keys, lease)
+    }
+
+    pub fn with_clock(clock: Arc<dyn Clock>, max_keys: usize, lease: Duration) -> Self {
+        Self {
+            entries: Shards::with_capacity(SHARDS, max_keys),
+            clock,
+            decisions: AtomicU64::new(0),
+            max_keys,
+            lease,
+            leases: Arc::new(Leases::new(max_keys)),
+        }
+    }
+
+    /// Checks every limit; counts the request against all of them only if all admit it.
     pub fn check(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
-        let (key, limits, cost, retry) = (ask.key, ask.limits, ask.cost, ask.retry);
         let now = self.clock.now_us();
         if self
             .decisions
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(SWEEP_EVERY)
         {
-            self.callers.sweep_one(|_, entry| entry.expires_at > now);
+            self.entries.sweep_one(|_, e| e.expires_at() > now);
         }
-        let mut shard = self.callers.lock(key);
-        if !shard.contains_key(key) {
-            if self.callers.is_full(&shard) {
-                shard.retain(|_, entry| entry.expires_at > now);
-            }
-            if self.callers.is_full(&shard) {
-                return Err(StoreError::Full(self.max_callers));
-            }
-            shard.insert(key.to_string(), CallerLog::default());
-        }
-        let Some(entry) = shard.get_mut(key) else {
-            return Err(StoreError::Reply("caller vanished under its lock".into()));
+        let (checks, cost) = (ask.checks, ask.cost);
+        let id_key = match (ask.retry, checks.first()) {
+            (Some(r), Some(first)) => Some((retry_key(&first.key, r.id), r)),
+            _ => None,
         };
-        let replay = entry.replay(retry, now);
-        let (admitted, parts) = entry.decide(limits, now, cost, replay, true);
-        if admitted && !replay {
-            entry.remember(retry, now);
+        let shards: Vec<usize> = checks.iter().map(|c| self.entries.index(&c.key)).collect();
+        let id_shard = id_key.as_ref().map(|(k, _)| self.entries.index(k));
+        let mut all = shards.clone();
+        all.extend(id_shard);
+        let mut locked = Locked(self.entries.lock_many(&all));
+        self.make_room(&mut locked, checks, &shards, now)?;
+        let member = self.leases.member();
+        if ask.holds_slots() && !self.leases.has_room(member) {
+            return Err(StoreError::Full(self.max_keys));
         }
-        if entry.ids.is_empty() && entry.expires_at <= now {
-            shard.remove(key);
+
+        let mut looks: Vec<Look> = Vec::with_capacity(checks.len());
+        let (mut rates_ok, mut slots_ok) = (true, true);
+        for (c, &shard) in checks.iter().zip(&shards) {
+            let look = locked
+                .state(shard, &c.key, &c.kind)
+                .look(&c.kind, now, cost);
+            match c.kind {
+                Kind::Concurrency(_) => slots_ok &= look.ok,
+                Kind::Rate(_) => rates_ok &= look.ok,
+            }
+            looks.push(look);
         }
-        Ok(Decision::from_parts(admitted, limits, parts))
+
+        // A retry (see check.lua): marked when first counted, replayed within its budget.
+        let (mut replay, mut marked) = (false, false);
+        if let (Some((key, r)), Some(shard)) = (&id_key, id_shard) {
+            let map = locked.map(shard);
+            match map.get(key) {
+                Some(Entry::Id { retried, until }) if *until > now => {
+                    replay = *retried < r.max_retries;
+                }
+                _ => {
+                    let window_us = (r.window.as_millis() as u64).max(1) * 1000;
+                    let id = Entry::Id {
+                        retried: 0,
+                        until: now + window_us,
+                    };
+                    map.insert(key.clone(), id);
+                    marked = true;
+                }
+            }
+        }
+        let admitted = slots_ok && (rates_ok || replay);
+        if let (Some((key, _)), Some(shard)) = (&id_key, id_shard) {
+            let map = locked.map(shard);
+            if replay && admitted {
+                if let Some(Entry::Id { retried, .. }) = map.get_mut(key) {
+                    *retried += 1;
+                }
+            }
+            if marked && !admitted {
+                map.remove(key);
+            }
+        }
+
+        let mut parts: Vec<Parts> = Vec::with_capacity(checks.len());
+        let mut slots = Vec::new();
+        for ((c, &shard), mut look) in checks.iter().zip(&shards).zip(looks) {
+            let slot = matches!(c.kind, Kind::Concurrency(_));
+            let state = locked.state(shard, &c.key, &c.kind);
+            if admitted && (slot || !replay) {
+                state.count(&mut look, now, cost, member, self.lease);
+                if slot {
+                    slots.push(c.key.clone());
+                }
+            }
+            parts.push(state.report(&look, &c.kind, now, cost, !admitted));
+            locked.settle(shard, &c.key, &c.kind, now);
+        }
+        let permit = match slots.is_empty() {
+            true => None,
+            false if self.leases.hold(member, slots.clone()) => Some(Permit {
+                member,
+                slots,
+                leases: self.leases.clone(),
+            }),
+            false => {
+                for (c, &shard) in checks.iter().zip(&shards) {
+                    if matches!(c.kind, Kind::Concurrency(_)) {
+                        let state = locked.state(shard, &c.key, &c.kind);
+                        state.adjust(&c.kind, now, member, 1, 0, now);
+                        locked.settle(shard, &c.key, &c.kind, now);
+                    }
+                }
+                return Err(StoreError::Full(self.max_keys));
+            }
+        };
+        let receipt = Receipt { member, at: now };
+        Ok(Decision::from_parts(
+            admitted, checks, parts, permit, receipt,
+        ))
     }
 
-    /// The state of each limit, without counting a request.
-    pub fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<LimitState>, StoreError> {
+    /// Fails with [`StoreError::Full`] (changing nothing) when a key of `checks` is new and its
+    /// shard is full even without its expired keys.
+    fn make_room(
+        &self,
+        locked: &mut Locked<'_>,
+        checks: &[Check],
+        shards: &[usize],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        for (c, &shard) in checks.iter().zip(shards) {
+            let map = locked.map(shard);
+            if !map.contains_key(&c.key) && self.entries.is_full(map) {
+                map.retain(|_, e| e.expires_at() > now);
+                if self.entries.is_full(map) {
+                    return Err(StoreError::Full(self.max_keys));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state of each limit, counting nothing.
+    pub fn peek(&self, checks: &[Check]) -> Result<Vec<LimitState>, StoreError> {
         let now = self.clock.now_us();
-        let mut shard = self.callers.lock(key);
-        let mut empty = CallerLog::default();
-        let entry = shard.get_mut(key).unwrap_or(&mut empty);
-        let (_, parts) = entry.decide(limits, now, 0, false, false);
-        Ok(super::states(limits, parts))
+        Ok(checks
+            .iter()
+            .map(|c| {
+                let mut shard = self.entries.lock(&c.key);
+                let mut empty = State::new(&c.kind);
+                let state = match shard.get_mut(&c.key) {
+                    Some(Entry::Limit { state, .. }) => state,
+                    _ => &mut empty,
+                };
+                let look = state.look(&c.kind, now, 0);
+                LimitState::new(c.kind, state.report(&look, &c.kind, now, 0, false))
+            })
+            .collect())
     }
 
-    /// Forgets every caller (the store these counts stood in for is back).
+    /// Frees the slots `permit` holds.
+    pub fn release(&self, permit: &Permit) {
+        let now = self.clock.now_us();
+        for key in &permit.slots {
+            let mut shard = self.entries.lock(key);
+            if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(key) {
+                let kind = Kind::Concurrency(std::num::NonZeroU32::MIN);
+                state.adjust(&kind, now, permit.member, 1, 0, now);
+                *expires_at = state.expires_at(&kind);
+                if *expires_at <= now {
+                    shard.remove(key);
+                }
+            }
+        }
+        self.leases.forget(permit.member);
+    }
+
+    /// Extends every held lease by the lease time from now.
+    pub fn renew(&self) {
+        let now = self.clock.now_us();
+        let until = now + lease_ms(self.lease) * 1000;
+        for (member, keys) in self.leases.snapshot() {
+            for key in keys {
+                let mut shard = self.entries.lock(&key);
+                if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(&key) {
+                    if state.renew(member, now, until) {
+                        *expires_at = (*expires_at).max(until);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces what `member` counted at `at` (`counted` units) by `cost` units on every one of
+    /// `checks` (0 undoes it), as the script's adjust does; `retry_id` drops that id's mark.
+    pub fn adjust(
+        &self,
+        checks: &[Check],
+        member: u64,
+        (counted, cost): (u32, u32),
+        at: u64,
+        retry_id: Option<&str>,
+    ) {
+        let now = self.clock.now_us();
+        for c in checks {
+            let mut shard = self.entries.lock(&c.key);
+            if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(&c.key) {
+                state.adjust(&c.kind, now, member, counted, cost, at);
+                *expires_at = state.expires_at(&c.kind);
+            }
+        }
+        if let (Some(id), Some(first)) = (retry_id, checks.first()) {
+            let key = retry_key(&first.key, id);
+            self.entries.lock(&key).remove(&key);
+        }
+    }
+
+    /// Forgets every key (the store these counts stood in for is back).
     pub fn clear(&self) {
-        self.callers.sweep_all(|_, _| false);
+        self.entries.sweep_all(|_, _| false);
     }
 
-    /// Callers currently held (for tests and memory checks).
-    pub fn callers(&self) -> usize {
-        self.callers.len()
+    /// Keys currently held (for tests and memory checks).
+    pub fn keys(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The time base of this store (µs since the epoch).
+    pub fn now_us(&self) -> u64 {
+        self.clock.now_us()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limit(requests: u32, ms: u64) -> Limit {
-        Limit::log(requests, Duration::from_millis(ms))
-    }
-
-    fn limiter() -> (Arc<ManualClock>, MemoryLimiter) {
-        let clock = Arc::new(ManualClock::default());
-        clock.advance(Duration::from_secs(1000));
-        (clock.clone(), MemoryLimiter::with_clock(clock, 1_000_000))
-    }
-
-    fn ask<'a>(key: &'a str, limits: &'a [Limit], retry: Option<Retry<'a>>) -> Ask<'a> {
-        Ask {
-            key,
-            limits,
-            cost: 1,
-            retry,
-        }
-    }
-
-    /// A check without a request id, which cannot fail on a store far from full.
-    fn check(m: &MemoryLimiter, key: &str, limits: &[Limit]) -> Decision {
-        m.check(&ask(key, limits, None)).unwrap()
-    }
-
-    #[test]
-    fn admits_exactly_the_limit_then_refuses() {
-        let (clock, m) = limiter();
-        let l = [limit(3, 1000)];
-        for used in 1..=3 {
-            let d = check(&m, "k", &l);
-            assert!(d.is_admitted());
-            assert_eq!(d.states()[0].used, used);
-            assert_eq!(d.states()[0].remaining, 3 - used);
-            clock.advance(Duration::from_millis(100));
-        }
-        let d = check(&m, "k", &l);
-        assert!(!d.is_admitted());
-        // The first request (at t=0) leaves at t=1000; now is t=300.
-        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(700));
-        assert_eq!(d.states()[0].reset, Duration::from_millis(700));
-    }
-
-    #[test]
-    fn the_window_slides_and_refusals_are_not_counted() {
-        let (clock, m) = limiter();
-        let l = [limit(2, 1000)];
-        assert!(check(&m, "k", &l).is_admitted());
-        clock.advance(Duration::from_millis(600));
-        assert!(check(&m, "k", &l).is_admitted());
-        for _ in 0..5 {
-            assert!(!check(&m, "k", &l).is_admitted());
-        }
-        clock.advance(Duration::from_millis(400)); // the first request leaves
-        let d = check(&m, "k", &l);
-        assert!(d.is_admitted(), "refusals must not extend the ban");
-        assert_eq!(d.states()[0].reset, Duration::from_millis(600));
-        assert!(!check(&m, "k", &l).is_admitted());
-    }
-
-    #[test]
-    fn all_limits_must_admit_and_all_are_counted() {
-        let (clock, m) = limiter();
-        let l = [limit(2, 1000), limit(3, 10_000)];
-        assert!(check(&m, "k", &l).is_admitted());
-        assert!(check(&m, "k", &l).is_admitted());
-        let d = check(&m, "k", &l);
-        assert!(!d.is_admitted());
-        assert_eq!(
-            d.states()[1].used,
-            2,
-            "a refused request counts against no limit"
-        );
-        clock.advance(Duration::from_millis(1000));
-        assert!(check(&m, "k", &l).is_admitted());
-        let d = check(&m, "k", &l);
-        assert!(!d.is_admitted(), "the 10 s limit is full");
-        assert_eq!(d.refusing().unwrap().limit, l[1]);
-        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(9000));
-    }
-
-    #[test]
-    fn callers_and_routes_are_independent() {
-        let (_, m) = limiter();
-        let l = [limit(1, 1000)];
-        assert!(check(&m, "a", &l).is_admitted());
-        assert!(check(&m, "b", &l).is_admitted());
-        assert!(!check(&m, "a", &l).is_admitted());
-    }
-
-    #[test]
-    fn a_lowered_limit_waits_for_enough_requests_to_leave() {
-        let (clock, m) = limiter();
-        for _ in 0..4 {
-            check(&m, "k", &[limit(10, 1000)]);
-            clock.advance(Duration::from_millis(100));
-        }
-        // 4 counted (t=0,100,200,300), limit lowered to 2: a request is admitted once only 1
-        // is left, so when the one from t=200 leaves at t=1200; now is t=400.
-        let d = check(&m, "k", &[limit(2, 1000)]);
-        assert_eq!(d.refusing().unwrap().retry, Duration::from_millis(800));
-    }
-
-    #[test]
-    fn peek_counts_nothing_and_expired_callers_are_swept() {
-        let (clock, m) = limiter();
-        let l = [limit(1, 1000)];
-        assert_eq!(m.peek("k", &l).unwrap()[0].used, 0);
-        check(&m, "k", &l);
-        assert_eq!(m.peek("k", &l).unwrap()[0].used, 1);
-        assert_eq!(m.peek("k", &l).unwrap()[0].used, 1);
-        for i in 0..100 {
-            check(&m, &format!("other{i}"), &l);
-        }
-        clock.advance(Duration::from_secs(2));
-        for _ in 0..(SWEEP_EVERY as usize * SHARDS) {
-            check(&m, "x", &[]);
-        }
-        assert_eq!(m.callers(), 0);
-    }
-
-    #[test]
-    fn a_full_store_refuses_new_callers_but_keeps_limiting_the_ones_it_holds() {
-        let clock = Arc::new(ManualClock::default());
-        let m = MemoryLimiter::with_clock(clock.clone(), SHARDS * 2);
-        let l = [limit(1, 1000)];
-        let mut full = 0;
-        for i in 0..(SHARDS * 10) {
-            match m.check(&ask(&format!("k{i}"), &l, None)) {
-                Ok(d) => assert!(d.is_admitted()),
-                Err(StoreError::Full(n)) => {
-                    assert_eq!(n, SHARDS * 2);
-                    full += 1
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert!(full > 0, "the cap was never reached");
-        assert!(m.callers() <= SHARDS * 2, "{} callers held", m.callers());
-        assert!(
-            !m.check(&ask("k0", &l, None)).unwrap().is_admitted(),
-            "held callers stay limited"
-        );
-        // Once their windows pass, expired callers make room again.
-        clock.advance(Duration::from_secs(2));
-        assert!(m.check(&ask("fresh", &l, None)).unwrap().is_admitted());
-    }
-
-    #[test]
-    fn a_request_id_is_replayed_within_its_window_and_budget_only() {
-        let clock = Arc::new(ManualClock::default());
-        let m = MemoryLimiter::with_clock(clock.clone(), 1000);
-        let l = [limit(5, 60_000)];
-        let r = Retry {
-            id: "fixed",
-            window: Duration::from_secs(10),
-            max_retries: 2,
-        };
-        let admitted: Vec<bool> = (0..10)
-            .map(|_| m.check(&ask("k", &l, Some(r))).unwrap().is_admitted())
-            .collect();
-        // 1 counted + 2 retries + 4 counted, then refused.
-        assert_eq!(
-            admitted,
-            [true, true, true, true, true, true, true, false, false, false]
-        );
-        assert_eq!(m.peek("k", &l).unwrap()[0].used, 5);
-        // After the retry window, the same id is a new request.
-        let m = MemoryLimiter::with_clock(clock.clone(), 1000);
-        assert!(m.check(&ask("k", &l, Some(r))).unwrap().is_admitted());
-        clock.advance(Duration::from_secs(11));
-        m.check(&ask("k", &l, Some(r))).unwrap();
-        assert_eq!(m.peek("k", &l).unwrap()[0].used, 2);
-    }
-}
+mod tests;

@@ -1,11 +1,18 @@
-//! The shared limiter in Redis (one server or a cluster): one atomic Lua call per decision.
+//! The shared limiter in Redis (one server or a cluster): one atomic script call per decision
+//! and store node (see `check.lua` and [`ops`]).
 
+mod ops;
+
+use self::ops::{bounded, is_slot, queued, Op, Queue, Reply, ScriptClock, Sender};
+use super::ask::{Ask, Check, Decision, LimitState, Parts, Permit, Receipt, Refused};
 use super::breaker::Breaker;
 use super::conn::{Conn, Target};
-use super::{limit_key, retry_key, Ask, Decision, LimitState, Parts, StoreError};
-use super::{Algorithm, Limit, StoreConfig};
+use super::keys::{retry_key, tag};
+use super::leases::Leases;
+use super::memory::Clock;
+use super::{StoreConfig, StoreError};
 use pingora::time::fast_timeout::fast_timeout;
-use redis::Script;
+use redis::cluster_routing::Slot as HashSlot;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,28 +23,35 @@ use std::time::{Duration, Instant};
 /// one order: N concurrent requests against a limit L admit exactly min(N, L).
 ///
 /// Time comes from Redis `TIME` inside the script, so instances with skewed clocks agree.
-/// Each admitted request adds a member that is unique across instances (a random instance id
-/// and a counter), so requests in the same microsecond never collapse into one.
+/// Each request has a member that is unique across instances (a random instance id and a
+/// counter): its log entries and its slot leases are named by it, so requests in the same
+/// microsecond never collapse into one.
 pub struct RedisLimiter {
     /// Tells this limiter's connections apart in the per-thread table.
     id: u64,
     target: Target,
     timeout: Duration,
-    member_prefix: String,
-    counter: AtomicU64,
+    member_prefix: Arc<str>,
     breaker: Breaker,
     /// What the last successful probe saw (a run_id, or the cluster's state), for `/health`.
     seen: std::sync::Mutex<Option<String>>,
     /// Bumped when the store comes back: every thread then drops the connection it had (which
     /// may sit in a failed reconnect) and connects anew on its next call.
     epoch: AtomicU64,
+    lease: Duration,
+    leases: Arc<Leases>,
+    /// `None`: Redis `TIME` (always, but in tests; see [`RedisLimiter::with_clock`]).
+    clock: ScriptClock,
+    /// Decisions across cluster slots that reserved on one slot and were refused on another
+    /// (what was reserved is given back: see [`RedisLimiter::check`]).
+    rollbacks: AtomicU64,
 }
 
 /// This thread's connection of one limiter: set once connected, shared by concurrent requests.
 #[derive(Default)]
-struct Slot {
+struct ThreadConn {
     connection: Arc<tokio::sync::OnceCell<Conn>>,
-    /// The decisions of this thread waiting to be sent (see [`drive`]).
+    /// The operations of this thread waiting to be sent.
     queue: Arc<std::sync::Mutex<Queue>>,
     /// When connecting last failed; requests fail fast for [`CONNECT_BACKOFF`] after that.
     failed_at: Option<Instant>,
@@ -49,6 +63,9 @@ struct Slot {
 /// (the breaker usually stops calls long before; this bounds the probe's connects too).
 const CONNECT_BACKOFF: Duration = Duration::from_millis(200);
 
+/// Leases renewed per script call.
+const RENEW_BATCH: usize = 512;
+
 thread_local! {
     /// One multiplexed connection per limiter per worker thread, made on that thread.
     ///
@@ -56,7 +73,7 @@ thread_local! {
     /// from the runtime that created it: a connection made here is written, read and woken on
     /// the same thread as the requests that use it, with no cross-thread hand-off. Concurrent
     /// requests on a thread pipeline on its connection.
-    static CONNECTIONS: RefCell<HashMap<u64, Slot>> = RefCell::new(HashMap::new());
+    static CONNECTIONS: RefCell<HashMap<u64, ThreadConn>> = RefCell::new(HashMap::new());
 }
 
 impl RedisLimiter {
@@ -66,11 +83,24 @@ impl RedisLimiter {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             target: Target::new(config)?,
             timeout: config.timeout,
-            member_prefix: unique_prefix(instance),
-            counter: AtomicU64::new(0),
+            member_prefix: unique_prefix(instance).into(),
             breaker: Breaker::default(),
             seen: std::sync::Mutex::new(None),
             epoch: AtomicU64::new(0),
+            lease: config.lease_ttl,
+            leases: Arc::new(Leases::new(config.max_callers)),
+            clock: None,
+            rollbacks: AtomicU64::new(0),
+        })
+    }
+
+    /// A limiter whose script takes its time from `clock` instead of Redis `TIME`: for tests
+    /// that run the memory store and the script side by side on one clock. Exactness across
+    /// sidecars needs Redis's own time; never use this in a deployment.
+    pub fn with_clock(config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        Ok(Self {
+            clock: Some(clock),
+            ..Self::new(config, "test")?
         })
     }
 
@@ -81,6 +111,11 @@ impl RedisLimiter {
 
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
+    }
+
+    /// Decisions refused on one cluster slot after reserving on another (see `check`).
+    pub fn rollbacks(&self) -> u64 {
+        self.rollbacks.load(Ordering::Relaxed)
     }
 
     /// Runs one store call through the breaker: no call at all while it is open, and the
@@ -143,36 +178,42 @@ impl RedisLimiter {
         self.target.is_cluster()
     }
 
-    /// This thread's connection, connecting on first use (inside a tokio runtime).
+    /// This thread's connection, connecting (and loading the script) on first use.
     ///
     /// Connecting is bounded by its own deadline (the store timeout, at least 1 s), not by the
     /// per-call one: a burst that arrives before a worker has connected waits for the one
     /// connect instead of timing out, which under `on_error: allow` would admit it uncounted.
     /// After a failed connect the thread fails fast for a second instead of every request
     /// waiting for a Redis that is down. Once connected, redis-rs reconnects by itself.
-    async fn connection(&self) -> Result<(Conn, Arc<std::sync::Mutex<Queue>>), StoreError> {
+    async fn connection(&self) -> Result<(Sender, Arc<std::sync::Mutex<Queue>>), StoreError> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let (cell, queue, failed_at) = CONNECTIONS.with(|table| {
             let mut table = table.borrow_mut();
             let slot = table.entry(self.id).or_default();
             if slot.epoch != epoch {
-                *slot = Slot {
+                *slot = ThreadConn {
                     epoch,
-                    ..Slot::default()
+                    ..ThreadConn::default()
                 };
             }
             (slot.connection.clone(), slot.queue.clone(), slot.failed_at)
         });
         if let Some(conn) = cell.get() {
-            return Ok((conn.clone(), queue));
+            return Ok((self.sender(conn), queue));
         }
         if failed_at.is_some_and(|t| t.elapsed() < CONNECT_BACKOFF) {
             return Err(StoreError::Unavailable);
         }
-        let connect = self.target.connect();
+        // The script is loaded as the connection is made (on every node of a cluster): a first
+        // burst would otherwise meet NOSCRIPT on every call and load it once per request.
+        let connect = async {
+            let mut conn = self.target.connect().await?;
+            ops::SCRIPT.load_async(&mut conn).await?;
+            Ok(conn)
+        };
         let deadline = self.timeout.max(Duration::from_secs(1));
         let result = match fast_timeout(deadline, cell.get_or_try_init(|| connect)).await {
-            Ok(Ok(conn)) => return Ok((conn.clone(), queue)),
+            Ok(Ok(conn)) => return Ok((self.sender(conn), queue)),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout(deadline)),
         };
@@ -184,257 +225,317 @@ impl RedisLimiter {
         result
     }
 
-    pub async fn check(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
-        self.guarded(async {
-            let (admitted, parts) = self.run(ask).await?;
-            Ok(Decision::from_parts(admitted, ask.limits, parts))
-        })
-        .await
+    fn sender(&self, conn: &Conn) -> Sender {
+        Sender {
+            conn: conn.clone(),
+            prefix: self.member_prefix.clone(),
+            clock: self.clock.clone(),
+            timeout: self.timeout,
+        }
     }
 
-    /// The state of each limit, counting nothing (the script with a cost of 0).
-    pub async fn peek(&self, key: &str, limits: &[Limit]) -> Result<Vec<LimitState>, StoreError> {
-        self.guarded(async {
-            let peek = Ask {
-                key,
-                limits,
-                cost: 0,
-                retry: None,
-            };
-            let (_, parts) = self.run(&peek).await?;
-            Ok(super::states(limits, parts))
-        })
-        .await
-    }
-
-    /// One run of `check.lua` for `ask`: alone (a cluster, a peek), or queued on this thread
-    /// to go out with whatever else is waiting (see [`drive`]).
-    async fn run(&self, ask: &Ask<'_>) -> Result<(bool, Vec<Parts>), StoreError> {
-        let call = Call::new(ask, self.member());
-        let (mut conn, queue) = self.connection().await?;
-        // A cluster spreads callers over slots, and one script call may only touch one slot:
-        // there every decision is its own call. So is a peek (admin traffic, never hot).
-        if self.is_cluster() || ask.cost == 0 {
-            let mut replies = send(&mut conn, &[&call], self.timeout).await?;
+    /// Sends `op` alone, or queued on this thread to go out with whatever else is waiting.
+    async fn run(&self, op: Op, batch: bool) -> Result<Reply, StoreError> {
+        let (mut sender, queue) = self.connection().await?;
+        // A cluster spreads keys over slots, and one script call may only touch one slot:
+        // there every operation is its own call.
+        if self.is_cluster() || !batch {
+            let timeout = self.timeout;
+            let prefix = sender.prefix.clone();
+            let mut replies =
+                ops::send(&mut sender.conn, &[&op], &prefix, &sender.clock, timeout).await?;
             return replies
                 .pop()
-                .unwrap_or_else(|| Err(StoreError::Reply("no decision".into())));
+                .unwrap_or_else(|| Err(StoreError::Reply("no reply".into())));
         }
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut q = lock(&queue);
-            q.pending.push(Pending { call, done });
-            let start = q.sending < MAX_IN_FLIGHT;
-            q.sending += usize::from(start);
-            start
+        queued(&queue, &sender, op).await
+    }
+
+    /// The checks grouped by cluster slot, in a fixed order (one group on a single Redis): one
+    /// script call may touch one slot only.
+    fn groups<'c>(&self, checks: &'c [Check]) -> Vec<Vec<(usize, &'c Check)>> {
+        if !self.is_cluster() {
+            return vec![checks.iter().enumerate().collect()];
+        }
+        let mut groups: Vec<(HashSlot, Vec<(usize, &Check)>)> = Vec::new();
+        for (i, c) in checks.iter().enumerate() {
+            let slot = HashSlot::for_key(&c.key);
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, g)) => g.push((i, c)),
+                None => groups.push((slot, vec![(i, c)])),
+            }
+        }
+        // Every sidecar takes the groups in one order: by their first hash tag, but groups of
+        // global keys last. A narrow key refuses most often, and what a refused request
+        // reserved before its refusal is given back but blocks others meanwhile: reserved on
+        // a caller's own key that blocks only the caller, on a global key everyone.
+        let order = |g: &[(usize, &Check)]| {
+            let t = tag(&g[0].1.key);
+            (t.ends_with(":*}"), t.to_string())
         };
-        if start {
-            tokio::spawn(drive(queue, conn, self.timeout));
-        }
-        match fast_timeout(self.timeout, answer).await {
-            Ok(Ok(result)) => result,
-            // The driver ended without answering (its runtime is shutting down).
-            Ok(Err(_)) => Err(StoreError::Unavailable),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        groups.sort_by_key(|(_, g)| order(g));
+        groups.into_iter().map(|(_, g)| g).collect()
     }
 
-    /// A member prefix no other request of any instance uses.
-    fn member(&self) -> String {
-        format!(
-            "{}{:x}",
-            self.member_prefix,
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-}
-
-/// The script of every call, one decision or a batch (see its header).
-static CHECK: std::sync::LazyLock<Script> =
-    std::sync::LazyLock::new(|| Script::new(include_str!("check.lua")));
-
-/// The most decisions one script call makes: Redis runs a script to its end before anything
-/// else, and 64 decisions take it a few hundred microseconds.
-const MAX_BATCH: usize = 64;
-
-/// One decision's share of a script call: its keys and arguments.
-struct Call {
-    keys: Vec<String>,
-    member: String,
-    /// The retry window (ms) and budget of a request id; its key is the last of `keys`.
-    retry: Option<(u64, u32)>,
-    cost: u32,
-    limits: Vec<Limit>,
-}
-
-impl Call {
-    fn new(ask: &Ask<'_>, member: String) -> Call {
-        let mut keys: Vec<String> = ask.limits.iter().map(|l| limit_key(ask.key, l)).collect();
-        let retry = ask.retry.map(|r| {
-            keys.push(retry_key(ask.key, r.id));
-            (r.window.as_millis().max(1) as u64, r.max_retries)
-        });
-        Call {
-            keys,
-            member,
-            retry,
-            cost: ask.cost,
-            limits: ask.limits.to_vec(),
+    pub async fn check(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
+        let member = self.leases.member();
+        if ask.holds_slots() && !self.leases.has_room(member) {
+            return Err(StoreError::Full(self.leases.len()));
         }
+        let (decision, _) = self.guarded(self.decide(ask, member)).await?;
+        self.hold(ask, decision, member).await
     }
 
-    fn encode(&self, cmd: &mut redis::Cmd) {
-        let (retry_ms, max_retries) = self.retry.unwrap_or((0, 0));
-        cmd.arg(&self.member)
-            .arg(retry_ms)
-            .arg(max_retries)
-            .arg(self.cost)
-            .arg(self.limits.len());
-        for l in &self.limits {
-            let algorithm = match l.algorithm {
-                Algorithm::SlidingLog => 1,
-                Algorithm::SlidingWindow => 2,
-                Algorithm::Gcra => 3,
+    /// Every group of the request's checks, one call each, in slot order. On one Redis that is
+    /// one call, all or nothing. On a cluster, a group that refuses after earlier groups
+    /// counted gives back what they counted, so no limit is ever exceeded; a request deciding
+    /// meanwhile may see those counts and be refused (a transient under-admission).
+    async fn decide(&self, ask: &Ask<'_>, member: u64) -> Result<(Decision, u64), StoreError> {
+        let groups = self.groups(ask.checks);
+        let mut parts: Vec<Parts> = vec![Default::default(); ask.checks.len()];
+        let mut done: Vec<(usize, u64, Option<String>)> = Vec::new();
+        let mut replayed = false;
+        for (g, group) in groups.iter().enumerate() {
+            let checks: Vec<&Check> = group.iter().map(|(_, c)| *c).collect();
+            // The request id's mark lives beside the first group's keys.
+            let retry = match (g, ask.retry) {
+                (0, Some(r)) => Some((
+                    retry_key(&checks[0].key, r.id),
+                    (r.window.as_millis() as u64).max(1),
+                    r.max_retries,
+                )),
+                _ => None,
             };
-            let micros = l.window.as_micros() as u64;
-            cmd.arg(algorithm)
-                .arg(l.requests.get())
-                .arg(micros)
-                .arg(l.burst.get())
-                .arg(micros.div_ceil(1000));
-        }
-    }
-}
-
-/// A decision waiting for the call that carries it.
-struct Pending {
-    call: Call,
-    done: tokio::sync::oneshot::Sender<Result<(bool, Vec<Parts>), StoreError>>,
-}
-
-/// The decisions of one thread waiting for a script call, and how many drivers are sending.
-#[derive(Default)]
-struct Queue {
-    pending: Vec<Pending>,
-    sending: usize,
-}
-
-/// Script calls one thread keeps in flight: while one is in Redis, the next is being sent
-/// (pipelined on the same connection), so neither side waits idle for the other. One or four
-/// measured the same as two (`bench/optimisations.md`, round 3).
-const MAX_IN_FLIGHT: usize = 2;
-
-fn lock(queue: &std::sync::Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
-    queue.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Sends a thread's waiting decisions, as many as are waiting (up to [`MAX_BATCH`]) in one
-/// script call, until none are left. At most [`MAX_IN_FLIGHT`] drivers run per thread: a request
-/// that finds fewer goes out at once, alone; under load, the requests that arrive while the
-/// calls are out go together in the next. Redis decides them one after another, exactly as
-/// separate calls would be decided.
-async fn drive(queue: Arc<std::sync::Mutex<Queue>>, mut conn: Conn, timeout: Duration) {
-    /// Lets the next request start a driver should this one end early (its task dropped).
-    struct Sending(Arc<std::sync::Mutex<Queue>>);
-    impl Drop for Sending {
-        fn drop(&mut self) {
-            lock(&self.0).sending -= 1;
-        }
-    }
-    let _sending = Sending(queue.clone());
-    loop {
-        let batch: Vec<Pending> = {
-            let mut q = lock(&queue);
-            // A request that stopped waiting (its deadline passed, its client left) has been
-            // answered without the store: counting it now would count what was not decided.
-            q.pending.retain(|p| !p.done.is_closed());
-            if q.pending.is_empty() {
-                return;
-            }
-            let n = q.pending.len().min(MAX_BATCH);
-            q.pending.drain(..n).collect()
-        };
-        let calls: Vec<&Call> = batch.iter().map(|p| &p.call).collect();
-        match send(&mut conn, &calls, timeout).await {
-            Ok(replies) => {
-                for (p, reply) in batch.into_iter().zip(replies) {
-                    let _ = p.done.send(reply);
+            let id_key = retry.as_ref().map(|r| r.0.clone());
+            let op = Op::check(&checks, self.lease, member, retry, replayed, ask.cost);
+            let reply = self.run(op, ask.cost > 0).await;
+            let (status, group_parts, at) = match reply {
+                Ok(Reply::Checked { status, parts, at }) => (status, parts, at),
+                Ok(Reply::Done) => Err(StoreError::Reply("not a check reply".into()))?,
+                Err(e) => {
+                    self.undo(&groups, &done, ask.cost, member, replayed).await;
+                    return Err(e);
                 }
+            };
+            for ((i, _), p) in group.iter().zip(group_parts) {
+                parts[*i] = p;
             }
-            Err(e) => {
-                for p in batch {
-                    let _ = p.done.send(Err(e.clone()));
+            if status == 0 {
+                if !done.is_empty() {
+                    self.rollbacks.fetch_add(1, Ordering::Relaxed);
+                    self.undo(&groups, &done, ask.cost, member, replayed).await;
                 }
+                let states: Vec<LimitState> = group
+                    .iter()
+                    .map(|(i, c)| LimitState::new(c.kind, parts[*i]))
+                    .collect();
+                let refused = Refused::longest(&states)
+                    .map(|r| Refused {
+                        index: group[r.index].0,
+                        ..r
+                    })
+                    .ok_or_else(|| StoreError::Reply("a refusal without a limit".into()))?;
+                return Ok((Decision::Limited(refused), at));
             }
+            replayed |= status == 2;
+            let mark = id_key.filter(|_| status == 1);
+            done.push((g, at, mark));
         }
+        let at = done.first().map_or(0, |d| d.1);
+        let receipt = Receipt { member, at };
+        Ok((
+            Decision::from_parts(true, ask.checks, parts, None, receipt),
+            at,
+        ))
     }
-}
 
-/// One script call deciding `calls` in order, loading the script first if Redis lacks it: the
-/// call's own failure, or each decision's outcome (one can fail while the others stand).
-async fn send(
-    conn: &mut Conn,
-    calls: &[&Call],
-    timeout: Duration,
-) -> Result<Vec<Result<(bool, Vec<Parts>), StoreError>>, StoreError> {
-    let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(CHECK.get_hash()).arg(keys);
-    for c in calls {
-        for k in &c.keys {
-            cmd.arg(k);
-        }
-    }
-    cmd.arg(calls.len());
-    for c in calls {
-        c.encode(&mut cmd);
-    }
-    let reply: Vec<i64> = match bounded(timeout, cmd.query_async(conn)).await {
-        Err(StoreError::Redis(e))
-            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-        {
-            bounded(timeout, CHECK.load_async(conn)).await?;
-            bounded(timeout, cmd.query_async(conn)).await?
-        }
-        other => other?,
-    };
-    let expected: usize = calls.iter().map(|c| 1 + 4 * c.limits.len()).sum();
-    if reply.len() != expected {
-        return Err(StoreError::Reply(format!("{reply:?}")));
-    }
-    let count = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
-    let mut rest = &reply[..];
-    Ok(calls
-        .iter()
-        .map(|c| {
-            let (one, next) = rest.split_at(1 + 4 * c.limits.len());
-            rest = next;
-            if one[0] < 0 {
-                return Err(StoreError::Caller(
-                    "the script failed on this caller's keys (Redis's log says why)".into(),
+    /// Gives back what the groups in `done` counted (best effort: a failure leaves a count that
+    /// runs out with its window, and a slot whose lease does).
+    async fn undo(
+        &self,
+        groups: &[Vec<(usize, &Check)>],
+        done: &[(usize, u64, Option<String>)],
+        cost: u32,
+        member: u64,
+        replayed: bool,
+    ) {
+        for (g, at, mark) in done {
+            let group = &groups[*g];
+            let rates: Vec<&Check> = group
+                .iter()
+                .map(|(_, c)| *c)
+                .filter(|c| !is_slot(&c.kind) && !replayed)
+                .collect();
+            let slots: Vec<&Check> = group
+                .iter()
+                .map(|(_, c)| *c)
+                .filter(|c| is_slot(&c.kind))
+                .collect();
+            let mut ops = Vec::new();
+            if !rates.is_empty() || mark.is_some() {
+                ops.push(Op::undo(
+                    &rates,
+                    self.lease,
+                    member,
+                    cost,
+                    *at,
+                    mark.clone(),
                 ));
             }
-            let parts = one[1..]
-                .chunks(4)
-                .map(|p| (count(p[0]), count(p[1]), micros(p[2]), micros(p[3])))
-                .collect();
-            Ok((one[0] == 1, parts))
-        })
-        .collect())
-}
-
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match fast_timeout(timeout, call).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError::Timeout(timeout)),
+            if !slots.is_empty() {
+                let keys = slots.iter().map(|c| c.key.clone()).collect();
+                ops.push(Op::Release { keys, member });
+            }
+            for op in ops {
+                if let Err(e) = self.run(op, false).await {
+                    log::debug!("store: giving back a reservation failed: {e}");
+                }
+            }
+        }
     }
-}
 
-fn micros(v: i64) -> Duration {
-    Duration::from_micros(v.max(0) as u64)
+    /// An admitted request's slots, registered for renewal as its permit (given back when the
+    /// registry is full: a slot nobody renews would expire under its request).
+    async fn hold(
+        &self,
+        ask: &Ask<'_>,
+        decision: Decision,
+        member: u64,
+    ) -> Result<Decision, StoreError> {
+        let Decision::Admitted {
+            states, receipt, ..
+        } = decision
+        else {
+            return Ok(decision);
+        };
+        let slots: Vec<String> = ask
+            .checks
+            .iter()
+            .filter(|c| is_slot(&c.kind))
+            .map(|c| c.key.clone())
+            .collect();
+        if slots.is_empty() {
+            return Ok(Decision::Admitted {
+                states,
+                permit: None,
+                receipt,
+            });
+        }
+        let permit = Permit {
+            member,
+            slots: slots.clone(),
+            leases: self.leases.clone(),
+        };
+        if !self.leases.hold(member, slots) {
+            self.release(&permit).await;
+            return Err(StoreError::Full(self.leases.len()));
+        }
+        Ok(Decision::Admitted {
+            states,
+            permit: Some(permit),
+            receipt,
+        })
+    }
+
+    /// The state of each limit, counting nothing (checks with a cost of 0).
+    pub async fn peek(&self, checks: &[Check]) -> Result<Vec<LimitState>, StoreError> {
+        let ask = Ask {
+            checks,
+            cost: 0,
+            retry: None,
+        };
+        let (decision, _) = self.guarded(self.decide(&ask, 0)).await?;
+        match decision {
+            Decision::Admitted { states, .. } => Ok(states),
+            Decision::Limited(_) => Err(StoreError::Reply("a peek was refused".into())),
+        }
+    }
+
+    /// Replaces what `member` counted (`counted` units at `at`) by `cost` on every one of
+    /// `checks` (0 undoes it); `retry_id` drops that request id's mark. One call per slot group.
+    pub async fn adjust(
+        &self,
+        checks: &[Check],
+        member: u64,
+        (counted, cost): (u32, u32),
+        at: u64,
+        retry_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        for (g, group) in self.groups(checks).iter().enumerate() {
+            let checks: Vec<&Check> = group.iter().map(|(_, c)| *c).collect();
+            let id_key = retry_id
+                .filter(|_| g == 0)
+                .map(|id| retry_key(&checks[0].key, id));
+            let Op::Adjust {
+                keys,
+                limits,
+                drop_id,
+                ..
+            } = Op::undo(&checks, self.lease, member, counted, at, id_key)
+            else {
+                continue;
+            };
+            let op = Op::Adjust {
+                keys,
+                limits,
+                member,
+                counted,
+                cost,
+                at,
+                drop_id,
+            };
+            self.guarded(self.run(op, false)).await?;
+        }
+        Ok(())
+    }
+
+    /// Frees a finished request's slots (one call per slot group).
+    pub async fn release(&self, permit: &Permit) {
+        for group in self.slot_groups(permit.slots.iter().map(|k| (permit.member, k.clone()))) {
+            let keys = group.into_iter().map(|(_, k)| k).collect();
+            let op = Op::Release {
+                keys,
+                member: permit.member,
+            };
+            if let Err(e) = self.guarded(self.run(op, true)).await {
+                log::debug!("store: releasing a slot failed (its lease runs out): {e}");
+            }
+        }
+        self.leases.forget(permit.member);
+    }
+
+    /// Renews every lease this process holds, [`RENEW_BATCH`] per call.
+    pub async fn renew(&self) {
+        let held = self.leases.snapshot();
+        let pairs = held
+            .into_iter()
+            .flat_map(|(member, keys)| keys.into_iter().map(move |k| (member, k)));
+        for group in self.slot_groups(pairs) {
+            for chunk in group.chunks(RENEW_BATCH) {
+                let op = Op::Renew {
+                    keys: chunk.iter().map(|(_, k)| k.clone()).collect(),
+                    members: chunk.iter().map(|(m, _)| *m).collect(),
+                    lease_us: super::algorithms::lease_ms(self.lease) * 1000,
+                };
+                if let Err(e) = self.guarded(self.run(op, false)).await {
+                    log::warn!(
+                        "store: renewing {} in-flight leases failed: {e}",
+                        chunk.len()
+                    );
+                }
+            }
+        }
+    }
+
+    /// (member, key) pairs grouped by cluster slot (one group on a single Redis).
+    fn slot_groups(&self, pairs: impl Iterator<Item = (u64, String)>) -> Vec<Vec<(u64, String)>> {
+        let mut groups: HashMap<Option<HashSlot>, Vec<(u64, String)>> = HashMap::new();
+        for (m, k) in pairs {
+            let slot = self.is_cluster().then(|| HashSlot::for_key(&k));
+            groups.entry(slot).or_default().push((m, k));
+        }
+        groups.into_values().collect()
+    }
 }
 
 /// A member prefix unique to this process with overwhelming probability: 64 random bits from

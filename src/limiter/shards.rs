@@ -41,8 +41,24 @@ impl<V> Shards<V> {
     /// The locked shard that holds `key`. A poisoned lock is taken anyway: every update
     /// leaves an entry consistent, so a panic elsewhere cannot leave half-written state.
     pub fn lock(&self, key: &str) -> MutexGuard<'_, HashMap<String, V>> {
-        let i = self.hasher.hash_one(key) as usize % self.shards.len();
-        lock(&self.shards[i])
+        lock(&self.shards[self.index(key)])
+    }
+
+    /// The shard that holds `key`.
+    pub fn index(&self, key: &str) -> usize {
+        self.hasher.hash_one(key) as usize % self.shards.len()
+    }
+
+    /// The shards `indexes` name, each locked once, in ascending order: two callers locking
+    /// overlapping sets can never wait on each other in a circle.
+    pub fn lock_many(&self, indexes: &[usize]) -> Vec<(usize, MutexGuard<'_, HashMap<String, V>>)> {
+        let mut sorted = indexes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        sorted
+            .into_iter()
+            .map(|i| (i, lock(&self.shards[i])))
+            .collect()
     }
 
     /// Drops, from the next shard in turn, every entry `keep` says is no longer needed.

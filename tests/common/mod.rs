@@ -257,9 +257,10 @@ impl Sidecar {
         admin_port: u16,
     ) -> Sidecar {
         let mut cmd = Command::new(sluice_bin());
-        cmd.arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "warn,sluice=info");
+        cmd.arg("--config").arg(config).env(
+            "RUST_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn,sluice=info".into()),
+        );
         let mut proc = Proc::spawn(name, &mut cmd, dir);
         wait_until(&mut proc, Duration::from_secs(15), async || {
             // A bare connect: a request here could count against a limit.
@@ -423,6 +424,57 @@ pub async fn burst_of(ports: &[u16], targets: &[String]) -> Vec<Reply> {
         replies.push(t.await.expect("task"));
     }
     replies
+}
+
+/// Sends every (target, headers) request at once (all connected first, then all sent
+/// together), spread round robin over `ports`; the replies in order.
+pub async fn burst_with(ports: &[u16], requests: &[(String, Vec<(String, String)>)]) -> Vec<Reply> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len()));
+    let tasks: Vec<_> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, (target, headers))| {
+            let port = ports[i % ports.len()];
+            let (barrier, target, headers) = (barrier.clone(), target.clone(), headers.clone());
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                barrier.wait().await;
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                send(&mut s, "GET", &target, &headers, b"")
+                    .await
+                    .expect("reply")
+            })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(requests.len());
+    for t in tasks {
+        replies.push(t.await.expect("task"));
+    }
+    replies
+}
+
+/// The upstream-demo's count of requests it is answering now and the most at once.
+pub async fn upstream_in_flight(port: u16) -> (u64, u64) {
+    let r = get(port, "/__inflight")
+        .await
+        .expect("upstream answers")
+        .json();
+    (
+        r["in_flight"].as_u64().unwrap_or(0),
+        r["max_in_flight"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Resets the upstream-demo's most-at-once count to what is in flight now.
+pub async fn reset_upstream_in_flight(port: u16) {
+    request(port, "POST", "/__inflight", &[], b"")
+        .await
+        .expect("upstream answers");
 }
 
 pub fn count_status(replies: &[Reply], status: u16) -> usize {

@@ -2,7 +2,10 @@
 //! small JSON body; fast enough (hyper, keep-alive) never to be a benchmark's bottleneck.
 //!
 //! A request with the header `x-echo: 1` also gets its query, headers and body size back, so
-//! tests can see exactly what the proxy forwarded.
+//! tests can see exactly what the proxy forwarded. `x-hold-ms: N` holds the request N ms (at
+//! most 60 s) before answering, and `x-status: N` answers with status N. `GET /__inflight`
+//! reports how many requests are being answered now and the most there ever were at once
+//! (`POST /__inflight` resets that), so tests can see what a limiter let through.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -16,7 +19,30 @@ use percent_encoding::percent_decode_str;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// Requests being answered now, and the most there were at once.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+        MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -81,8 +107,38 @@ fn user_id(query: Option<&str>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+fn header_number(parts: &hyper::http::request::Parts, name: &str) -> Option<u64> {
+    parts.headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn json_response(status: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/__inflight" {
+        if req.method() == hyper::Method::POST {
+            MAX_IN_FLIGHT.store(IN_FLIGHT.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        let body = json!({
+            "in_flight": IN_FLIGHT.load(Ordering::SeqCst),
+            "max_in_flight": MAX_IN_FLIGHT.load(Ordering::SeqCst),
+        });
+        return Ok(json_response(200, body));
+    }
+    let _in_flight = InFlight::enter();
     let (parts, body) = req.into_parts();
+    if let Some(ms) = header_number(&parts, "x-hold-ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let status = header_number(&parts, "x-status")
+        .and_then(|s| u16::try_from(s).ok())
+        .filter(|s| (200..600).contains(s))
+        .unwrap_or(200);
     // Read and discard the body, counting it, so the connection can be reused.
     let body_len = match body.collect().await {
         Ok(b) => b.to_bytes().len(),
@@ -116,10 +172,5 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         out.insert("headers".into(), Value::Object(headers));
         out.insert("body_bytes".into(), body_len.into());
     }
-    let body = Value::Object(out).to_string();
-    let response = Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default();
-    Ok(response)
+    Ok(json_response(status, Value::Object(out)))
 }

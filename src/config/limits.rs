@@ -1,0 +1,440 @@
+//! The limits of the config: shared buckets, routes and their limits, scopes (`per`), costs
+//! and per-caller overrides, validated into [`Route`]s whose limits are ready to count.
+
+use super::file::*;
+use super::format_duration;
+use super::validate::{on_error, positive_duration, Problems};
+use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope};
+use crate::routes::{normalize_path, PathMatch, Route};
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every route, each with its own limits followed by those of the buckets it draws from.
+pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
+    let buckets = buckets(&file.buckets, p);
+    let mut used: Vec<&str> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if name_ok(&r.name, &format!("{path}.name"), "route", p) {
+            if let Some(first) = seen.insert(&r.name, i) {
+                p.add(
+                    &format!("{path}.name"),
+                    format!("duplicate route name \"{}\" (also routes[{first}])", r.name),
+                );
+            }
+        }
+        let (path_match, methods) = matcher(&r.matcher, &format!("{path}.match"), p);
+        let own = limits(
+            &r.limits,
+            &format!("{path}.limits"),
+            &Scope::caller(),
+            None,
+            p,
+        );
+        let mut shared: Vec<Limit> = Vec::new();
+        for (j, b) in r.buckets.iter().enumerate() {
+            match buckets.get(b.as_str()) {
+                Some(limits) => {
+                    used.push(b);
+                    shared.extend(limits.iter().cloned());
+                }
+                None => p.add(
+                    &format!("{path}.buckets[{j}]"),
+                    format!("unknown bucket \"{b}\" (defined: {})", names(&file.buckets)),
+                ),
+            }
+        }
+        let overrides = overrides(&r.overrides, &own, &shared, &path, p);
+        let mut all = own.clone();
+        all.extend(shared.iter().cloned());
+        let mut lists = vec![(format!("{path}.limits"), all.clone())];
+        lists.extend(overrides.iter().map(|(who, l)| {
+            (
+                format!("{path}.overrides.{}", String::from_utf8_lossy(who)),
+                l.clone(),
+            )
+        }));
+        let cost = cost(r.cost.as_ref(), &lists, &path, p);
+        routes.push(Route {
+            name: r.name.clone(),
+            path: path_match,
+            methods,
+            limits: all,
+            overrides,
+            on_error: r.on_error.map(on_error),
+            shadow: r.shadow,
+            cost,
+        });
+    }
+    for name in file.buckets.keys() {
+        if !used.contains(&name.as_str()) {
+            p.warn(
+                &format!("buckets.{name}"),
+                "no route draws from this bucket (add it to a route's buckets, or remove it)",
+            );
+        }
+    }
+    routes
+}
+
+fn names(buckets: &BTreeMap<String, BucketFile>) -> String {
+    match buckets.is_empty() {
+        true => "none".into(),
+        false => buckets.keys().cloned().collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// A route or bucket name: it goes into store keys and metric labels.
+fn name_ok(name: &str, path: &str, what: &str, p: &mut Problems) -> bool {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        p.add(
+            path,
+            format!("invalid {what} name \"{name}\" (use letters, digits, '.', '_', '-')"),
+        );
+    }
+    ok
+}
+
+/// Each bucket's limits, tagged with the bucket's name.
+fn buckets<'f>(
+    map: &'f BTreeMap<String, BucketFile>,
+    p: &mut Problems,
+) -> HashMap<&'f str, Vec<Limit>> {
+    map.iter()
+        .map(|(name, b)| {
+            let at = format!("buckets.{name}");
+            name_ok(name, &at, "bucket", p);
+            let per = b
+                .per
+                .as_ref()
+                .and_then(|f| per(f, &format!("{at}.per"), p))
+                .unwrap_or_default();
+            if b.limits.is_empty() {
+                p.add(&format!("{at}.limits"), "a bucket needs at least one limit");
+            }
+            let owner: Arc<str> = name.as_str().into();
+            let limits = limits(&b.limits, &format!("{at}.limits"), &per, Some(owner), p);
+            (name.as_str(), limits)
+        })
+        .collect()
+}
+
+/// `per`: one part, `global`, or a list of distinct parts (a composite key).
+fn per(f: &PerFile, path: &str, p: &mut Problems) -> Option<Scope> {
+    const HINT: &str = "use caller, global, client_ip, header:<name>, query:<name>, or a list";
+    let part = |text: &str, p: &mut Problems| -> Option<Part> {
+        let part = match text.split_once(':') {
+            None if text == "caller" => Part::Caller,
+            None if text == "client_ip" => Part::ClientIp,
+            Some(("header", name)) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => Part::Header(h),
+                Err(_) => {
+                    p.add(path, format!("invalid header name \"{name}\""));
+                    return None;
+                }
+            },
+            Some(("query", name)) if !name.is_empty() => Part::Query(name.into()),
+            _ => {
+                p.add(path, format!("unknown scope \"{text}\" ({HINT})"));
+                return None;
+            }
+        };
+        Some(part)
+    };
+    match f {
+        PerFile::One(text) if text == "global" => Some(Scope::Global),
+        PerFile::One(text) => Some(Scope::Of(Box::new([part(text, p)?]))),
+        PerFile::Many(list) => {
+            if list.is_empty() {
+                p.add(path, format!("an empty list ({HINT})"));
+                return None;
+            }
+            let mut parts: Vec<Part> = Vec::new();
+            for text in list {
+                if text == "global" {
+                    p.add(
+                        path,
+                        "\"global\" cannot be part of a composite key (it is every request)",
+                    );
+                    return None;
+                }
+                let part = part(text, p)?;
+                if parts.contains(&part) {
+                    p.add(path, format!("a composite key names \"{text}\" twice"));
+                    return None;
+                }
+                parts.push(part);
+            }
+            Some(Scope::Of(parts.into_boxed_slice()))
+        }
+    }
+}
+
+/// The limits of one list; `per` is the list's default scope, `bucket` its owner.
+fn limits(
+    list: &[LimitFile],
+    path: &str,
+    default_per: &Scope,
+    bucket: Option<Arc<str>>,
+    p: &mut Problems,
+) -> Vec<Limit> {
+    let mut out: Vec<(usize, Limit)> = Vec::new();
+    for (j, l) in list.iter().enumerate() {
+        let at = format!("{path}[{j}]");
+        let scope = match &l.per {
+            Some(f) => per(f, &format!("{at}.per"), p),
+            None => Some(default_per.clone()),
+        };
+        let (Some(kind), Some(per)) = (kind(l, &at, p), scope) else {
+            continue;
+        };
+        let dup = out
+            .iter()
+            .find(|(_, o)| o.per == per && same_slot(&o.kind, &kind));
+        if let Some((first, _)) = dup {
+            let what = match kind {
+                Kind::Rate(r) => format!("window {}", format_duration(r.window)),
+                Kind::Concurrency(_) => "concurrency".into(),
+            };
+            p.add(
+                &at,
+                format!("duplicate limit: the same {what} and per {} as {path}[{first}] (give each its own window or per)", per.label()),
+            );
+            continue;
+        }
+        out.push((
+            j,
+            Limit {
+                kind,
+                per,
+                bucket: bucket.clone(),
+            },
+        ));
+    }
+    out.into_iter().map(|(_, l)| l).collect()
+}
+
+/// Two limits that would count under one key: rates with one window, or two in-flight caps.
+fn same_slot(a: &Kind, b: &Kind) -> bool {
+    match (a, b) {
+        (Kind::Rate(x), Kind::Rate(y)) => x.window == y.window,
+        (Kind::Concurrency(_), Kind::Concurrency(_)) => true,
+        _ => false,
+    }
+}
+
+fn whole(v: i64, at: &str, p: &mut Problems) -> Option<NonZeroU32> {
+    let n = u32::try_from(v).ok().and_then(NonZeroU32::new);
+    match n {
+        Some(n) => Some(n),
+        None if v < 1 => {
+            p.add(at, "must be at least 1");
+            None
+        }
+        None => {
+            p.add(at, format!("must be at most {}", u32::MAX));
+            None
+        }
+    }
+}
+
+/// A rate (`requests` per `window`, an algorithm, a burst) or an in-flight cap.
+fn kind(l: &LimitFile, at: &str, p: &mut Problems) -> Option<Kind> {
+    if let Some(n) = l.concurrency {
+        if l.requests.is_some() || l.window.is_some() || l.algorithm.is_some() || l.burst.is_some()
+        {
+            p.add(
+                at,
+                "concurrency cannot be combined with requests, window, algorithm or burst (make two limits)",
+            );
+            return None;
+        }
+        return whole(n, &format!("{at}.concurrency"), p).map(Kind::Concurrency);
+    }
+    let (Some(requests), Some(window)) = (l.requests, l.window.as_ref()) else {
+        p.add(
+            at,
+            "needs requests and window (a rate), or concurrency (requests in flight)",
+        );
+        return None;
+    };
+    let requests = whole(requests, &format!("{at}.requests"), p);
+    let window = positive_duration(Some(window), Duration::ZERO, &format!("{at}.window"), p);
+    if window.is_some_and(|w| w > Duration::from_secs(366 * 86_400)) {
+        p.add(&format!("{at}.window"), "must be at most 366d");
+    }
+    let algorithm = match l.algorithm {
+        None | Some(AlgorithmFile::SlidingLog) => Algorithm::SlidingLog,
+        Some(AlgorithmFile::SlidingWindow) => Algorithm::SlidingWindow,
+        Some(AlgorithmFile::Gcra) => Algorithm::Gcra,
+    };
+    let burst = match (l.burst, algorithm) {
+        (None, _) => requests,
+        (Some(_), a) if a != Algorithm::Gcra => {
+            p.add(&format!("{at}.burst"), "applies to algorithm: gcra only");
+            requests
+        }
+        (Some(b), _) => {
+            let burst = u32::try_from(b).ok().and_then(NonZeroU32::new);
+            if burst.is_none() {
+                p.add(
+                    &format!("{at}.burst"),
+                    format!("must be between 1 and {}", u32::MAX),
+                );
+            }
+            burst
+        }
+    };
+    Some(Kind::Rate(Rate {
+        requests: requests?,
+        window: window?,
+        algorithm,
+        burst: burst?,
+    }))
+}
+
+/// Per-caller overrides. An override replaces the route's own limits for that caller, but for
+/// its `per: global` ones (a cap on the route for everyone); the buckets still apply.
+fn overrides(
+    map: &BTreeMap<String, OverrideFile>,
+    own: &[Limit],
+    shared: &[Limit],
+    path: &str,
+    p: &mut Problems,
+) -> HashMap<Vec<u8>, Vec<Limit>> {
+    map.iter()
+        .map(|(user, o)| {
+            let at = format!("{path}.overrides.{user}.limits");
+            let mut limits = limits(&o.limits, &at, &Scope::caller(), None, p);
+            for (j, l) in o.limits.iter().enumerate() {
+                if matches!(&l.per, Some(PerFile::One(g)) if g == "global") {
+                    p.add(
+                        &format!("{at}[{j}].per"),
+                        "an override is one caller's: per: global belongs in the route's limits",
+                    );
+                }
+            }
+            limits.retain(|l| l.per != Scope::Global);
+            limits.extend(own.iter().filter(|l| l.per == Scope::Global).cloned());
+            limits.extend(shared.iter().cloned());
+            (user.as_bytes().to_vec(), limits)
+        })
+        .collect()
+}
+
+/// A route's cost: at least 1, and no more than every rate limit can ever admit (such a
+/// request could never be admitted: a config error, not a permanent 429).
+fn cost(
+    c: Option<&CostFile>,
+    limits: &[(String, Vec<Limit>)],
+    path: &str,
+    p: &mut Problems,
+) -> Cost {
+    let one = |v: i64, at: &str, p: &mut Problems| {
+        let n = u32::try_from(v).ok().and_then(NonZeroU32::new);
+        if n.is_none() {
+            p.add(at, format!("must be between 1 and {} (got {v})", u32::MAX));
+        }
+        n.unwrap_or(NonZeroU32::MIN)
+    };
+    let at = format!("{path}.cost");
+    let cost = match c {
+        None => Cost::default(),
+        Some(CostFile::Fixed(v)) => Cost::Fixed(one(*v, &at, p)),
+        Some(CostFile::PerMethod(map)) => Cost::PerMethod(
+            map.iter()
+                .map(|(m, v)| {
+                    let upper = m.to_ascii_uppercase();
+                    if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                        p.add(&format!("{at}.{m}"), format!("invalid method \"{m}\""));
+                    }
+                    (upper, one(*v, &format!("{at}.{m}"), p))
+                })
+                .collect(),
+        ),
+    };
+    let most = cost.max();
+    for (where_, list) in limits {
+        if let Some(r) = list
+            .iter()
+            .filter_map(Limit::rate)
+            .find(|r| r.capacity() < most)
+        {
+            p.add(
+                &at,
+                format!(
+                    "a request costing {most} exceeds {where_}'s limit of {} at once, so it could never be admitted",
+                    r.capacity()
+                ),
+            );
+        }
+    }
+    cost
+}
+
+fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Vec<String>>) {
+    let path_match = match (&m.path, &m.path_prefix) {
+        (Some(exact), None) => PathMatch::Exact(exact.clone()),
+        (None, Some(prefix)) => PathMatch::Prefix(prefix.clone()),
+        _ => {
+            p.add(path, "needs exactly one of \"path\" or \"path_prefix\"");
+            PathMatch::Prefix("/".into())
+        }
+    };
+    let (field, value) = match &path_match {
+        PathMatch::Exact(v) => ("path", v),
+        PathMatch::Prefix(v) => ("path_prefix", v),
+    };
+    if !value.starts_with('/') {
+        p.add(
+            &format!("{path}.{field}"),
+            format!("must start with \"/\" (got \"{value}\")"),
+        );
+    } else {
+        match normalize_path(value) {
+            Ok(normal) if normal != value.as_str() => p.add(
+                &format!("{path}.{field}"),
+                format!("\"{value}\" is not in normal form, so no request could match it (use \"{normal}\")"),
+            ),
+            Ok(_) => {}
+            Err(why) => p.add(&format!("{path}.{field}"), format!("\"{value}\": {why}")),
+        }
+    }
+    let methods = m.methods.as_ref().map(|ms| {
+        if ms.is_empty() {
+            p.add(
+                &format!("{path}.methods"),
+                "must list at least one method (leave it out to match all)",
+            );
+        }
+        ms.iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let upper = m.to_ascii_uppercase();
+                if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                    p.add(
+                        &format!("{path}.methods[{j}]"),
+                        format!("invalid method \"{m}\""),
+                    );
+                }
+                upper
+            })
+            .collect::<Vec<_>>()
+    });
+    // Frameworks answer HEAD with the GET handler: a limit on GET covers HEAD too.
+    let methods = methods.map(|mut ms| {
+        if ms.iter().any(|m| m == "GET") && !ms.iter().any(|m| m == "HEAD") {
+            ms.push("HEAD".to_string());
+        }
+        ms
+    });
+    (path_match, methods)
+}

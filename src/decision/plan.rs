@@ -1,0 +1,142 @@
+//! A route's limits as requests meet them, built once when the config loads: each limit's key
+//! owner (the route, or a shared bucket) and its name in the RateLimit headers. Per request,
+//! a plan resolves every limit to its store key from the values the request carries.
+
+use crate::identity::{IdentityError, IdentityExtractor};
+use crate::limiter::keys::{bucket_owner, limit_key};
+use crate::limiter::{Check, Limit, Part, Scope};
+use crate::response::Policy;
+use crate::routes::Route;
+use http::HeaderMap;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// One list of limits (a route's, or an override's for one caller) ready for requests.
+pub struct Plan {
+    pub limits: Vec<Limit>,
+    /// Whose counts each limit keeps: the route's name, or `@bucket`.
+    owners: Vec<String>,
+    pub policy: Policy,
+}
+
+impl Plan {
+    fn new(route: &str, limits: &[Limit]) -> Plan {
+        Plan {
+            owners: limits
+                .iter()
+                .map(|l| match &l.bucket {
+                    Some(b) => bucket_owner(b),
+                    None => route.to_string(),
+                })
+                .collect(),
+            policy: Policy::new(route, limits),
+            limits: limits.to_vec(),
+        }
+    }
+
+    /// Every limit's key for one request. A value a limit is keyed by (a header, a query
+    /// parameter, the client IP) is bounded like an identity: too long or with a control
+    /// character, the request is refused before anything is counted.
+    pub fn checks(
+        &self,
+        prefix: &str,
+        caller: Option<&[u8]>,
+        values: &mut Values<'_>,
+    ) -> Result<Vec<Check>, IdentityError> {
+        let mut checks = Vec::with_capacity(self.limits.len());
+        for (limit, owner) in self.limits.iter().zip(&self.owners) {
+            let key = match &limit.per {
+                Scope::Global => limit_key(prefix, owner, &limit.per, &[], &limit.kind),
+                s if s.is_caller() => limit_key(prefix, owner, &limit.per, &[caller], &limit.kind),
+                Scope::Of(parts) => {
+                    let mut found: Vec<Option<&[u8]>> = Vec::with_capacity(parts.len());
+                    for part in parts.iter() {
+                        values.resolve(part)?;
+                    }
+                    for part in parts.iter() {
+                        found.push(match part {
+                            Part::Caller => caller,
+                            other => values.get(other),
+                        });
+                    }
+                    limit_key(prefix, owner, &limit.per, &found, &limit.kind)
+                }
+            };
+            checks.push(Check {
+                key,
+                kind: limit.kind,
+            });
+        }
+        Ok(checks)
+    }
+}
+
+/// A route's plans: its own limits, and each override's.
+pub struct RoutePlans {
+    default: Plan,
+    overrides: HashMap<Vec<u8>, Plan>,
+}
+
+impl RoutePlans {
+    pub fn new(route: &Route) -> RoutePlans {
+        RoutePlans {
+            default: Plan::new(&route.name, &route.limits),
+            overrides: route
+                .overrides
+                .iter()
+                .map(|(who, limits)| (who.clone(), Plan::new(&route.name, limits)))
+                .collect(),
+        }
+    }
+
+    /// The plan for `caller`: an override when one names it, else the route's.
+    pub fn for_caller(&self, caller: Option<&[u8]>) -> &Plan {
+        caller
+            .and_then(|c| self.overrides.get(c))
+            .unwrap_or(&self.default)
+    }
+}
+
+/// The values of one request that scopes other than the caller are keyed by, read on first use.
+pub struct Values<'r> {
+    pub identity: &'r IdentityExtractor,
+    pub query: Option<&'r str>,
+    pub headers: &'r HeaderMap,
+    pub peer: Option<IpAddr>,
+    read: Vec<(Part, Option<Vec<u8>>)>,
+}
+
+impl<'r> Values<'r> {
+    pub fn new(
+        identity: &'r IdentityExtractor,
+        query: Option<&'r str>,
+        headers: &'r HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Self {
+        Values {
+            identity,
+            query,
+            headers,
+            peer,
+            read: Vec::new(),
+        }
+    }
+
+    fn resolve(&mut self, part: &Part) -> Result<(), IdentityError> {
+        if *part == Part::Caller || self.read.iter().any(|(p, _)| p == part) {
+            return Ok(());
+        }
+        let value = self
+            .identity
+            .part(part, self.query, self.headers, self.peer)?;
+        self.read.push((part.clone(), value));
+        Ok(())
+    }
+
+    fn get(&self, part: &Part) -> Option<&[u8]> {
+        self.read
+            .iter()
+            .find(|(p, _)| p == part)
+            .and_then(|(_, v)| v.as_deref())
+    }
+}

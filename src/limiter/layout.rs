@@ -1,0 +1,106 @@
+//! The store engine's wire layout, defined once: kind and operation codes, how many arguments
+//! each limit takes and how many values each limit answers. `check.lua` gets these as a
+//! generated header ([`lua_header`]), so the script and the Rust that calls it cannot drift.
+
+use super::limit::{Algorithm, Kind};
+use std::time::Duration;
+
+/// Kind codes (one per algorithm, and the in-flight slots): the script's table keys.
+pub const KIND_LOG: i64 = 1;
+pub const KIND_WINDOW: i64 = 2;
+pub const KIND_GCRA: i64 = 3;
+pub const KIND_SLOTS: i64 = 4;
+
+/// Operation codes.
+pub const OP_CHECK: i64 = 1;
+pub const OP_RELEASE: i64 = 2;
+pub const OP_RENEW: i64 = 3;
+pub const OP_ADJUST: i64 = 4;
+
+/// Arguments per limit: kind, amount, window µs, burst, window (or lease) ms.
+pub const LIMIT_ARGS: usize = 5;
+/// Values per limit in a check's reply: used, remaining, reset µs, retry µs.
+pub const REPLY_PER_LIMIT: usize = 4;
+/// The retry a full set of in-flight slots reports: a slot may free up any moment, so a client
+/// is told to try again in a second (`Retry-After: 1`).
+pub const SLOT_RETRY: Duration = Duration::from_secs(1);
+
+/// The code of a limit's kind.
+pub fn code(kind: &Kind) -> i64 {
+    match kind {
+        Kind::Rate(r) => match r.algorithm {
+            Algorithm::SlidingLog => KIND_LOG,
+            Algorithm::SlidingWindow => KIND_WINDOW,
+            Algorithm::Gcra => KIND_GCRA,
+        },
+        Kind::Concurrency(_) => KIND_SLOTS,
+    }
+}
+
+/// A limit's [`LIMIT_ARGS`] arguments; `lease` is the store's lease time (slots only).
+pub fn limit_args(kind: &Kind, lease: Duration) -> [u64; LIMIT_ARGS] {
+    match kind {
+        Kind::Rate(r) => {
+            let us = r.window.as_micros() as u64;
+            [
+                code(kind) as u64,
+                r.requests.get() as u64,
+                us,
+                r.burst.get() as u64,
+                us.div_ceil(1000),
+            ]
+        }
+        Kind::Concurrency(n) => [
+            KIND_SLOTS as u64,
+            n.get() as u64,
+            0,
+            0,
+            super::algorithms::lease_ms(lease),
+        ],
+    }
+}
+
+/// The script's header: every constant above as a Lua local.
+pub fn lua_header() -> String {
+    let constants: [(&str, i64); 11] = [
+        ("KIND_LOG", KIND_LOG),
+        ("KIND_WINDOW", KIND_WINDOW),
+        ("KIND_GCRA", KIND_GCRA),
+        ("KIND_SLOTS", KIND_SLOTS),
+        ("OP_CHECK", OP_CHECK),
+        ("OP_RELEASE", OP_RELEASE),
+        ("OP_RENEW", OP_RENEW),
+        ("OP_ADJUST", OP_ADJUST),
+        ("LIMIT_ARGS", LIMIT_ARGS as i64),
+        ("REPLY_PER_LIMIT", REPLY_PER_LIMIT as i64),
+        ("SLOT_RETRY_US", SLOT_RETRY.as_micros() as i64),
+    ];
+    let mut header = String::from("-- generated from limiter/layout.rs\n");
+    for (name, value) in constants {
+        header.push_str(&format!("local {name} = {value}\n"));
+    }
+    header
+}
+
+/// The whole script: the generated header, then `check.lua`.
+pub fn script_source() -> String {
+    format!("{}{}", lua_header(), include_str!("check.lua"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_uses_every_generated_constant_and_defines_none_itself() {
+        let body = include_str!("check.lua");
+        for line in lua_header().lines().skip(1) {
+            let name = line.split_whitespace().nth(1).unwrap();
+            assert!(body.contains(name), "check.lua never uses {name}");
+            assert!(
+                !body.contains(&format!("local {name} ")),
+                "check.lua defines {name} itself"
+            );
+        }
+    }
+}
