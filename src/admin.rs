@@ -114,6 +114,11 @@ impl Admin {
             return Reply::json(StatusCode::UNAUTHORIZED, json!({"error": error}));
         }
         if path == "/metrics" {
+            let side = &self.shared.side;
+            let (rollbacks, held) = side.store.counts();
+            self.shared
+                .metrics
+                .observe_store(rollbacks, held + side.fallback.slots_held());
             return Reply {
                 status: StatusCode::OK,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub breaker_open: IntGauge,
     upstream: [IntCounter; 5],
     pub reloads: IntCounterVec,
+    /// Decisions across Redis Cluster slots refused after reserving on another slot.
+    store_rollbacks: IntCounter,
+    /// In-flight slots this sidecar holds now.
+    slots_held: IntGauge,
 }
 
 impl Metrics {
@@ -130,6 +134,16 @@ impl Metrics {
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
         }
+        let store_rollbacks = IntCounter::new(
+            "sluice_store_rollbacks_total",
+            "Decisions across Redis Cluster slots that reserved on one slot, were refused on another and gave back what they reserved",
+        )
+        .expect("valid metric");
+        let slots_held = IntGauge::new(
+            "sluice_in_flight_slots",
+            "In-flight (concurrency) slots this sidecar holds now",
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             Opts::new("sluice_build_info", "sluice's version; always 1"),
             &["version"],
@@ -146,6 +160,8 @@ impl Metrics {
             Box::new(breaker_open.clone()),
             Box::new(upstream_vec),
             Box::new(reloads.clone()),
+            Box::new(store_rollbacks.clone()),
+            Box::new(slots_held.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -160,7 +176,17 @@ impl Metrics {
             breaker_open,
             upstream,
             reloads,
+            store_rollbacks,
+            slots_held,
         }
+    }
+
+    /// Brings the store's own counts into the registry (read when `/metrics` is scraped, so
+    /// the request path never touches them).
+    pub fn observe_store(&self, rollbacks: u64, slots_held: usize) {
+        let seen = self.store_rollbacks.get();
+        self.store_rollbacks.inc_by(rollbacks.saturating_sub(seen));
+        self.slots_held.set(slots_held as i64);
     }
 
     /// The counters of `route` (created at zero, so every route shows in `/metrics`).

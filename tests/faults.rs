@@ -369,6 +369,52 @@ async fn a_caller_cached_as_refused_is_admitted_once_redis_restarts_empty() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_after_a_redis_restart_is_sent_again_not_given_to_on_error() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let mut redis = Redis::start(&dir).await;
+    let port = redis.port;
+    let up = Upstream::start(&dir).await;
+    let body = format!(
+        "store:\n  backend: redis\n  url: \"{}\"\nroutes:\n  - name: deny\n    match: {{ path_prefix: /deny/ }}\n    on_error: deny\n    limits: [{{ requests: 2, window: 60s }}]\n  - name: allow\n    match: {{ path_prefix: /allow/ }}\n    on_error: allow\n    limits: [{{ requests: 2, window: 60s }}]\n",
+        redis.url()
+    );
+    let s = Sidecar::start(&dir, "s", up.port, &body).await;
+    for restart in 0..20 {
+        // Both workers connect (their connections then die with the old Redis).
+        for route in ["deny", "allow"] {
+            for _ in 0..4 {
+                get(s.port, &format!("/{route}/x?user_id=warm{restart}"))
+                    .await
+                    .unwrap();
+            }
+        }
+        redis.proc.kill();
+        redis = Redis::start_on(&dir, port, &[]).await;
+        for route in ["deny", "allow"] {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let target = format!("/{route}/x?user_id=r{restart}");
+                seen.push(status(s.port, &target, &[]).await);
+            }
+            // A 503 would be deny's answer to a failed call, a third 200 allow's.
+            assert_eq!(
+                seen,
+                [200, 200, 429],
+                "restart {restart}, on_error: {route}"
+            );
+        }
+    }
+    let metrics = get(s.admin_port, "/metrics").await.unwrap().body;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("decision=\"store_error\"") && !l.ends_with(" 0")),
+        "no request was decided without the store: {metrics}"
+    );
+}
+
 /// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
 fn make_certs(dir: &Path) {
     let run = |args: &[&str]| {

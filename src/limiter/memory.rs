@@ -369,6 +369,11 @@ impl MemoryLimiter {
         self.entries.sweep_all(|_, _| false);
     }
 
+    /// In-flight slots held now (requests, not slot keys).
+    pub fn slots_held(&self) -> usize {
+        self.leases.len()
+    }
+
     /// Keys currently held (for tests and memory checks).
     pub fn keys(&self) -> usize {
         self.entries.len()

@@ -160,6 +160,14 @@ impl Store {
         }
     }
 
+    /// Decisions rolled back across cluster slots, and in-flight slots held now.
+    pub fn counts(&self) -> (u64, usize) {
+        match self {
+            Store::Memory(m) => (0, m.slots_held()),
+            Store::Redis(r) => (r.rollbacks(), r.slots_held()),
+        }
+    }
+
     /// Whether the store answers, as its breaker last saw it (always up for memory).
     pub fn status(&self) -> breaker::StoreStatus {
         match self {

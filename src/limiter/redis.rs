@@ -118,6 +118,11 @@ impl RedisLimiter {
         self.rollbacks.load(Ordering::Relaxed)
     }
 
+    /// In-flight slots held now (requests, not slot keys).
+    pub fn slots_held(&self) -> usize {
+        self.leases.len()
+    }
+
     /// Runs one store call through the breaker: no call at all while it is open, and the
     /// outcome counted toward opening it.
     async fn guarded<T>(
