@@ -1,9 +1,12 @@
-//! The access log: one line per request on stdout, as text or JSON, written in Pingora's
-//! `logging` phase (which runs for responses sluice wrote itself too).
+//! The access log: one line per request on stdout, as text or JSON, made in Pingora's
+//! `logging` phase (which runs for responses sluice wrote itself too) and written by a thread of
+//! its own.
 
 use crate::config::{AccessLog, CallerInLog};
 use serde_json::json;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What one request's line says.
@@ -57,12 +60,57 @@ impl Entry {
     }
 }
 
-/// Writes `line` to stdout in one call (lines from several workers never interleave).
-pub fn write(line: &str) {
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-        log::debug!("access log: {e}");
+/// Lines waiting for the writer; past this, new lines are dropped and counted.
+const QUEUE: usize = 65_536;
+
+struct Writer {
+    lines: std::sync::mpsc::SyncSender<String>,
+    dropped: AtomicU64,
+}
+
+/// The writer thread, started on the first line: the request path only hands a line over
+/// (no lock on stdout, no system call); the thread writes what is queued in large writes and
+/// flushes whenever the queue runs dry.
+fn writer() -> &'static Writer {
+    static WRITER: OnceLock<Writer> = OnceLock::new();
+    WRITER.get_or_init(|| {
+        let (lines, queue) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+                while let Ok(line) = queue.recv() {
+                    let mut written = out.write_all(line.as_bytes());
+                    while let (Ok(()), Ok(more)) = (&written, queue.try_recv()) {
+                        written = out.write_all(more.as_bytes());
+                    }
+                    if let Err(e) = written.and_then(|()| out.flush()) {
+                        log::debug!("access log: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("access log: cannot start its writer thread: {e}");
+        }
+        Writer {
+            lines,
+            dropped: AtomicU64::new(0),
+        }
+    })
+}
+
+/// Queues `line` for stdout; when the writer is behind by 65,536 lines the line is dropped
+/// and counted ([`dropped`]), so a slow stdout never slows requests.
+pub fn write(line: String) {
+    let w = writer();
+    if w.lines.try_send(line).is_err() {
+        w.dropped.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Lines dropped because the writer was behind.
+pub fn dropped() -> u64 {
+    writer().dropped.load(Ordering::Relaxed)
 }
 
 /// A caller as every log line shows it: hashed (the default) or as it is.

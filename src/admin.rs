@@ -116,9 +116,9 @@ impl Admin {
         if path == "/metrics" {
             let side = &self.shared.side;
             let (rollbacks, held) = side.store.counts();
-            self.shared
-                .metrics
-                .observe_store(rollbacks, held + side.fallback.slots_held());
+            let held = held + side.fallback.slots_held();
+            let dropped = crate::access_log::dropped();
+            self.shared.metrics.observe(rollbacks, held, dropped);
             return Reply {
                 status: StatusCode::OK,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -430,3 +430,6 @@ fn rewritten(path: &str, query: Option<&str>) -> Option<http::Uri> {
     };
     http::Uri::try_from(target).ok()
 }
+
+#[cfg(test)]
+mod tests;

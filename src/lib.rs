@@ -2,17 +2,21 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML file model and the validated runtime model (`--check` lives here).
-//! - [`identity`]: who is calling (query parameter, header, client IP via trusted proxies).
-//! - [`routes`]: the ordered route table (method + path → route and its limits).
-//! - [`decision`]: one request's verdict (head checks, path, route, caller, limits, store),
-//!   Pingora-free.
-//! - [`limiter`]: the three algorithms in Redis (one Lua call; one server or a cluster) or in
-//!   memory, the denial cache and the circuit breaker; [`limiter::Decision`].
+//! - [`identity`]: who is calling (query parameter, header, client IP via trusted proxies), and
+//!   the request values other scopes are keyed by.
+//! - [`routes`]: the ordered route table (method + path → route); it only matches requests.
+//! - [`limiter`]: the limit model ([`limiter::Limit`]: a kind and a scope), keys, and one engine
+//!   in two stores: `check.lua` in Redis (one server or a cluster) and its twin in memory,
+//!   checked against each other; the denial cache, the circuit breaker, leases of in-flight
+//!   slots; what outlives a reload ([`limiter::StoreSide`]).
+//! - [`decision`]: one request's verdict (head checks, path, route, caller, each limit's key,
+//!   store, `on_error`), Pingora-free.
 //! - [`response`]: the RateLimit headers and every response sluice writes itself.
 //! - [`proxy`]: the Pingora `ProxyHttp` phases, each delegating to the modules above.
 //! - [`admin`]: `/health`, `/metrics` and `/stats/{user}` on their own listener.
 //! - [`metrics`], [`access_log`]: what operators read.
-//! - [`watch`]: the store probe (breaker recovery, restarts); [`reload`]: SIGHUP.
+//! - [`watch`]: the store probe (breaker recovery, restarts) and lease renewal; [`reload`]:
+//!   SIGHUP.
 //! - [`server`]: builds the Pingora server from a config.
 
 pub mod access_log;

@@ -72,6 +72,8 @@ pub struct Metrics {
     store_rollbacks: IntCounter,
     /// In-flight slots this sidecar holds now.
     slots_held: IntGauge,
+    /// Access-log lines dropped because the writer was behind.
+    access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -144,6 +146,11 @@ impl Metrics {
             "In-flight (concurrency) slots this sidecar holds now",
         )
         .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "sluice_access_log_dropped_total",
+            "Access-log lines dropped because stdout did not keep up (65,536 lines queued)",
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             Opts::new("sluice_build_info", "sluice's version; always 1"),
             &["version"],
@@ -162,6 +169,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(store_rollbacks.clone()),
             Box::new(slots_held.clone()),
+            Box::new(access_log_dropped.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -178,15 +186,19 @@ impl Metrics {
             reloads,
             store_rollbacks,
             slots_held,
+            access_log_dropped,
         }
     }
 
-    /// Brings the store's own counts into the registry (read when `/metrics` is scraped, so
-    /// the request path never touches them).
-    pub fn observe_store(&self, rollbacks: u64, slots_held: usize) {
+    /// Brings counts kept elsewhere into the registry (read when `/metrics` is scraped, so the
+    /// request path never touches them): the store's rollbacks and held slots, and the access
+    /// log's dropped lines.
+    pub fn observe(&self, rollbacks: u64, slots_held: usize, dropped: u64) {
         let seen = self.store_rollbacks.get();
         self.store_rollbacks.inc_by(rollbacks.saturating_sub(seen));
         self.slots_held.set(slots_held as i64);
+        let seen = self.access_log_dropped.get();
+        self.access_log_dropped.inc_by(dropped.saturating_sub(seen));
     }
 
     /// The counters of `route` (created at zero, so every route shows in `/metrics`).

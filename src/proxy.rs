@@ -241,7 +241,7 @@ impl ProxyHttp for Sidecar {
         log.entry.status = session.response_written().map_or(0, |h| h.status.as_u16());
         log.entry.total = log.started.elapsed();
         if let Some(line) = log.entry.line(log.format.0, log.format.1) {
-            access_log::write(&line);
+            access_log::write(line);
         }
     }
 }

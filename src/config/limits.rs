@@ -1,9 +1,9 @@
 //! The limits of the config: shared buckets, routes and their limits, scopes (`per`), costs
 //! and per-caller overrides, validated into [`Route`]s whose limits are ready to count.
 
+use super::fields::{on_error, positive_duration, Problems};
 use super::file::*;
 use super::format_duration;
-use super::validate::{on_error, positive_duration, Problems};
 use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope};
 use crate::routes::{normalize_path, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};

@@ -6,6 +6,7 @@
 
 pub mod defaults;
 mod duration;
+mod fields;
 pub mod file;
 mod limits;
 mod validate;

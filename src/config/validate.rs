@@ -1,5 +1,7 @@
-//! The conversion from the file model to the runtime model: every rule of the config lives here.
+//! The conversion from the file model to the runtime model: the server, upstream, store,
+//! identity and request-id rules (routes and limits: [`super::limits`]).
 
+use super::fields::{bounded, duration, on_error, positive_duration, Problems};
 use super::file::*;
 use super::*;
 use crate::identity::{Cidr, IdentitySource, RequestIds, TrustedProxies};
@@ -50,29 +52,6 @@ fn at(path: &str, msg: &str) -> String {
         msg.to_string()
     } else {
         format!("{path}: {msg}")
-    }
-}
-
-/// Collects problems with the field path each belongs to.
-pub(super) struct Problems {
-    lines: Vec<String>,
-    /// Settings that are valid but can never take effect: printed, never fatal.
-    pub(super) warnings: Vec<String>,
-    /// Field paths whose value came from an environment variable, and that variable.
-    from_env: HashMap<&'static str, &'static str>,
-}
-
-impl Problems {
-    pub(super) fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
-        self.warnings.push(format!("{path}: {msg}"));
-    }
-
-    pub(super) fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
-        let shown = match self.from_env.get(path) {
-            Some(var) => format!("{path} (from {var})"),
-            None => path.to_string(),
-        };
-        self.lines.push(format!("{shown}: {msg}"));
     }
 }
 
@@ -180,41 +159,6 @@ fn redis_url(url: &str, path: &str, p: &mut Problems) {
     }
 }
 
-/// The duration at `path`: `default` when absent, `None` (and a problem) when malformed.
-fn duration(
-    text: Option<&Text>,
-    default: Duration,
-    path: &str,
-    p: &mut Problems,
-) -> Option<Duration> {
-    let Some(Text(text)) = text else {
-        return Some(default);
-    };
-    let parsed = parse_duration(text);
-    if parsed.is_none() {
-        p.add(
-            path,
-            format!("invalid duration \"{text}\" ({DURATION_HINT})"),
-        );
-    }
-    parsed
-}
-
-/// Like [`duration`], and zero is a problem too.
-pub(super) fn positive_duration(
-    text: Option<&Text>,
-    default: Duration,
-    path: &str,
-    p: &mut Problems,
-) -> Option<Duration> {
-    let d = duration(text, default, path, p)?;
-    if d.is_zero() {
-        p.add(path, "must be longer than 0");
-        return None;
-    }
-    Some(d)
-}
-
 fn socket_addr(value: &str, path: &str, p: &mut Problems) -> Option<SocketAddr> {
     let parsed = value.parse::<SocketAddr>().ok();
     if parsed.is_none() {
@@ -238,24 +182,6 @@ fn whole_seconds(text: Option<&Text>, path: &str, p: &mut Problems) -> Duration 
         return Duration::ZERO;
     }
     d
-}
-
-/// A whole number at `path` within `min..=max`: `default` when absent.
-pub(super) fn bounded(
-    value: Option<i64>,
-    default: u64,
-    (min, max): (u64, u64),
-    path: &str,
-    p: &mut Problems,
-) -> usize {
-    let Some(v) = value else {
-        return default as usize;
-    };
-    if v < min as i64 || v > max as i64 {
-        p.add(path, format!("must be between {min} and {max} (got {v})"));
-        return default as usize;
-    }
-    v as usize
 }
 
 /// Two listeners that would take the same port: equal addresses, or one of them a wildcard.
@@ -509,14 +435,6 @@ fn lease_ttl(text: Option<&Text>, p: &mut Problems) -> Duration {
         return defaults::LEASE_TTL;
     }
     ttl
-}
-
-pub(super) fn on_error(f: OnErrorFile) -> OnError {
-    match f {
-        OnErrorFile::Allow => OnError::Allow,
-        OnErrorFile::Deny => OnError::Deny,
-        OnErrorFile::Local => OnError::Local,
-    }
 }
 
 fn fallback_share(share: Option<f64>, p: &mut Problems) -> f64 {

@@ -3,6 +3,7 @@
 //! random traces and compares): `look` (has the limit room for `cost`?), `count` (only when
 //! every limit of the request has room), `report`; `adjust`, `release` and `renew` after.
 
+use super::layout::{lease_ms, SLOT_RETRY};
 use super::limit::{Algorithm, Kind};
 use super::Parts;
 use std::collections::VecDeque;
@@ -218,7 +219,7 @@ impl State {
             }
             State::Slots { .. } => {
                 let retry = match refused && !look.ok {
-                    true => super::layout::SLOT_RETRY,
+                    true => SLOT_RETRY,
                     false => Duration::ZERO,
                 };
                 (
@@ -320,11 +321,6 @@ fn dims(kind: &Kind) -> (u64, u64, u64) {
         ),
         Kind::Concurrency(n) => (n.get() as u64, 1, 0),
     }
-}
-
-/// A lease in whole milliseconds (at least 1), as the script takes it.
-pub(super) fn lease_ms(lease: Duration) -> u64 {
-    (lease.as_millis() as u64).max(1)
 }
 
 /// A duration in whole microseconds, the unit every algorithm counts in.

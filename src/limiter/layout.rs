@@ -25,6 +25,11 @@ pub const REPLY_PER_LIMIT: usize = 4;
 /// is told to try again in a second (`Retry-After: 1`).
 pub const SLOT_RETRY: Duration = Duration::from_secs(1);
 
+/// A lease in whole milliseconds (at least 1), as the script takes it.
+pub fn lease_ms(lease: Duration) -> u64 {
+    (lease.as_millis() as u64).max(1)
+}
+
 /// The code of a limit's kind.
 pub fn code(kind: &Kind) -> i64 {
     match kind {
@@ -50,13 +55,7 @@ pub fn limit_args(kind: &Kind, lease: Duration) -> [u64; LIMIT_ARGS] {
                 us.div_ceil(1000),
             ]
         }
-        Kind::Concurrency(n) => [
-            KIND_SLOTS as u64,
-            n.get() as u64,
-            0,
-            0,
-            super::algorithms::lease_ms(lease),
-        ],
+        Kind::Concurrency(n) => [KIND_SLOTS as u64, n.get() as u64, 0, 0, lease_ms(lease)],
     }
 }
 

@@ -1,9 +1,10 @@
 //! The in-process store: every kind and algorithm, exact for one instance, and Redis's
 //! semantics to the letter (the engine in [`super::algorithms`] runs `check.lua`'s steps).
 
-use super::algorithms::{lease_ms, Look, State};
+use super::algorithms::{Look, State};
 use super::ask::{Ask, Check, Decision, LimitState, Parts, Permit, Receipt};
 use super::keys::retry_key;
+use super::layout::lease_ms;
 use super::leases::Leases;
 use super::limit::Kind;
 use super::shards::Shards;

@@ -18,6 +18,9 @@ pub mod redis;
 mod shards;
 pub mod side;
 
+#[cfg(test)]
+pub mod double;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +90,9 @@ pub enum StoreError {
 pub enum Store {
     Memory(Arc<MemoryLimiter>),
     Redis(Arc<RedisLimiter>),
+    /// A store that works, fails or stalls on command (unit tests of the decision's rules).
+    #[cfg(test)]
+    Double(Arc<double::Double>),
 }
 
 impl Store {
@@ -110,6 +116,8 @@ impl Store {
 
     pub fn backend_name(&self) -> &'static str {
         match self {
+            #[cfg(test)]
+            Store::Double(_) => "double",
             Store::Memory(_) => "memory",
             Store::Redis(r) if r.is_cluster() => "redis_cluster",
             Store::Redis(_) => "redis",
@@ -132,6 +140,8 @@ impl Store {
         match self {
             Store::Memory(m) => m.check(&ask),
             Store::Redis(r) => r.check(&ask).await,
+            #[cfg(test)]
+            Store::Double(d) => d.check(&ask).await,
         }
     }
 
@@ -140,6 +150,8 @@ impl Store {
         match self {
             Store::Memory(m) => m.peek(checks),
             Store::Redis(r) => r.peek(checks).await,
+            #[cfg(test)]
+            Store::Double(d) => d.memory.peek(checks),
         }
     }
 
@@ -149,6 +161,8 @@ impl Store {
         match self {
             Store::Memory(m) => m.release(&permit),
             Store::Redis(r) => r.release(&permit).await,
+            #[cfg(test)]
+            Store::Double(d) => d.memory.release(&permit),
         }
     }
 
@@ -157,6 +171,8 @@ impl Store {
         match self {
             Store::Memory(m) => m.renew(),
             Store::Redis(r) => r.renew().await,
+            #[cfg(test)]
+            Store::Double(d) => d.memory.renew(),
         }
     }
 
@@ -165,14 +181,16 @@ impl Store {
         match self {
             Store::Memory(m) => (0, m.slots_held()),
             Store::Redis(r) => (r.rollbacks(), r.slots_held()),
+            #[cfg(test)]
+            Store::Double(d) => (0, d.memory.slots_held()),
         }
     }
 
     /// Whether the store answers, as its breaker last saw it (always up for memory).
     pub fn status(&self) -> breaker::StoreStatus {
         match self {
-            Store::Memory(_) => breaker::StoreStatus::Up,
             Store::Redis(r) => r.breaker().status(),
+            _ => breaker::StoreStatus::Up,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The shared limiter in Redis (one server or a cluster): one atomic script call per decision
-//! and store node (see `check.lua` and [`ops`]).
+//! and store node (see `check.lua` and `redis/ops.rs`).
 
 mod ops;
 
@@ -509,7 +509,7 @@ impl RedisLimiter {
         self.leases.forget(permit.member);
     }
 
-    /// Renews every lease this process holds, [`RENEW_BATCH`] per call.
+    /// Renews every lease this process holds, 512 per call.
     pub async fn renew(&self) {
         let held = self.leases.snapshot();
         let pairs = held
@@ -520,7 +520,7 @@ impl RedisLimiter {
                 let op = Op::Renew {
                     keys: chunk.iter().map(|(_, k)| k.clone()).collect(),
                     members: chunk.iter().map(|(m, _)| *m).collect(),
-                    lease_us: super::algorithms::lease_ms(self.lease) * 1000,
+                    lease_us: super::layout::lease_ms(self.lease) * 1000,
                 };
                 if let Err(e) = self.guarded(self.run(op, false)).await {
                     log::warn!(

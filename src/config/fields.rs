@@ -1,0 +1,92 @@
+//! What every part of the config's validation shares: the list of problems (and warnings)
+//! with their field paths, and the readers of durations, bounded numbers and policies.
+
+use super::file::{OnErrorFile, Text};
+use super::{parse_duration, DURATION_HINT};
+use crate::limiter::OnError;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Collects problems with the field path each belongs to.
+pub(super) struct Problems {
+    pub(super) lines: Vec<String>,
+    /// Settings that are valid but can never take effect: printed, never fatal.
+    pub(super) warnings: Vec<String>,
+    /// Field paths whose value came from an environment variable, and that variable.
+    pub(super) from_env: HashMap<&'static str, &'static str>,
+}
+
+impl Problems {
+    pub(super) fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.warnings.push(format!("{path}: {msg}"));
+    }
+
+    pub(super) fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
+        let shown = match self.from_env.get(path) {
+            Some(var) => format!("{path} (from {var})"),
+            None => path.to_string(),
+        };
+        self.lines.push(format!("{shown}: {msg}"));
+    }
+}
+
+/// The duration at `path`: `default` when absent, `None` (and a problem) when malformed.
+pub(super) fn duration(
+    text: Option<&Text>,
+    default: Duration,
+    path: &str,
+    p: &mut Problems,
+) -> Option<Duration> {
+    let Some(Text(text)) = text else {
+        return Some(default);
+    };
+    let parsed = parse_duration(text);
+    if parsed.is_none() {
+        p.add(
+            path,
+            format!("invalid duration \"{text}\" ({DURATION_HINT})"),
+        );
+    }
+    parsed
+}
+
+/// Like [`duration`], and zero is a problem too.
+pub(super) fn positive_duration(
+    text: Option<&Text>,
+    default: Duration,
+    path: &str,
+    p: &mut Problems,
+) -> Option<Duration> {
+    let d = duration(text, default, path, p)?;
+    if d.is_zero() {
+        p.add(path, "must be longer than 0");
+        return None;
+    }
+    Some(d)
+}
+
+/// A whole number at `path` within `min..=max`: `default` when absent.
+pub(super) fn bounded(
+    value: Option<i64>,
+    default: u64,
+    (min, max): (u64, u64),
+    path: &str,
+    p: &mut Problems,
+) -> usize {
+    let Some(v) = value else {
+        return default as usize;
+    };
+    if v < min as i64 || v > max as i64 {
+        p.add(path, format!("must be between {min} and {max} (got {v})"));
+        return default as usize;
+    }
+    v as usize
+}
+
+pub(super) fn on_error(f: OnErrorFile) -> OnError {
+    match f {
+        OnErrorFile::Allow => OnError::Allow,
+        OnErrorFile::Deny => OnError::Deny,
+        OnErrorFile::Local => OnError::Local,
+    }
+}

@@ -1,0 +1,202 @@
+//! The decision's rules around the store, with a store that works, fails or stalls on command:
+//! shadow routes, per-route `on_error`, overrides, scopes and request ids.
+
+use super::*;
+use crate::limiter::double::{Double, Mode};
+use http::HeaderValue;
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+upstream: { addrs: ["127.0.0.1:9"] }
+trusted_proxies: ["10.0.0.1/32"]
+request_ids: { header: x-request-id }
+store: { on_error: allow, fallback_share: 0.5 }
+buckets:
+  shared: { limits: [{ requests: 3, window: 60s }] }
+routes:
+  - name: shadow
+    match: { path_prefix: /shadow/ }
+    shadow: true
+    limits: [{ requests: 1, window: 60s }]
+  - name: deny
+    match: { path_prefix: /deny/ }
+    on_error: deny
+    limits: [{ requests: 1, window: 60s }]
+  - name: local
+    match: { path_prefix: /local/ }
+    on_error: local
+    limits: [{ requests: 4, window: 60s }]
+  - name: allow
+    match: { path_prefix: /allow/ }
+    limits: [{ requests: 1, window: 60s }]
+  - name: vip
+    match: { path_prefix: /vip/ }
+    buckets: [shared]
+    limits: [{ requests: 1, window: 60s }, { requests: 2, window: 60s, per: global }]
+    overrides:
+      boss: { limits: [{ requests: 100, window: 60s }] }
+  - name: tenant
+    match: { path_prefix: /tenant/ }
+    limits: [{ requests: 1, window: 60s, per: "header:x-tenant" }]
+"#;
+
+struct World {
+    double: Arc<Double>,
+    decider: Decider,
+}
+
+fn world() -> World {
+    let config = crate::config::parse("t.yaml", CONFIG, &|_| None).unwrap();
+    let double = Arc::new(Double::default());
+    let side = StoreSide::new(
+        Store::Double(double.clone()),
+        10_000,
+        Duration::from_secs(10),
+    );
+    let decider = Decider::new(&config, Arc::new(side), Arc::new(Metrics::new()), 0);
+    World { double, decider }
+}
+
+/// The outcome of one GET: the metric label, and the refusal's status (0: forwarded).
+async fn ask(w: &World, target: &str, headers: &[(&str, &str)], peer: &str) -> (&'static str, u16) {
+    let uri: http::Uri = target.parse().unwrap();
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let head = RequestHead {
+        method: &Method::GET,
+        raw_target: target.as_bytes(),
+        path: uri.path(),
+        query: uri.query(),
+        headers: &map,
+        peer: peer.parse().ok(),
+    };
+    let verdict = w.decider.decide(&head).await;
+    let status = match &verdict.action {
+        Action::Forward(_) => 0,
+        Action::Refuse(r) => crate::response::refusal(r).unwrap().0.status.as_u16(),
+    };
+    (verdict.trace.decision, status)
+}
+
+async fn get(w: &World, target: &str) -> (&'static str, u16) {
+    ask(w, target, &[], "192.0.2.1").await
+}
+
+#[tokio::test]
+async fn a_shadow_route_counts_and_logs_but_forwards_without_headers() {
+    let w = world();
+    assert_eq!(get(&w, "/shadow/x?user_id=a").await, ("admitted", 0));
+    assert_eq!(get(&w, "/shadow/x?user_id=a").await, ("shadow_limited", 0));
+    let uri: http::Uri = "/shadow/x?user_id=b".parse().unwrap();
+    let headers = HeaderMap::new();
+    let head = RequestHead {
+        method: &Method::GET,
+        raw_target: b"/shadow/x?user_id=b",
+        path: uri.path(),
+        query: uri.query(),
+        headers: &headers,
+        peer: None,
+    };
+    let Action::Forward(f) = w.decider.decide(&head).await.action else {
+        panic!("a shadow route forwards")
+    };
+    assert!(f.rate_headers.is_none(), "a dry run shows clients nothing");
+    w.double.set(Mode::Fails);
+    assert_eq!(get(&w, "/shadow/x?user_id=c").await, ("store_error", 0));
+}
+
+#[tokio::test]
+async fn each_route_answers_a_failing_store_by_its_own_policy() {
+    let w = world();
+    w.double.set(Mode::Fails);
+    assert_eq!(get(&w, "/deny/x?user_id=a").await, ("store_error", 503));
+    assert_eq!(get(&w, "/allow/x?user_id=a").await, ("store_error", 0));
+    assert_eq!(get(&w, "/allow/x?user_id=a").await, ("store_error", 0));
+    // local: the route's 4 × fallback_share 0.5 = 2 in this process.
+    for _ in 0..2 {
+        assert_eq!(get(&w, "/local/x?user_id=a").await, ("store_error", 0));
+    }
+    assert_eq!(get(&w, "/local/x?user_id=a").await, ("store_error", 429));
+    // Back: the store decides again.
+    w.double.set(Mode::Works);
+    assert_eq!(get(&w, "/deny/x?user_id=a").await, ("admitted", 0));
+    assert_eq!(get(&w, "/deny/x?user_id=a").await, ("limited", 429));
+}
+
+#[tokio::test]
+async fn a_stalled_store_is_answered_by_the_policy_once_its_deadline_passes() {
+    let w = world();
+    w.double.set(Mode::Stalls(Duration::from_millis(30)));
+    let start = std::time::Instant::now();
+    assert_eq!(get(&w, "/deny/x?user_id=a").await, ("store_error", 503));
+    assert_eq!(get(&w, "/allow/x?user_id=a").await, ("store_error", 0));
+    assert!(start.elapsed() >= Duration::from_millis(60));
+}
+
+#[tokio::test]
+async fn an_override_replaces_the_callers_limits_but_not_global_caps_or_buckets() {
+    let w = world();
+    // Everyone: 1 per caller.
+    assert_eq!(get(&w, "/vip/x?user_id=a").await, ("admitted", 0));
+    assert_eq!(get(&w, "/vip/x?user_id=a").await, ("limited", 429));
+    // boss: 100 of its own, but the route's global 2 (one used by a) stops it at 1 more.
+    assert_eq!(get(&w, "/vip/x?user_id=boss").await, ("admitted", 0));
+    assert_eq!(get(&w, "/vip/x?user_id=boss").await, ("limited", 429));
+    let keys = &w.double.asked()[2].keys;
+    assert_eq!(
+        keys,
+        &[
+            "sluice:{vip:boss}:60000",
+            "sluice:{vip:*}:60000",
+            "sluice:{@shared:boss}:60000"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_header_scope_is_bounded_like_an_identity() {
+    let w = world();
+    let tenant = |v: &'static str| [("x-tenant", v)];
+    let acme = tenant("acme");
+    assert_eq!(
+        ask(&w, "/tenant/x", &acme, "192.0.2.1").await,
+        ("admitted", 0)
+    );
+    assert_eq!(
+        ask(&w, "/tenant/x", &acme, "192.0.2.2").await,
+        ("limited", 429)
+    );
+    let other = tenant("globex");
+    assert_eq!(
+        ask(&w, "/tenant/x", &other, "192.0.2.1").await,
+        ("admitted", 0)
+    );
+    let long = "t".repeat(300);
+    let long: &'static str = Box::leak(long.into_boxed_str());
+    let refused = ask(&w, "/tenant/x", &tenant(long), "192.0.2.1").await;
+    assert_eq!(refused, ("identity_too_long", 400));
+    let count = w.double.asked().len();
+    assert_eq!(count, 3, "a refused value never reaches the store");
+}
+
+#[tokio::test]
+async fn request_ids_reach_the_store_only_from_trusted_peers() {
+    let w = world();
+    let id = [("x-request-id", "r-1")];
+    ask(&w, "/allow/x?user_id=a", &id, "10.0.0.1").await;
+    ask(&w, "/allow/x?user_id=b", &id, "192.0.2.1").await;
+    let asked = w.double.asked();
+    assert_eq!(asked[0].retry.as_deref(), Some("r-1"));
+    assert_eq!(asked[1].retry, None, "an untrusted peer's id is no id");
+    // A retry of a counted request passes again, uncounted.
+    assert_eq!(
+        ask(&w, "/allow/x?user_id=a", &id, "10.0.0.1").await,
+        ("admitted", 0)
+    );
+    assert_eq!(get(&w, "/allow/x?user_id=a").await, ("limited", 429));
+}
