@@ -78,52 +78,69 @@ local function entry_cost(name)
   return 1
 end
 
--- The units in the log and its oldest entry's time. A log written before the total was kept
--- (no `#`) counts one unit per entry.
+-- The units in the log, its oldest entry's time, the index of that entry, and whether the log
+-- is weighted. A log whose entries all cost 1 (most) counts its entries; one that ever held a
+-- costlier entry keeps its total, negated, as the score of the member `#` (first by score).
 local function log_head(key)
-  local head = call('ZRANGE', key, 0, 1, 'WITHSCORES')
+  local head = call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if head[1] == '#' then
-    return -tonumber(head[2]), tonumber(head[4]), 1
+    local oldest = call('ZRANGE', key, 1, 1, 'WITHSCORES')[2]
+    return -tonumber(head[2]), tonumber(oldest), 1, true
   end
   if head[1] then
-    return call('ZCARD', key), tonumber(head[2]), 0
+    return call('ZCARD', key), tonumber(head[2]), 0, false
   end
-  return 0, nil, 0
+  return 0, nil, 0, false
 end
 
-local function log_store_total(key, total)
+-- Keeps a weighted log's total (an empty log is deleted whole).
+local function log_store_total(key, total, weighted)
   if total <= 0 then
     call('DEL', key)
-  else
+  elseif weighted then
     call('ZADD', key, -total, '#')
   end
 end
 
+-- One entry per kind, each a function of the phase: LOOK (has the limit room for `cost`?),
+-- COUNT (count it: every limit of the request had room), REPORT (used, remaining, reset, retry)
+-- and ADJUST (replace what a request counted by another cost; 0 undoes it). One closure per
+-- kind keeps what the script builds on every call small.
+local LOOK, COUNT, REPORT, ADJUST = 1, 2, 3, 4
 local KINDS = {}
 
-KINDS[KIND_LOG] = {
-  look = function(s, cost)
+KINDS[KIND_LOG] = function(phase, s, x, y, z, w)
+  if phase == LOOK then
+    local cost = x
     local key, window = s.key, s.window
-    local total, oldest, first = log_head(key)
+    local total, oldest, first, weighted = log_head(key)
     if oldest and oldest <= now - window then
-      local gone = call('ZRANGEBYSCORE', key, '(0', now - window)
-      for j = 1, #gone do
-        total = total - entry_cost(gone[j])
+      if weighted then
+        local gone = call('ZRANGEBYSCORE', key, '(0', now - window)
+        for j = 1, #gone do
+          total = total - entry_cost(gone[j])
+        end
+        call('ZREMRANGEBYSCORE', key, '(0', now - window)
+        log_store_total(key, total, weighted)
+      else
+        call('ZREMRANGEBYSCORE', key, '(0', now - window)
       end
-      call('ZREMRANGEBYSCORE', key, '(0', now - window)
-      log_store_total(key, total)
-      total, oldest, first = log_head(key)
+      total, oldest, first, weighted = log_head(key)
     end
-    s.used, s.oldest, s.first = total, oldest, first
+    s.used, s.oldest, s.first, s.weighted = total, oldest, first, weighted
     s.ok = total + cost <= s.amount
-  end,
-  count = function(s, member, cost)
+  elseif phase == COUNT then
+    local member, cost = x, y
     s.used = s.used + cost
-    call('ZADD', s.key, now_s, entry(member, cost), -s.used, '#')
-    call('PEXPIRE', s.key, s.ms + slack)
+    if s.weighted or cost > 1 then
+      call('ZADD', s.key, now_s, entry(member, cost), -s.used, '#')
+    else
+      call('ZADD', s.key, now_s, member)
+    end
+    call('PEXPIRE', s.key, s.ttl)
     s.oldest = s.oldest or now
-  end,
-  report = function(s, cost, refused)
+  elseif phase == REPORT then
+    local cost, refused = x, y
     local used, window = s.used, s.window
     local retry = 0
     if refused and not s.ok then
@@ -131,10 +148,12 @@ KINDS[KIND_LOG] = {
       if k > used then
         retry = window -- the cost exceeds the limit itself
       else
-        -- Walk from the oldest entry until k units have left.
+        -- Walk from the oldest entry until k units have left. Every entry is at least one
+        -- unit, so the next `need` entries (at most 128 at a time) are enough to look at.
         local i, need = s.first, k
         while need > 0 do
-          local chunk = call('ZRANGE', s.key, i, i + 127, 'WITHSCORES')
+          local take = math.min(need, 128)
+          local chunk = call('ZRANGE', s.key, i, i + take - 1, 'WITHSCORES')
           if #chunk == 0 then
             retry = window
             break
@@ -146,7 +165,7 @@ KINDS[KIND_LOG] = {
               break
             end
           end
-          i = i + 128
+          i = i + take
         end
       end
     end
@@ -155,8 +174,8 @@ KINDS[KIND_LOG] = {
       reset = (s.oldest or now) + window - now
     end
     return used, s.amount - used, reset, retry
-  end,
-  adjust = function(s, member, counted, cost, at)
+  else -- ADJUST
+    local member, counted, cost, at = x, y, z, w
     if at <= now - s.window then
       return -- it has left the window: it counts nothing any more
     end
@@ -164,17 +183,18 @@ KINDS[KIND_LOG] = {
     if not call('ZSCORE', s.key, name) then
       return
     end
-    local total = log_head(s.key)
+    local total, _, _, weighted = log_head(s.key)
     call('ZREM', s.key, name)
     if cost > 0 then
       call('ZADD', s.key, at, entry(member, cost))
     end
-    log_store_total(s.key, total - counted + cost)
-  end,
-}
+    log_store_total(s.key, total - counted + cost, weighted or cost > 1)
+  end
+end
 
-KINDS[KIND_WINDOW] = {
-  look = function(s, cost)
+KINDS[KIND_WINDOW] = function(phase, s, x, y, z, w)
+  if phase == LOOK then
+    local cost = x
     local h = call('HMGET', s.key, 'i', 'c', 'p')
     local window = s.window
     local idx = window_index(now, window)
@@ -187,14 +207,14 @@ KINDS[KIND_WINDOW] = {
     end
     s.est = s.prev * (1 - (now - idx * window) / window) + s.cur
     s.ok = s.est + cost <= s.amount + 1e-9
-  end,
-  count = function(s, member, cost)
+  elseif phase == COUNT then
+    local member, cost = x, y
     s.cur = s.cur + cost
     s.est = s.est + cost
     call('HSET', s.key, 'i', s.idx, 'c', s.cur, 'p', s.prev)
     call('PEXPIRE', s.key, ceil(2 * s.window / 1000) + slack)
-  end,
-  report = function(s, cost, refused)
+  elseif phase == REPORT then
+    local cost, refused = x, y
     local limit, window, cur, est = s.amount, s.window, s.cur, s.est
     local reset = (s.idx + 1) * window - now
     local retry = 0
@@ -216,8 +236,8 @@ KINDS[KIND_WINDOW] = {
       retry = max(retry, 1)
     end
     return ceil(est - 1e-9), max(0, floor(limit - est + 1e-9)), reset, retry
-  end,
-  adjust = function(s, member, counted, cost, at)
+  else -- ADJUST
+    local member, counted, cost, at = x, y, z, w
     local idx = window_index(at, s.window)
     local h = call('HMGET', s.key, 'i', 'c', 'p')
     local hi = tonumber(h[1])
@@ -226,22 +246,23 @@ KINDS[KIND_WINDOW] = {
     elseif hi == idx + 1 then
       call('HSET', s.key, 'p', max(0, (tonumber(h[3]) or 0) - counted + cost))
     end
-  end,
-}
+  end
+end
 
-KINDS[KIND_GCRA] = {
-  look = function(s, cost)
+KINDS[KIND_GCRA] = function(phase, s, x, y, z, w)
+  if phase == LOOK then
+    local cost = x
     s.T = s.window / s.amount
     s.cap = s.burst * s.T
     s.tat = max(tonumber(call('GET', s.key)) or now, now)
     s.new = s.tat + cost * s.T
     s.ok = s.new - now <= s.cap + 1e-6
-  end,
-  count = function(s, member, cost)
+  elseif phase == COUNT then
+    local member, cost = x, y
     s.tat = s.new
     call('SET', s.key, floor(s.tat + 0.5), 'PX', max(1, ceil((s.tat - now) / 1000)) + slack)
-  end,
-  report = function(s, cost, refused)
+  elseif phase == REPORT then
+    local cost, refused = x, y
     local ahead = s.tat - now
     local remaining = max(0, floor((s.cap - ahead) / s.T + 1e-9))
     local retry = 0
@@ -253,8 +274,8 @@ KINDS[KIND_GCRA] = {
       end
     end
     return s.burst - remaining, remaining, ceil(ahead), retry
-  end,
-  adjust = function(s, member, counted, cost, at)
+  else -- ADJUST
+    local member, counted, cost, at = x, y, z, w
     local tat = tonumber(call('GET', s.key))
     if not tat or tat <= now then
       return -- nothing owed any more
@@ -265,34 +286,35 @@ KINDS[KIND_GCRA] = {
     else
       call('SET', s.key, tat, 'PX', max(1, ceil((tat - now) / 1000)) + slack)
     end
-  end,
-}
+  end
+end
 
 -- In-flight requests: one lease per request, the member's score its expiry.
-KINDS[KIND_SLOTS] = {
-  look = function(s, cost)
+KINDS[KIND_SLOTS] = function(phase, s, x, y, z, w)
+  if phase == LOOK then
+    local cost = x
     call('ZREMRANGEBYSCORE', s.key, '-inf', now)
     s.used = call('ZCARD', s.key)
     s.ok = s.used + 1 <= s.amount
-  end,
-  count = function(s, member, cost)
-    call('ZADD', s.key, now + s.ms * 1000, member)
-    call('PEXPIRE', s.key, s.ms + slack)
+  elseif phase == COUNT then
+    local member, cost = x, y
+    call('ZADD', s.key, int(now + s.ms * 1000), member)
+    call('PEXPIRE', s.key, s.ttl)
     s.used = s.used + 1
-  end,
-  report = function(s, cost, refused)
+  elseif phase == REPORT then
+    local cost, refused = x, y
     local retry = 0
     if refused and not s.ok then
       retry = SLOT_RETRY_US
     end
     return s.used, max(0, s.amount - s.used), 0, retry
-  end,
-  adjust = function(s, member, counted, cost, at)
+  else -- ADJUST
+    local member, counted, cost, at = x, y, z, w
     if cost == 0 then
       call('ZREM', s.key, member)
     end
-  end,
-}
+  end
+end
 
 local function limit_at(b, key)
   return {
@@ -301,7 +323,10 @@ local function limit_at(b, key)
     window = tonumber(ARGV[b + 2]),
     burst = tonumber(ARGV[b + 3]),
     ms = tonumber(ARGV[b + 4]),
+    -- Its expiry as the text the command takes (a number argument costs Redis a conversion).
+    ttl = slack == 0 and ARGV[b + 4] or int(tonumber(ARGV[b + 4]) + slack),
     key = key,
+    used = 0, oldest = false, first = 0, weighted = false, ok = false,
   }
 end
 
@@ -312,7 +337,7 @@ local function check(a, k)
   local st, rates_ok, slots_ok, id_retried = {}, true, true, nil
   for i = 1, n do
     local s = limit_at(a + 6 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
-    KINDS[s.code].look(s, cost)
+    KINDS[s.code](LOOK, s, cost)
     if not s.ok then
       if s.code == KIND_SLOTS then
         slots_ok = false
@@ -370,9 +395,9 @@ local function check(a, k)
     local s = st[i]
     local kind = KINDS[s.code]
     if admitted and cost > 0 and (s.code == KIND_SLOTS or not replay) then
-      kind.count(s, member, cost)
+      kind(COUNT, s, member, cost)
     end
-    local used, remaining, reset, retry = kind.report(s, cost, not admitted)
+    local used, remaining, reset, retry = kind(REPORT, s, cost, not admitted)
     out[#out + 1] = used
     out[#out + 1] = remaining
     out[#out + 1] = reset
@@ -409,7 +434,7 @@ local function adjust(a, k)
   local at, drop_id, n = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1', tonumber(ARGV[a + 6])
   for i = 1, n do
     local s = limit_at(a + 7 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
-    KINDS[s.code].adjust(s, member, counted, cost, at)
+    KINDS[s.code](ADJUST, s, member, counted, cost, at)
   end
   if drop_id then
     call('DEL', KEYS[k + n])
@@ -417,64 +442,35 @@ local function adjust(a, k)
   out[#out + 1] = 1
 end
 
--- Each operation's width in ARGV and the number of keys it takes, from its arguments.
-local OPS = {
-  [OP_CHECK] = {
-    run = check,
-    width = function(a) return 6 + LIMIT_ARGS * tonumber(ARGV[a + 5]) end,
-    keys = function(a)
-      local n = tonumber(ARGV[a + 5])
-      if tonumber(ARGV[a + 2]) > 0 then
-        return n + 1
-      end
-      return n
-    end,
-    fails = function(a) return REPLY_PER_LIMIT * tonumber(ARGV[a + 5]) end,
-  },
-  [OP_RELEASE] = {
-    run = release,
-    width = function(a) return 3 end,
-    keys = function(a) return tonumber(ARGV[a + 2]) end,
-    fails = function(a) return 0 end,
-  },
-  [OP_RENEW] = {
-    run = renew,
-    width = function(a) return 3 + tonumber(ARGV[a + 2]) end,
-    keys = function(a) return tonumber(ARGV[a + 2]) end,
-    fails = function(a) return 0 end,
-  },
-  [OP_ADJUST] = {
-    run = adjust,
-    width = function(a) return 7 + LIMIT_ARGS * tonumber(ARGV[a + 6]) end,
-    keys = function(a)
-      local n = tonumber(ARGV[a + 6])
-      if ARGV[a + 5] == '1' then
-        return n + 1
-      end
-      return n
-    end,
-    fails = function(a) return 0 end,
-  },
-}
+local RUN = { [OP_CHECK] = check, [OP_RELEASE] = release, [OP_RENEW] = renew, [OP_ADJUST] = adjust }
 
--- An operation that fails (a key holding another type, written by something else) fails
--- alone: its reply is -1 then zeros, and the rest of the call is done as usual.
+-- Each operation's place in ARGV and KEYS, from its layout (generated, see the header):
+-- { fixed arguments, where its count n is, arguments per item, where the flag for one more key
+-- is (0: none), reply values per item when it fails }. An operation that fails (a key holding
+-- another type, written by something else) fails alone: its reply is -1 then zeros, and the
+-- rest of the call is done as usual.
 local a, k = 3, 1
 for _ = 1, tonumber(ARGV[2]) do
-  local op = OPS[tonumber(ARGV[a])]
+  local code = tonumber(ARGV[a])
+  local layout = OP_LAYOUT[code]
+  local n = tonumber(ARGV[a + layout[2]])
+  local keys = n
+  if layout[4] > 0 and tonumber(ARGV[a + layout[4]]) > 0 then
+    keys = n + 1
+  end
   local mark = #out
-  local ok, err = pcall(op.run, a, k)
+  local ok, err = pcall(RUN[code], a, k)
   if not ok then
     redis.log(redis.LOG_WARNING, 'sluice: an operation failed: ' .. tostring(err and err.err or err))
     for i = #out, mark + 1, -1 do
       out[i] = nil
     end
     out[#out + 1] = -1
-    for _ = 1, op.fails(a) do
+    for _ = 1, layout[5] * n do
       out[#out + 1] = 0
     end
   end
-  k = k + op.keys(a)
-  a = a + op.width(a)
+  k = k + keys
+  a = a + layout[1] + layout[3] * n
 end
 return out

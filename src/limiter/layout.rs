@@ -30,6 +30,17 @@ pub fn lease_ms(lease: Duration) -> u64 {
     (lease.as_millis() as u64).max(1)
 }
 
+/// Where each operation's arguments are: (code, fixed arguments with the code, the offset of
+/// its item count n, arguments per item, the offset of the flag for one more key (0: none),
+/// reply values per item beyond the first). The encoders in `redis/ops.rs` write exactly this
+/// (their test checks it), and the script reads it.
+pub const OP_LAYOUT: [(i64, usize, usize, usize, usize, usize); 4] = [
+    (OP_CHECK, 6, 5, LIMIT_ARGS, 2, REPLY_PER_LIMIT),
+    (OP_RELEASE, 3, 2, 0, 0, 0),
+    (OP_RENEW, 3, 2, 1, 0, 0),
+    (OP_ADJUST, 7, 6, LIMIT_ARGS, 5, 0),
+];
+
 /// The code of a limit's kind.
 pub fn code(kind: &Kind) -> i64 {
     match kind {
@@ -78,6 +89,13 @@ pub fn lua_header() -> String {
     for (name, value) in constants {
         header.push_str(&format!("local {name} = {value}\n"));
     }
+    let layouts: Vec<String> = OP_LAYOUT
+        .iter()
+        .map(|(code, fixed, n_at, per_item, extra_at, reply)| {
+            format!("[{code}] = {{ {fixed}, {n_at}, {per_item}, {extra_at}, {reply} }}")
+        })
+        .collect();
+    header.push_str(&format!("local OP_LAYOUT = {{ {} }}\n", layouts.join(", ")));
     header
 }
 
@@ -93,7 +111,11 @@ mod tests {
     #[test]
     fn the_script_uses_every_generated_constant_and_defines_none_itself() {
         let body = include_str!("check.lua");
-        for line in lua_header().lines().skip(1) {
+        for line in lua_header()
+            .lines()
+            .skip(1)
+            .filter(|l| !l.contains("OP_LAYOUT"))
+        {
             let name = line.split_whitespace().nth(1).unwrap();
             assert!(body.contains(name), "check.lua never uses {name}");
             assert!(
@@ -101,5 +123,6 @@ mod tests {
                 "check.lua defines {name} itself"
             );
         }
+        assert!(body.contains("OP_LAYOUT[code]") && !body.contains("local OP_LAYOUT"));
     }
 }

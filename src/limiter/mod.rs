@@ -139,7 +139,9 @@ impl Store {
         };
         match self {
             Store::Memory(m) => m.check(&ask),
-            Store::Redis(r) => r.check(&ask).await,
+            // Boxed: the Redis call's state is large, and every request's future (limited or
+            // not, on any store) would otherwise carry room for it and copy it as it moves.
+            Store::Redis(r) => Box::pin(r.check(&ask)).await,
             #[cfg(test)]
             Store::Double(d) => d.check(&ask).await,
         }
@@ -160,7 +162,8 @@ impl Store {
     pub async fn release(&self, permit: Permit) {
         match self {
             Store::Memory(m) => m.release(&permit),
-            Store::Redis(r) => r.release(&permit).await,
+            // Boxed for the reason `check` is: `logging` runs for every request.
+            Store::Redis(r) => Box::pin(r.release(&permit)).await,
             #[cfg(test)]
             Store::Double(d) => d.memory.release(&permit),
         }

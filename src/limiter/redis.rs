@@ -296,6 +296,9 @@ impl RedisLimiter {
     /// counted gives back what they counted, so no limit is ever exceeded; a request deciding
     /// meanwhile may see those counts and be refused (a transient under-admission).
     async fn decide(&self, ask: &Ask<'_>, member: u64) -> Result<(Decision, u64), StoreError> {
+        if !self.is_cluster() {
+            return self.decide_at_once(ask, member).await;
+        }
         let groups = self.groups(ask.checks);
         let mut parts: Vec<Parts> = vec![Default::default(); ask.checks.len()];
         let mut done: Vec<(usize, u64, Option<String>)> = Vec::new();
@@ -352,6 +355,31 @@ impl RedisLimiter {
             Decision::from_parts(true, ask.checks, parts, None, receipt),
             at,
         ))
+    }
+
+    /// The whole decision in one call (one Redis: every key in one script, all or nothing).
+    async fn decide_at_once(
+        &self,
+        ask: &Ask<'_>,
+        member: u64,
+    ) -> Result<(Decision, u64), StoreError> {
+        let retry = match (ask.retry, ask.checks.first()) {
+            (Some(r), Some(first)) => Some((
+                retry_key(&first.key, r.id),
+                (r.window.as_millis() as u64).max(1),
+                r.max_retries,
+            )),
+            _ => None,
+        };
+        let op = Op::check(ask.checks, self.lease, member, retry, false, ask.cost);
+        match self.run(op, ask.cost > 0).await? {
+            Reply::Checked { status, parts, at } => {
+                let receipt = Receipt { member, at };
+                let decision = Decision::from_parts(status != 0, ask.checks, parts, None, receipt);
+                Ok((decision, at))
+            }
+            Reply::Done => Err(StoreError::Reply("not a check reply".into())),
+        }
     }
 
     /// Gives back what the groups in `done` counted (best effort: a failure leaves a count that

@@ -5,9 +5,10 @@ use super::super::conn::Conn;
 use super::super::layout::{
     limit_args, LIMIT_ARGS, OP_ADJUST, OP_CHECK, OP_RELEASE, OP_RENEW, REPLY_PER_LIMIT,
 };
-use super::super::{Kind, Parts, StoreError};
+use super::super::{Check, Kind, Parts, StoreError};
 use pingora::time::fast_timeout::fast_timeout;
 use redis::Script;
+use std::borrow::Borrow;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,16 +65,20 @@ pub enum Reply {
 }
 
 impl Op {
-    pub fn check(
-        checks: &[&super::super::Check],
+    pub fn check<C: Borrow<Check>>(
+        checks: &[C],
         lease: Duration,
         member: u64,
         retry: Option<(String, u64, u32)>,
         replayed: bool,
         cost: u32,
     ) -> Op {
-        let mut keys: Vec<String> = checks.iter().map(|c| c.key.clone()).collect();
-        let limits = checks.iter().map(|c| limit_args(&c.kind, lease)).collect();
+        let mut keys: Vec<String> = Vec::with_capacity(checks.len() + 1);
+        keys.extend(checks.iter().map(|c| c.borrow().key.clone()));
+        let limits = checks
+            .iter()
+            .map(|c| limit_args(&c.borrow().kind, lease))
+            .collect();
         let retry = retry.map(|(key, ms, max)| {
             keys.push(key);
             (ms, max)
@@ -407,4 +412,60 @@ async fn drive(queue: Arc<Mutex<Queue>>, mut sender: Sender) {
 /// Whether `kind` holds a slot (its keys are released, not undone).
 pub fn is_slot(kind: &Kind) -> bool {
     matches!(kind, Kind::Concurrency(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::layout::OP_LAYOUT;
+    use crate::limiter::{Check, Rate};
+
+    /// Every encoder writes exactly the layout the script reads.
+    #[test]
+    fn each_operation_is_encoded_as_its_layout_says() {
+        let rate = Check {
+            key: "p:{r:a}:1000".into(),
+            kind: Kind::Rate(Rate::log(5, Duration::from_secs(1))),
+        };
+        let checks = [&rate, &rate];
+        let lease = Duration::from_secs(10);
+        let ops = [
+            Op::check(
+                &checks,
+                lease,
+                7,
+                Some(("p:{r:a}:id:x".into(), 10, 2)),
+                false,
+                1,
+            ),
+            Op::Release {
+                keys: vec!["k".into(), "l".into()],
+                member: 7,
+            },
+            Op::Renew {
+                keys: vec!["k".into(), "l".into()],
+                members: vec![1, 2],
+                lease_us: 1,
+            },
+            Op::undo(&checks, lease, 7, 1, 99, Some("p:{r:a}:id:x".into())),
+        ];
+        for (op, (code, fixed, n_at, per_item, extra_at, _)) in ops.iter().zip(OP_LAYOUT) {
+            let mut cmd = redis::cmd("X");
+            op.encode(&mut cmd, "m:");
+            let args: Vec<String> = cmd
+                .args_iter()
+                .skip(1)
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                })
+                .collect();
+            assert_eq!(args[0], code.to_string());
+            let n: usize = args[n_at].parse().unwrap();
+            assert_eq!(n, 2, "{op:?}");
+            assert_eq!(args.len(), fixed + per_item * n, "{op:?}");
+            let extra = extra_at > 0 && args[extra_at].parse::<i64>().unwrap() > 0;
+            assert_eq!(op.keys().len(), n + usize::from(extra), "{op:?}");
+        }
+    }
 }
