@@ -6,7 +6,7 @@ use crate::config::{AccessLog, CallerInLog};
 use serde_json::json;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What one request's line says.
@@ -66,27 +66,35 @@ const QUEUE: usize = 65_536;
 struct Writer {
     lines: std::sync::mpsc::SyncSender<String>,
     dropped: AtomicU64,
+    queued: AtomicU64,
+    written: Arc<AtomicU64>,
 }
+
+static WRITER: OnceLock<Writer> = OnceLock::new();
 
 /// The writer thread, started on the first line: the request path only hands a line over
 /// (no lock on stdout, no system call); the thread writes what is queued in large writes and
 /// flushes whenever the queue runs dry.
 fn writer() -> &'static Writer {
-    static WRITER: OnceLock<Writer> = OnceLock::new();
     WRITER.get_or_init(|| {
         let (lines, queue) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let written = Arc::new(AtomicU64::new(0));
+        let count = written.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
                 while let Ok(line) = queue.recv() {
-                    let mut written = out.write_all(line.as_bytes());
-                    while let (Ok(()), Ok(more)) = (&written, queue.try_recv()) {
-                        written = out.write_all(more.as_bytes());
+                    let mut n = 1;
+                    let mut result = out.write_all(line.as_bytes());
+                    while let (Ok(()), Ok(more)) = (&result, queue.try_recv()) {
+                        result = out.write_all(more.as_bytes());
+                        n += 1;
                     }
-                    if let Err(e) = written.and_then(|()| out.flush()) {
+                    if let Err(e) = result.and_then(|()| out.flush()) {
                         log::debug!("access log: {e}");
                     }
+                    count.fetch_add(n, Ordering::Release);
                 }
             });
         if let Err(e) = spawned {
@@ -95,6 +103,8 @@ fn writer() -> &'static Writer {
         Writer {
             lines,
             dropped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            written,
         }
     })
 }
@@ -103,14 +113,30 @@ fn writer() -> &'static Writer {
 /// and counted ([`dropped`]), so a slow stdout never slows requests.
 pub fn write(line: String) {
     let w = writer();
-    if w.lines.try_send(line).is_err() {
-        w.dropped.fetch_add(1, Ordering::Relaxed);
-    }
+    match w.lines.try_send(line) {
+        Ok(()) => w.queued.fetch_add(1, Ordering::Release),
+        Err(_) => w.dropped.fetch_add(1, Ordering::Relaxed),
+    };
 }
 
 /// Lines dropped because the writer was behind.
 pub fn dropped() -> u64 {
-    writer().dropped.load(Ordering::Relaxed)
+    WRITER
+        .get()
+        .map_or(0, |w| w.dropped.load(Ordering::Relaxed))
+}
+
+/// Waits (at most `limit`) until every queued line is on stdout: before the process exits.
+pub fn flush(limit: std::time::Duration) {
+    let Some(w) = WRITER.get() else {
+        return;
+    };
+    let start = std::time::Instant::now();
+    while w.written.load(Ordering::Acquire) < w.queued.load(Ordering::Acquire)
+        && start.elapsed() < limit
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// A caller as every log line shows it: hashed (the default) or as it is.

@@ -25,7 +25,8 @@ pub struct Admin {
 
 impl Admin {
     /// 200 whatever the store's state: every sidecar shares the store, so a load balancer that
-    /// pulled the sidecars whose store is away would pull them all.
+    /// pulled the sidecars whose store is away would pull them all. 503 `draining` while the
+    /// sidecar shuts down.
     fn health(&self) -> (StatusCode, Value) {
         let store = self.shared.side.store.status();
         let mut body = json!({
@@ -51,6 +52,11 @@ impl Admin {
             body["status"] = "degraded".into();
             body["store"] = "down".into();
             body["reason"] = reason.into();
+        }
+        if self.shared.drain.is_draining() {
+            // Shutting down: balancers and readiness probes take it out of rotation.
+            body["status"] = "draining".into();
+            return (StatusCode::SERVICE_UNAVAILABLE, body);
         }
         (StatusCode::OK, body)
     }

@@ -17,7 +17,7 @@
 //! - [`metrics`], [`access_log`]: what operators read.
 //! - [`watch`]: the store probe (breaker recovery, restarts) and lease renewal; [`reload`]:
 //!   SIGHUP.
-//! - [`server`]: builds the Pingora server from a config.
+//! - [`server`]: builds the Pingora server from a config; [`shutdown`]: the grace and the drain.
 
 pub mod access_log;
 pub mod admin;
@@ -31,4 +31,5 @@ pub mod reload;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod shutdown;
 pub mod watch;

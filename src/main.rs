@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         config.server.instance
     );
     match sluice::server::build(config, &cli.config) {
-        Ok(server) => server.run_forever(),
+        Ok(sidecar) => sidecar.run(),
         Err(e) => {
             eprintln!("sluice: {e}");
             ExitCode::from(1)

@@ -8,6 +8,7 @@ use crate::limiter::side::Held;
 use crate::limiter::StoreSide;
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
+use crate::shutdown::{Drain, InFlight};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,18 +31,20 @@ pub struct Shared {
     pub peers: Vec<HttpPeer>,
     /// `1.1 <instance>`, added to forwarded requests and to responses (RFC 9110 §7.6.3).
     pub via: String,
+    /// Whether the sidecar is draining (shutting down), and its requests in flight.
+    pub drain: Arc<Drain>,
 }
 
 /// One proxy worker: the shared state and its own round-robin position.
-pub struct Sidecar {
+pub struct Worker {
     shared: Arc<Shared>,
     next_peer: AtomicUsize,
 }
 
-impl Sidecar {
+impl Worker {
     /// Worker `index`: it starts its round robin at its index so the workers do not all begin
     /// on the same upstream.
-    pub fn worker(shared: Arc<Shared>, index: usize) -> Self {
+    pub fn new(shared: Arc<Shared>, index: usize) -> Self {
         Self {
             shared,
             next_peer: AtomicUsize::new(index),
@@ -80,6 +83,8 @@ pub struct RequestCtx {
     upstream_tries: usize,
     /// The access log's entry, while one is written.
     log: Option<LogCtx>,
+    /// Counts the request in flight (a draining sidecar exits once none is left).
+    _in_flight: Option<InFlight>,
 }
 
 struct LogCtx {
@@ -97,11 +102,14 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 }
 
 #[async_trait]
-impl ProxyHttp for Sidecar {
+impl ProxyHttp for Worker {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _in_flight: Some(self.shared.drain.enter()),
+            ..RequestCtx::default()
+        }
     }
 
     /// No downstream modules: Pingora's default is a response-compression module at level 0
@@ -109,6 +117,11 @@ impl ProxyHttp for Sidecar {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.shared.drain.is_draining() {
+            // Shutting down: this response closes its connection (`Connection: close`), so a
+            // keep-alive client reconnects, through its balancer, to a sidecar that stays.
+            session.set_keepalive(None);
+        }
         let req = session.req_header();
         let head = RequestHead {
             method: &req.method,

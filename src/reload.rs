@@ -106,6 +106,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         server.threads,
         server.instance,
         server.grace_period,
+        server.drain_timeout,
         server.admin_token,
         upstream.addrs,
         upstream.connect_timeout,
@@ -115,6 +116,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         store.prefix,
         store.max_callers,
         store.tls_ca_file,
+        store.lease_ttl,
     );
     (new, changed)
 }

@@ -5,16 +5,18 @@ use crate::config::Config;
 use crate::decision::Decider;
 use crate::limiter::{Store, StoreError, StoreSide};
 use crate::metrics::Metrics;
-use crate::proxy::{Shared, Sidecar};
+use crate::proxy::{Shared, Worker};
+use crate::shutdown::{Drain, Shutdown};
 use crate::watch::StoreWatch;
 use arc_swap::ArcSwap;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a valid config still could not start (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +83,25 @@ fn check_listen(addr: &str, what: &'static str) -> Result<(), StartError> {
         })
 }
 
-/// Builds the Pingora server with the proxy and admin services, ready to `run_forever`.
-pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartError> {
+/// A sidecar ready to run: the Pingora server and how it shuts down.
+pub struct Sidecar {
+    server: Server,
+    shutdown: Shutdown,
+}
+
+impl Sidecar {
+    /// Serves until told to stop (see [`crate::shutdown`]), then exits 0.
+    pub fn run(self) -> ! {
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(self.shutdown),
+        });
+        crate::access_log::flush(Duration::from_secs(1));
+        std::process::exit(0)
+    }
+}
+
+/// Builds the Pingora server with the proxy and admin services.
+pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartError> {
     check_listen(&config.server.listen, "proxy")?;
     check_listen(&config.server.admin_listen, "admin")?;
     let peers = peers(&config)?;
@@ -91,8 +110,11 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartErro
         // below), like an nginx worker.
         threads: 1,
         work_stealing: false,
-        grace_period_seconds: Some(config.server.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // Pingora's grace period is our drain: it comes after the listeners stop (which our
+        // shutdown watch delays by server.grace_period), and the watch ends it early once no
+        // request is in flight. What is still in flight after it is closed within a second.
+        grace_period_seconds: Some(config.server.drain_timeout.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -109,12 +131,14 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartErro
     for w in &config.warnings {
         log::warn!("{w}");
     }
+    let drain = Arc::new(Drain::default());
     let shared = Arc::new(Shared {
         decider: ArcSwap::from_pointee(decider),
         side: side.clone(),
         metrics: metrics.clone(),
         peers,
         via: format!("1.1 {}", config.server.instance),
+        drain: drain.clone(),
     });
     let admin = Admin {
         shared: shared.clone(),
@@ -129,7 +153,7 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartErro
     let mut reuseport = TcpSocketOptions::default();
     reuseport.so_reuseport = Some(true);
     for i in 0..config.server.threads {
-        let worker = Sidecar::worker(shared.clone(), i);
+        let worker = Worker::new(shared.clone(), i);
         let name = format!("sluice proxy {i}");
         let mut proxy =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, worker, &name);
@@ -161,5 +185,10 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Server, StartErro
     admin.threads = Some(1);
     admin.add_tcp(&config.server.admin_listen);
     server.add_service(admin);
-    Ok(server)
+    let shutdown = Shutdown {
+        drain,
+        grace: config.server.grace_period,
+        drain_timeout: config.server.drain_timeout,
+    };
+    Ok(Sidecar { server, shutdown })
 }

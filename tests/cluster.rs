@@ -270,6 +270,70 @@ async fn a_killed_sidecar_costs_clients_nothing_and_rejoins_after_up() {
     }
 }
 
+/// Whether process `pid` has exited (gone, or a zombie waiting for its parent).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_sigterm_of_every_sidecar_under_load_loses_no_request() {
+    let _heavy = HEAVY.lock().await;
+    let c = Cluster::up();
+    let out = c.run_dir.join("wrk.json");
+    // 12 s of load through nginx on an unlimited route, while each sidecar in turn is told to
+    // stop (SIGTERM), drains, exits and is started again.
+    let mut wrk = Command::new("wrk")
+        .args(["-t2", "-c16", "-d12s", "-s"])
+        .arg(repo_root().join("bench/wrk/report.lua"))
+        .arg(format!("http://127.0.0.1:{}/open/rolling", c.lb))
+        .env("WRK_OUT", &out)
+        .env("WRK_PATH", "/open/rolling")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("wrk is installed (Debian package wrk)");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (n, part) in ["sluice1", "sluice2", "sluice3"].iter().enumerate() {
+        let pid = c.pid(part);
+        let term = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(term.unwrap().success());
+        let start = Instant::now();
+        while !exited(pid) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{part} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.run("up");
+        let admin = c.admin[n];
+        let back = Instant::now();
+        while get(admin, "/health").await.map(|r| r.status).ok() != Some(200) {
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "{part} did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let status = wrk.wait().expect("wrk ends by itself");
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    println!("rolling restart under load: {report}");
+    assert!(report["requests"].as_u64().unwrap() > 1000, "{report}");
+    assert_eq!(report["non2xx"], 0, "every request answered 200: {report}");
+    assert_eq!(report["socket_errors"], 0, "no connection failed: {report}");
+}
+
 #[test]
 fn the_native_nginx_config_passes_nginx_t() {
     let c = Cluster::new();

@@ -139,6 +139,30 @@ fn the_kubernetes_example_is_a_sidecar_pod_whose_config_checks() {
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
         }
     }
+    // Shutdown: the pod waits out sluice's grace period and drain, and the app outlives them.
+    let secs = |v: &Value| {
+        v.as_str()
+            .and_then(|t| t.strip_suffix('s'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (grace, drain) = (
+        secs(&config["server"]["grace_period"]),
+        secs(&config["server"]["drain_timeout"]),
+    );
+    assert!(
+        grace > 0,
+        "endpoint removal lags SIGTERM: keep serving a while"
+    );
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        termination >= grace + drain,
+        "{termination} < {grace} + {drain}"
+    );
+    let linger: u64 = app_args[app_args.iter().position(|a| *a == "--linger").unwrap() + 1]
+        .parse()
+        .unwrap();
+    assert!(linger >= grace + drain, "the app stays while sluice drains");
     // And a Redis for the example, which the config points at.
     find(&docs, "Deployment", "redis");
     let redis = find(&docs, "Service", "redis");
@@ -158,6 +182,14 @@ fn the_systemd_unit_checks_before_it_starts_and_reloads_with_sighup() {
         "ExecStartPre=/usr/local/bin/sluice --config /etc/sluice/sluice.yaml --check"
     ));
     assert!(has("ExecReload=/bin/kill -HUP $MAINPID"));
+    // systemd waits out the default drain (30 s) before it kills.
+    assert!(has("KillSignal=SIGTERM"));
+    let stop: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(stop > 30, "TimeoutStopSec={stop}");
     for hardening in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

@@ -11,6 +11,10 @@ pub const KEY_PREFIX: &str = "sluice:";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After the grace period, how long requests in flight may take to finish (a Kubernetes pod's
+/// default termination grace is 30 s).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An identity longer than this (after percent-decoding) is refused with 400, never stored.
 pub const MAX_IDENTITY_BYTES: u64 = 256;
 /// The request line plus every header: 64 KiB, beyond which a request gets 431.

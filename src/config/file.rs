@@ -65,6 +65,8 @@ pub struct ServerFile {
     pub instance: Option<String>,
     /// How long a stopping sidecar keeps serving (SIGTERM) before it closes its listeners.
     pub grace_period: Option<Text>,
+    /// Then, how long requests in flight may take to finish.
+    pub drain_timeout: Option<Text>,
     /// Longest caller identity, in bytes after percent-decoding.
     pub max_identity_bytes: Option<i64>,
     /// Largest request head (request line and every header), in bytes.

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub instance: String,
     /// How long a sidecar told to stop (SIGTERM) keeps accepting before it drains and exits.
     pub grace_period: Duration,
+    /// Then, how long requests in flight may take to finish before they are closed.
+    pub drain_timeout: Duration,
     /// A request whose head (request line and headers) is larger gets 431.
     pub max_header_bytes: usize,
     /// A request whose target (path and query) is longer gets 414.

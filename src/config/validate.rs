@@ -171,8 +171,8 @@ fn socket_addr(value: &str, path: &str, p: &mut Problems) -> Option<SocketAddr> 
 }
 
 /// A duration that Pingora takes in whole seconds: `500ms` is an error, not a silent 0.
-fn whole_seconds(text: Option<&Text>, path: &str, p: &mut Problems) -> Duration {
-    let d = duration(text, Duration::ZERO, path, p).unwrap_or_default();
+fn whole_seconds(text: Option<&Text>, default: Duration, path: &str, p: &mut Problems) -> Duration {
+    let d = duration(text, default, path, p).unwrap_or_default();
     if d.subsec_nanos() != 0 {
         let shown = format_duration(d);
         p.add(
@@ -230,7 +230,18 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
         admin_listen,
         threads: threads.clamp(1, 256) as usize,
         instance,
-        grace_period: whole_seconds(s.grace_period.as_ref(), "server.grace_period", p),
+        grace_period: whole_seconds(
+            s.grace_period.as_ref(),
+            Duration::ZERO,
+            "server.grace_period",
+            p,
+        ),
+        drain_timeout: whole_seconds(
+            s.drain_timeout.as_ref(),
+            defaults::DRAIN_TIMEOUT,
+            "server.drain_timeout",
+            p,
+        ),
         max_header_bytes: bounded(
             s.max_header_bytes,
             defaults::MAX_HEADER_BYTES,

@@ -242,10 +242,22 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar on fresh ports with `body` (store, identity, routes...) as its config.
     pub async fn start(dir: &Path, name: &str, upstream: u16, body: &str) -> Sidecar {
+        Self::start_server(dir, name, upstream, "", body).await
+    }
+
+    /// Like [`Sidecar::start`], with `server` (lines of `  key: value`) added to the server
+    /// section.
+    pub async fn start_server(
+        dir: &Path,
+        name: &str,
+        upstream: u16,
+        server: &str,
+        body: &str,
+    ) -> Sidecar {
         let (port, admin_port) = (free_port(), free_port());
         let config = dir.join(format!("{name}.yaml"));
         let text = format!(
-            "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin_port}\"\n  threads: 2\n  instance: {name}\nupstream:\n  addrs: [\"127.0.0.1:{upstream}\"]\n{body}"
+            "server:\n  listen: \"127.0.0.1:{port}\"\n  admin_listen: \"127.0.0.1:{admin_port}\"\n  threads: 2\n  instance: {name}\n{server}upstream:\n  addrs: [\"127.0.0.1:{upstream}\"]\n{body}"
         );
         std::fs::write(&config, text).expect("write config");
         Self::start_with(dir, name, &config, port, admin_port).await

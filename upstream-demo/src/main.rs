@@ -6,9 +6,11 @@
 //! most 60 s) before answering, and `x-status: N` answers with status N. `GET /__inflight`
 //! reports how many requests are being answered now and the most there ever were at once
 //! (`POST /__inflight` resets that), so tests can see what a limiter let through.
+//! `GET /sse?events=N&every_ms=M` streams N server-sent events, one every M ms.
 
 use bytes::Bytes;
 use clap::Parser;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -56,6 +58,10 @@ struct Cli {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// On SIGTERM keep serving this many seconds before exiting (a sidecar in front of it
+    /// drains its requests meanwhile).
+    #[arg(long, default_value_t = 0)]
+    linger: u64,
 }
 
 fn main() -> std::io::Result<()> {
@@ -64,12 +70,19 @@ fn main() -> std::io::Result<()> {
         .worker_threads(cli.threads.max(1))
         .enable_all()
         .build()?
-        .block_on(serve(cli.listen))
+        .block_on(serve(cli.listen, Duration::from_secs(cli.linger)))
 }
 
-async fn serve(addr: SocketAddr) -> std::io::Result<()> {
+async fn serve(addr: SocketAddr, linger: Duration) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     eprintln!("upstream-demo listening on {addr}");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        eprintln!("upstream-demo: SIGTERM; serving {linger:?} more");
+        tokio::time::sleep(linger).await;
+        std::process::exit(0);
+    });
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -111,15 +124,70 @@ fn header_number(parts: &hyper::http::request::Parts, name: &str) -> Option<u64>
     parts.headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-fn json_response(status: u16, body: Value) -> Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(status: u16, body: Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_default()
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// A body sent frame by frame as a task produces them (streams, and later trailers).
+struct Frames(tokio::sync::mpsc::Receiver<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+fn query_number(query: Option<&str>, name: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// `events` server-sent events, one every `every_ms`, then the end of the stream.
+fn sse(query: Option<&str>) -> Response<Body> {
+    let events = query_number(query, "events").unwrap_or(3).min(10_000);
+    let every = Duration::from_millis(query_number(query, "every_ms").unwrap_or(100).min(60_000));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let _in_flight = InFlight::enter();
+    tokio::spawn(async move {
+        let _in_flight = _in_flight;
+        for i in 0..events {
+            let event = format!("id: {i}\ndata: event {i}\n\n");
+            if tx
+                .send(hyper::body::Frame::data(Bytes::from(event)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Frames(rx).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/sse" {
+        return Ok(sse(req.uri().query()));
+    }
     if req.uri().path() == "/__inflight" {
         if req.method() == hyper::Method::POST {
             MAX_IN_FLIGHT.store(IN_FLIGHT.load(Ordering::SeqCst), Ordering::SeqCst);
