@@ -124,6 +124,11 @@ impl Decider {
         }
     }
 
+    /// Whether `peer` is one of `trusted_proxies`.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.identity.trusted.trusts(peer)
+    }
+
     /// Which config this is: 0 at start, one more per reload.
     pub fn generation(&self) -> u64 {
         self.generation

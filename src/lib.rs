@@ -12,7 +12,8 @@
 //! - [`decision`]: one request's verdict (head checks, path, route, caller, each limit's key,
 //!   store, `on_error`), Pingora-free.
 //! - [`response`]: the RateLimit headers and every response sluice writes itself.
-//! - [`proxy`]: the Pingora `ProxyHttp` phases, each delegating to the modules above.
+//! - [`proxy`]: the Pingora `ProxyHttp` phases, each delegating to the modules above;
+//!   [`forwarded`]: the forwarding headers the upstream receives.
 //! - [`admin`]: `/health`, `/metrics` and `/stats/{user}` on their own listener.
 //! - [`metrics`], [`access_log`]: what operators read.
 //! - [`watch`]: the store probe (breaker recovery, restarts) and lease renewal; [`reload`]:
@@ -23,6 +24,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod decision;
+pub mod forwarded;
 pub mod identity;
 pub mod limiter;
 pub mod metrics;

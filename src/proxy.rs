@@ -4,6 +4,7 @@
 use crate::access_log::{self, Entry};
 use crate::config::{AccessLog, CallerInLog};
 use crate::decision::{Action, Decider, RequestHead};
+use crate::forwarded;
 use crate::limiter::side::Held;
 use crate::limiter::StoreSide;
 use crate::metrics::Metrics;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
-use pingora::{OrErr, Result};
+use pingora::Result;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub struct Shared {
     /// Upstream peers, resolved once at start-up (building a peer from a name resolves it).
     pub peers: Vec<HttpPeer>,
     /// `1.1 <instance>`, added to forwarded requests and to responses (RFC 9110 §7.6.3).
-    pub via: String,
+    pub via: http::HeaderValue,
     /// Whether the sidecar is draining (shutting down), and its requests in flight.
     pub drain: Arc<Drain>,
 }
@@ -57,7 +58,7 @@ impl Worker {
         session: &mut Session,
         (mut head, body): (Box<ResponseHeader>, Bytes),
     ) -> Result<bool> {
-        head.append_header("Via", &self.shared.via)?;
+        head.append_header("Via", self.shared.via.clone())?;
         let head_only = session.req_header().method == http::Method::HEAD;
         let written = match session.write_response_header(head, head_only).await {
             Ok(()) if head_only => Ok(()),
@@ -75,6 +76,8 @@ impl Worker {
 /// What `request_filter` learned, for the later phases of the same request.
 #[derive(Default)]
 pub struct RequestCtx {
+    /// Whether the TCP peer is a trusted proxy (its forwarding headers are appended to).
+    peer_trusted: bool,
     rate_headers: Option<RateLimitHeaders>,
     /// The in-flight slots this request holds, given back in `logging` (which runs for every
     /// request: answered here, proxied, failed upstream, or left by its client).
@@ -133,6 +136,7 @@ impl ProxyHttp for Worker {
         };
         let started = Instant::now();
         let decider = self.shared.decider.load_full();
+        ctx.peer_trusted = head.peer.is_some_and(|p| decider.trusts(p));
         let verdict = decider.decide(&head).await;
         let format = decider.access_log();
         if format.0 != AccessLog::Off {
@@ -205,18 +209,16 @@ impl ProxyHttp for Worker {
             upstream.set_uri(uri.clone());
         }
         if let Some(ip) = peer_ip(session) {
-            // Appended as bytes: what earlier hops wrote reaches the upstream as it was.
-            let mut forwarded = Vec::new();
-            for prior in upstream.headers.get_all("x-forwarded-for") {
-                forwarded.extend_from_slice(prior.as_bytes());
-                forwarded.extend_from_slice(b", ");
+            for (name, value) in forwarded::rewrite(ip, ctx.peer_trusted, &upstream.headers) {
+                match value {
+                    Some(v) => upstream.insert_header(name, v)?,
+                    None => {
+                        upstream.remove_header(name);
+                    }
+                }
             }
-            forwarded.extend_from_slice(ip.to_string().as_bytes());
-            let value = http::HeaderValue::from_bytes(&forwarded)
-                .or_err(pingora::ErrorType::InternalError, "X-Forwarded-For")?;
-            upstream.insert_header("X-Forwarded-For", value)?;
         }
-        upstream.append_header("Via", &self.shared.via)?;
+        upstream.append_header("Via", self.shared.via.clone())?;
         Ok(())
     }
 
@@ -235,7 +237,7 @@ impl ProxyHttp for Worker {
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }
-        upstream.append_header("Via", &self.shared.via)?;
+        upstream.append_header("Via", self.shared.via.clone())?;
         Ok(())
     }
 

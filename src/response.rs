@@ -60,6 +60,8 @@ pub fn ceil_secs(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Policy {
     names: Vec<String>,
+    /// Each limit's number, and as `X-RateLimit-Limit` says it.
+    amounts: Vec<(u32, HeaderValue)>,
     /// `None` when the route has no rate limit (in-flight caps have no window to report).
     header: Option<HeaderValue>,
 }
@@ -96,7 +98,15 @@ impl Policy {
         let header = (!items.is_empty())
             .then(|| HeaderValue::from_str(&items.join(", ")).ok())
             .flatten();
-        Policy { names, header }
+        let amounts = limits
+            .iter()
+            .map(|l| (l.kind.amount(), HeaderValue::from(l.kind.amount())))
+            .collect();
+        Policy {
+            names,
+            amounts,
+            header,
+        }
     }
 
     pub fn name(&self, index: usize) -> &str {
@@ -109,7 +119,7 @@ impl Policy {
 pub struct RateLimitHeaders {
     pub policy: HeaderValue,
     pub ratelimit: String,
-    pub limit: u32,
+    pub limit: HeaderValue,
     pub remaining: u32,
     pub reset: u64,
 }
@@ -140,7 +150,12 @@ impl RateLimitHeaders {
         Some(Self {
             ratelimit: format!("\"{}\";r={};t={reset}", policy.name(index), s.remaining),
             policy: policy.header.clone()?,
-            limit: s.kind.amount(),
+            // The configured number, or the share of it a sidecar enforces alone while the
+            // store is away (on_error: local).
+            limit: match policy.amounts.get(index) {
+                Some((n, value)) if *n == s.kind.amount() => value.clone(),
+                _ => HeaderValue::from(s.kind.amount()),
+            },
             remaining: s.remaining,
             reset,
         })
@@ -149,9 +164,9 @@ impl RateLimitHeaders {
     pub fn apply(&self, h: &mut ResponseHeader) -> pingora::Result<()> {
         h.insert_header("RateLimit-Policy", self.policy.clone())?;
         h.insert_header("RateLimit", &self.ratelimit)?;
-        h.insert_header("X-RateLimit-Limit", self.limit.to_string())?;
-        h.insert_header("X-RateLimit-Remaining", self.remaining.to_string())?;
-        h.insert_header("X-RateLimit-Reset", self.reset.to_string())?;
+        h.insert_header("X-RateLimit-Limit", self.limit.clone())?;
+        h.insert_header("X-RateLimit-Remaining", HeaderValue::from(self.remaining))?;
+        h.insert_header("X-RateLimit-Reset", HeaderValue::from(self.reset))?;
         Ok(())
     }
 }
@@ -272,7 +287,10 @@ mod tests {
         let h = RateLimitHeaders::admitted(&policy, &[state(&l[0], 63, 40_200, 0)]).unwrap();
         assert_eq!(h.policy, "\"api\";q=100;w=60");
         assert_eq!(h.ratelimit, "\"api\";r=37;t=41");
-        assert_eq!((h.limit, h.remaining, h.reset), (100, 37, 41));
+        assert_eq!(
+            (h.limit, h.remaining, h.reset),
+            (HeaderValue::from(100), 37, 41)
+        );
     }
 
     #[test]

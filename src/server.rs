@@ -137,7 +137,9 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
         side: side.clone(),
         metrics: metrics.clone(),
         peers,
-        via: format!("1.1 {}", config.server.instance),
+        // The instance name is validated to [A-Za-z0-9._:-]: a valid header value.
+        via: http::HeaderValue::from_str(&format!("1.1 {}", config.server.instance))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 sluice")),
         drain: drain.clone(),
     });
     let admin = Admin {

@@ -285,18 +285,22 @@ async fn a_rolling_sigterm_of_every_sidecar_under_load_loses_no_request() {
     let _heavy = HEAVY.lock().await;
     let c = Cluster::up();
     let out = c.run_dir.join("wrk.json");
-    // 12 s of load through nginx on an unlimited route, while each sidecar in turn is told to
-    // stop (SIGTERM), drains, exits and is started again.
+    // Load through nginx on an unlimited route while each sidecar in turn is told to stop
+    // (SIGTERM), drains, exits and is started again. nginx's passive health takes a sidecar
+    // that refused connections out for `fail_timeout` (3 s), so the next one is stopped only
+    // once nginx sends requests to the restarted one again, as an operator's rollout must.
     let mut wrk = Command::new("wrk")
-        .args(["-t2", "-c16", "-d12s", "-s"])
+        .args(["-t2", "-c16", "-d20s", "-s"])
         .arg(repo_root().join("bench/wrk/report.lua"))
         .arg(format!("http://127.0.0.1:{}/open/rolling", c.lb))
         .env("WRK_OUT", &out)
         .env("WRK_PATH", "/open/rolling")
+        .env("STATUSES", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("wrk is installed (Debian package wrk)");
+    let load_start = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (n, part) in ["sluice1", "sluice2", "sluice3"].iter().enumerate() {
         let pid = c.pid(part);
@@ -322,13 +326,34 @@ async fn a_rolling_sigterm_of_every_sidecar_under_load_loses_no_request() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let via = format!("1.1 {part}");
+        loop {
+            let r = get(c.lb, "/open/probe").await.unwrap();
+            assert_eq!(r.status, 200, "{part}: {r:?}");
+            if r.header("via") == Some(via.as_str()) {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(8),
+                "nginx did not send to {part} again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    assert!(
+        load_start.elapsed() < Duration::from_secs(19),
+        "the rollout ended within the load"
+    );
     let status = wrk.wait().expect("wrk ends by itself");
     assert!(status.success());
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     println!("rolling restart under load: {report}");
+    if report["non2xx"] != 0 || report["socket_errors"] != 0 {
+        let log = std::fs::read_to_string(c.run_dir.join("nginx.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        println!("nginx.log, newest first:\n{}", tail.join("\n"));
+    }
     assert!(report["requests"].as_u64().unwrap() > 1000, "{report}");
     assert_eq!(report["non2xx"], 0, "every request answered 200: {report}");
     assert_eq!(report["socket_errors"], 0, "no connection failed: {report}");

@@ -115,6 +115,10 @@ async fn admitted_requests_reach_the_upstream_unchanged() {
         ("x-echo", "1"),
         ("x-custom", "kept"),
         ("x-forwarded-for", "203.0.113.5"),
+        ("x-real-ip", "203.0.113.5"),
+        ("forwarded", "for=203.0.113.5;proto=https"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
     ];
     let r = request(
         s.port,
@@ -133,10 +137,17 @@ async fn admitted_requests_reach_the_upstream_unchanged() {
     assert_eq!(seen["user_id"], "al ice");
     assert_eq!(seen["body_bytes"], 100_000);
     assert_eq!(seen["headers"]["x-custom"][0], "kept");
+    // The client is no trusted proxy: what it claimed about its address, scheme and host is
+    // replaced by what sluice saw (one value each), never passed on.
+    let header = |name: &str| seen["headers"][name].clone();
+    assert_eq!(header("x-forwarded-for"), serde_json::json!(["127.0.0.1"]));
+    assert_eq!(header("x-real-ip"), serde_json::json!(["127.0.0.1"]));
     assert_eq!(
-        seen["headers"]["x-forwarded-for"][0],
-        "203.0.113.5, 127.0.0.1"
+        header("forwarded"),
+        serde_json::json!(["for=127.0.0.1;proto=http"])
     );
+    assert_eq!(header("x-forwarded-proto"), serde_json::json!(["http"]));
+    assert_eq!(header("x-forwarded-host"), serde_json::json!(["127.0.0.1"]));
     assert_eq!(seen["headers"]["via"][0], "1.1 s1");
 }
 

@@ -321,7 +321,7 @@ async fn forwarded_for_is_read_entry_by_entry_from_trusted_peers_only() {
     let redis = Redis::start(&dir).await;
     let up = Upstream::start(&dir).await;
     let body = format!(
-        "{}identity: [{{ client_ip: true }}]\ntrusted_proxies: [\"127.0.0.2/32\"]\nroutes:\n  - name: api\n    match: {{ path_prefix: / }}\n    limits: [{{ requests: 1, window: 60s }}]\n",
+        "{}identity: [{{ client_ip: true }}]\ntrusted_proxies: [\"127.0.0.2/32\"]\nroutes:\n  - name: echo\n    match: {{ path_prefix: /echo }}\n    limits: []\n  - name: api\n    match: {{ path_prefix: / }}\n    limits: [{{ requests: 1, window: 60s }}]\n",
         redis_store(&redis)
     );
     let s = Sidecar::start(&dir, "s", up.port, &body).await;
@@ -360,6 +360,30 @@ async fn forwarded_for_is_read_entry_by_entry_from_trusted_peers_only() {
     assert_eq!(direct.status, 200);
     assert_eq!(used(s.admin_port, "127.0.0.1").await, 1);
     assert_eq!(used(s.admin_port, "192.0.2.1").await, 0);
+    // What the upstream receives: from the trusted balancer, its X-Forwarded-For appended to and
+    // its other headers as they were; from anyone else, only what sluice saw.
+    let echo = |source: &'static str| async move {
+        request_from(
+            source,
+            s.port,
+            "/echo",
+            &[
+                ("x-echo", "1"),
+                ("x-forwarded-for", "203.0.113.20"),
+                ("x-real-ip", "203.0.113.20"),
+            ],
+        )
+        .await
+        .unwrap()
+        .json()["headers"]
+            .clone()
+    };
+    let via_lb = echo("127.0.0.2").await;
+    assert_eq!(via_lb["x-forwarded-for"][0], "203.0.113.20, 127.0.0.2");
+    assert_eq!(via_lb["x-real-ip"][0], "203.0.113.20");
+    let direct = echo("127.0.0.1").await;
+    assert_eq!(direct["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(direct["x-real-ip"][0], "127.0.0.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,6 +171,11 @@ impl MemoryLimiter {
             self.entries.sweep_one(|_, e| e.expires_at() > now);
         }
         let (checks, cost) = (ask.checks, ask.cost);
+        if let ([only], None) = (checks, ask.retry) {
+            if matches!(only.kind, Kind::Rate(_)) {
+                return self.check_rate(only, cost, now);
+            }
+        }
         let id_key = match (ask.retry, checks.first()) {
             (Some(r), Some(first)) => Some((retry_key(&first.key, r.id), r)),
             _ => None,
@@ -266,6 +271,50 @@ impl MemoryLimiter {
         let receipt = Receipt { member, at: now };
         Ok(Decision::from_parts(
             admitted, checks, parts, permit, receipt,
+        ))
+    }
+
+    /// The plain case: one rate limit and no request id, under one lock and with no
+    /// bookkeeping for what the general case handles (several keys, ids, slots).
+    fn check_rate(&self, c: &Check, cost: u32, now: u64) -> Result<Decision, StoreError> {
+        let mut shard = self.entries.lock(&c.key);
+        let mut fresh = State::new(&c.kind);
+        let (state, expires_at) = match shard.get_mut(&c.key) {
+            Some(Entry::Limit { state, expires_at }) => (state, expires_at),
+            _ => (&mut fresh, &mut 0),
+        };
+        let mut look = state.look(&c.kind, now, cost);
+        let member = self.leases.member();
+        if look.ok {
+            state.count(&mut look, now, cost, member, self.lease);
+        }
+        let parts = state.report(&look, &c.kind, now, cost, !look.ok);
+        *expires_at = state.expires_at(&c.kind);
+        let (ends, admitted) = (*expires_at, look.ok);
+        if admitted && !shard.contains_key(&c.key) {
+            // A new key counted: it needs room (a full shard first drops its expired keys).
+            if self.entries.is_full(&shard) {
+                shard.retain(|_, e| e.expires_at() > now);
+                if self.entries.is_full(&shard) {
+                    return Err(StoreError::Full(self.max_keys));
+                }
+            }
+            let entry = Entry::Limit {
+                state: fresh,
+                expires_at: ends,
+            };
+            shard.insert(c.key.clone(), entry);
+        } else if ends <= now {
+            shard.remove(&c.key);
+        }
+        let receipt = Receipt { member, at: now };
+        let checks = std::slice::from_ref(c);
+        Ok(Decision::from_parts(
+            admitted,
+            checks,
+            [parts],
+            None,
+            receipt,
         ))
     }
 
