@@ -92,9 +92,7 @@ impl Admin {
         let Some(token) = &self.token else {
             return true;
         };
-        let given = authorization
-            .and_then(|v| v.strip_prefix(b"Bearer "))
-            .unwrap_or_default();
+        let given = authorization.and_then(bearer).unwrap_or_default();
         bool::from(given.ct_eq(token.as_bytes()))
     }
 
@@ -213,5 +211,30 @@ impl ServeHttp for Admin {
             response = response.header("WWW-Authenticate", "Bearer realm=\"sluice admin\"");
         }
         response.body(body).unwrap_or_default()
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme is matched without
+/// regard to case and may be followed by several spaces (RFC 9110 §11.1, §11.4).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    Some(rest.trim_ascii_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        for ok in [&b"Bearer s3cret"[..], b"bearer s3cret", b"BEARER   s3cret"] {
+            assert_eq!(bearer(ok), Some(&b"s3cret"[..]), "{ok:?}");
+        }
+        for no in [&b"Bearers3cret"[..], b"Basic s3cret", b"Bear", b""] {
+            assert_eq!(bearer(no), None, "{no:?}");
+        }
     }
 }

@@ -204,12 +204,17 @@ impl IdentityExtractor {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Option<Vec<u8>>, IdentityError> {
-        let found = self.sources.iter().find_map(|source| match source {
-            IdentitySource::Query(name) => query.and_then(|q| query_param(q, name)),
-            IdentitySource::Header(name) => header_value(headers, name),
-            IdentitySource::ClientIp => peer.map(|p| self.client_ip(p, headers)),
-        });
-        self.bounded(found)
+        for source in &self.sources {
+            let found = match source {
+                IdentitySource::Query(name) => query.and_then(|q| query_param(q, name)),
+                IdentitySource::Header(name) => header_value(headers, name)?,
+                IdentitySource::ClientIp => peer.map(|p| self.client_ip(p, headers)),
+            };
+            if found.is_some() {
+                return self.bounded(found);
+            }
+        }
+        Ok(None)
     }
 
     /// The value of one part of a limit's scope (`per: client_ip`, `header:...`, `query:...`),
@@ -224,7 +229,7 @@ impl IdentityExtractor {
         let found = match part {
             Part::Caller => return self.caller(query, headers, peer),
             Part::ClientIp => peer.map(|p| self.client_ip(p, headers)),
-            Part::Header(name) => header_value(headers, name),
+            Part::Header(name) => header_value(headers, name)?,
             Part::Query(name) => query.and_then(|q| query_param(q, name)),
         };
         self.bounded(found)
@@ -250,12 +255,18 @@ impl IdentityExtractor {
     }
 }
 
-/// A header's value, trimmed; empty counts as absent.
-fn header_value(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
-    headers
-        .get(name)
-        .map(|v| v.as_bytes().trim_ascii().to_vec())
-        .filter(|v| !v.is_empty())
+/// A header's value, trimmed; empty counts as absent. Two lines of it are refused: which one
+/// names the caller would otherwise depend on which a proxy on the way kept first.
+fn header_value(headers: &HeaderMap, name: &HeaderName) -> Result<Option<Vec<u8>>, IdentityError> {
+    let mut lines = headers.get_all(name).iter();
+    let Some(first) = lines.next() else {
+        return Ok(None);
+    };
+    if lines.next().is_some() {
+        return Err(IdentityError::Invalid);
+    }
+    let value = first.as_bytes().trim_ascii();
+    Ok((!value.is_empty()).then(|| value.to_vec()))
 }
 
 /// Load-balancer request ids (`request_ids` in the config): what makes a retry exact.
@@ -296,12 +307,13 @@ impl RequestIds {
     }
 }
 
-/// The first non-empty value of the query parameter `name`, form-decoded.
+/// The first non-empty value of the query parameter `name`, form-decoded and trimmed like a
+/// header's (`?user_id=%20alice` and `x-user-id: alice` are one caller).
 pub fn query_param(query: &str, name: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (form_decode(k) == name.as_bytes())
-            .then(|| form_decode(v))
+            .then(|| form_decode(v).trim_ascii().to_vec())
             .filter(|v| !v.is_empty())
     })
 }
@@ -390,9 +402,17 @@ mod tests {
         );
         // Counted after decoding: 6 escapes are 6 bytes, 18 characters on the wire.
         assert_eq!(q(&"%41".repeat(6)), Ok(Some(b"AAAAAA".to_vec())));
-        for bad in ["a%00", "%0A", "x%1By", "%7F", "%09"] {
+        for bad in ["a%00", "a%0Ab", "x%1By", "%7F", "a%09b"] {
             assert_eq!(q(bad), Err(IdentityError::Invalid), "{bad}");
         }
+        // Trimmed like a header: surrounding blanks are not part of the identity.
+        assert_eq!(q("%20alice+%09"), Ok(Some(b"alice".to_vec())));
+        assert_eq!(q("%09"), Ok(None), "only blanks: absent");
+        let h = headers(&[("x-user-id", " alice ")]);
+        assert_eq!(e.caller(None, &h, None), Ok(Some(b"alice".to_vec())));
+        // Two lines of the identity header: refused, not resolved by whichever came first.
+        let two = headers(&[("x-user-id", "alice"), ("x-user-id", "bob")]);
+        assert_eq!(e.caller(None, &two, None), Err(IdentityError::Invalid));
         let h = headers(&[("x-user-id", &"b".repeat(17))]);
         assert_eq!(
             e.caller(None, &h, None),

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod limiter;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod response;
 pub mod routes;

@@ -36,13 +36,27 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // A name that does not resolve passes validation but fails the start: --check (the
+        // systemd unit's ExecStartPre) catches it here.
+        let unresolved = sluice::server::unresolved_upstreams(&config);
+        if !unresolved.is_empty() {
+            for line in unresolved {
+                eprintln!("{}: {line}", cli.config.display());
+            }
+            return ExitCode::from(2);
+        }
         for w in &config.warnings {
             eprintln!("warning: {w}");
         }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    log::info!(
+    for line in &config.sources {
+        log::info!("{line}");
+    }
+    // Logged once both addresses are known to bind (build checks them), never before a start
+    // that then fails on a port in use.
+    let listening = format!(
         "sluice {} listening on {} (admin {}), store {:?}, instance {}",
         env!("CARGO_PKG_VERSION"),
         config.server.listen,
@@ -51,7 +65,10 @@ fn main() -> ExitCode {
         config.server.instance
     );
     match sluice::server::build(config, &cli.config) {
-        Ok(sidecar) => sidecar.run(),
+        Ok(sidecar) => {
+            log::info!("{listening}");
+            sidecar.run()
+        }
         Err(e) => {
             eprintln!("sluice: {e}");
             ExitCode::from(1)

@@ -74,6 +74,9 @@ pub struct Metrics {
     slots_held: IntGauge,
     /// Access-log lines dropped because the writer was behind.
     access_log_dropped: IntCounter,
+    /// Requests that failed after they were let through (no upstream answered, a broken
+    /// request body): `reason` is the JSON error sluice answered with.
+    pub proxy_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -157,6 +160,14 @@ impl Metrics {
         )
         .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let proxy_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_proxy_errors_total",
+                "Requests let through that failed: no upstream answered, or the request broke",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         store_up.set(1);
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -170,6 +181,7 @@ impl Metrics {
             Box::new(store_rollbacks.clone()),
             Box::new(slots_held.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(proxy_errors.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -187,6 +199,7 @@ impl Metrics {
             store_rollbacks,
             slots_held,
             access_log_dropped,
+            proxy_errors,
         }
     }
 

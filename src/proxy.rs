@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
 use pingora::Result;
+use pingora::{ErrorSource, ErrorType};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -168,6 +170,44 @@ impl ProxyHttp for Worker {
             Action::Refuse(refusal) => response::refusal(&refusal)?,
         };
         self.respond(session, refusal).await
+    }
+
+    /// A request let through that then failed: no upstream answered (all tried), or the
+    /// request broke. The client gets sluice's JSON error, never Pingora's bare one; it is
+    /// counted in `sluice_proxy_errors_total` and its access-log line has the status.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // Pingora's own mapping of an error to a status (ProxyHttp::fail_to_proxy).
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        // Nothing can be sent once the response has begun (or the client has gone).
+        if code > 0 && session.response_written().is_none() {
+            if let Ok((reason, response)) = response::proxy_error(code) {
+                self.shared
+                    .metrics
+                    .proxy_errors
+                    .with_label_values(&[reason])
+                    .inc();
+                let _ = self.respond(session, response).await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_peer(

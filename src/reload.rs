@@ -3,6 +3,7 @@
 
 use crate::config::{self, Config};
 use crate::decision::Decider;
+use crate::limiter::Backend;
 use crate::proxy::Shared;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -79,6 +80,9 @@ impl Reloader {
         for w in &merged.warnings {
             log::warn!("{w}");
         }
+        for line in &merged.sources {
+            log::info!("{line}");
+        }
         log::info!(
             "reloaded {}: {} routes",
             self.path.display(),
@@ -92,6 +96,15 @@ impl Reloader {
 /// `new` with every restart-only setting taken from `old`, and the names of those that differ.
 pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
     let mut changed = Vec::new();
+    // The store's address is named by what changed in it, not by the enum that holds it.
+    if new.store.backend != old.store.backend {
+        changed.push(match (&old.store.backend, &new.store.backend) {
+            (Backend::Redis { .. }, Backend::Redis { .. }) => "store.url",
+            (Backend::RedisCluster { .. }, Backend::RedisCluster { .. }) => "store.nodes",
+            _ => "store.backend",
+        });
+        new.store.backend = old.store.backend.clone();
+    }
     macro_rules! keep {
         ($($section:ident . $field:ident),* $(,)?) => {$(
             if new.$section.$field != old.$section.$field {
@@ -111,7 +124,6 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         upstream.addrs,
         upstream.connect_timeout,
         upstream.idle_timeout,
-        store.backend,
         store.timeout,
         store.prefix,
         store.max_callers,
@@ -139,5 +151,29 @@ mod tests {
         assert_eq!(merged.server.threads, 2);
         assert_eq!(merged.store.on_error, config::OnError::Deny, "reloadable");
         assert_eq!(merged.identity.max_bytes, 10, "reloadable");
+    }
+
+    #[test]
+    fn a_changed_store_address_is_named_by_what_changed() {
+        let redis = |url: &str| {
+            parse(&format!(
+                "upstream: {{ addrs: [\"h:1\"] }}\nstore: {{ backend: redis, url: \"{url}\" }}\n"
+            ))
+        };
+        let (_, changed) = merge(&redis("redis://h:1/0"), redis("redis://h:1/1"));
+        assert_eq!(changed, ["store.url"], "a new database is a new url");
+        let (merged, changed) = merge(
+            &redis("redis://h:1/0"),
+            parse("upstream: { addrs: [\"h:1\"] }\nstore: { backend: memory }\n"),
+        );
+        assert_eq!(changed, ["store.backend"]);
+        assert_eq!(merged.store.backend, redis("redis://h:1/0").store.backend);
+        let cluster = |n: &str| {
+            parse(&format!(
+                "upstream: {{ addrs: [\"h:1\"] }}\nstore: {{ backend: redis_cluster, nodes: [\"{n}\"] }}\n"
+            ))
+        };
+        let (_, changed) = merge(&cluster("redis://a:1"), cluster("redis://b:1"));
+        assert_eq!(changed, ["store.nodes"]);
     }
 }

@@ -248,6 +248,20 @@ pub fn store_unavailable(route: &str) -> pingora::Result<(Box<ResponseHeader>, B
     Ok((h, Bytes::from(body)))
 }
 
+/// sluice's answer when a request it let through fails (Pingora's own is an empty body with
+/// `Server: Pingora`): the status, and the JSON error that is also the metric's `reason`.
+pub fn proxy_error(status: u16) -> pingora::Result<(&'static str, (Box<ResponseHeader>, Bytes))> {
+    let reason = match status {
+        502 => "upstream_unavailable",
+        400 => "bad_request",
+        _ if status >= 500 => "internal_error",
+        _ => "bad_request",
+    };
+    let body = format!("{{\"error\":\"{reason}\"}}");
+    let h = json_header(status, body.len())?;
+    Ok((reason, (h, Bytes::from(body))))
+}
+
 fn json_header(status: u16, len: usize) -> pingora::Result<Box<ResponseHeader>> {
     let mut h = ResponseHeader::build(status, Some(6))?;
     h.insert_header("Content-Type", "application/json")?;

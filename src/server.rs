@@ -38,6 +38,27 @@ pub enum StartError {
 /// A name that resolves to several addresses contributes all of them, as nginx does: taking
 /// only the first (often `::1` for `localhost`) sends every request to a port that may not
 /// listen on that family.
+/// What `--check` reports about the upstream addresses: one line per address that does not
+/// resolve (a start would fail on it), in `--check`'s form.
+pub fn unresolved_upstreams(config: &Config) -> Vec<String> {
+    config
+        .upstream
+        .addrs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, addr)| {
+            let reason = match addr.to_socket_addrs().map(|mut found| found.next()) {
+                Ok(Some(_)) => return None,
+                Ok(None) => "no address".to_string(),
+                Err(e) => e.to_string(),
+            };
+            Some(format!(
+                "upstream.addrs[{i}]: cannot resolve \"{addr}\": {reason}"
+            ))
+        })
+        .collect()
+}
+
 fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for addr in &config.upstream.addrs {

@@ -471,9 +471,12 @@ fn the_compose_file_has_the_topology_and_every_mounted_config_checks() {
             let path = repo_root().join(host);
             assert!(path.exists(), "mounted {host} exists");
             if host.starts_with("./conf/") {
+                // Its upstream is a Compose service name, which resolves on the Compose network
+                // only: give it an address here (--check resolves upstream names).
                 let out = Command::new(sluice_bin())
                     .current_dir(repo_root())
                     .args(["--check", "--config", host])
+                    .env("SLUICE_UPSTREAMS", "127.0.0.1:9000")
                     .output()
                     .unwrap();
                 assert!(

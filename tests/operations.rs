@@ -251,16 +251,19 @@ async fn the_admin_token_guards_metrics_and_stats_but_not_health() {
             .await
             .unwrap();
         assert_eq!(basic.status, 401, "the scheme is Bearer");
-        let right = request(
-            admin,
-            "GET",
-            path,
-            &[("authorization", &format!("Bearer {token}"))],
-            b"",
-        )
-        .await
-        .unwrap();
-        assert_eq!(right.status, 200, "{path}");
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let right = request(
+                admin,
+                "GET",
+                path,
+                &[("authorization", &format!("{scheme} {token}"))],
+                b"",
+            )
+            .await
+            .unwrap();
+            assert_eq!(right.status, 200, "{path} {scheme}");
+        }
     }
     assert_eq!(get(s.admin_port, "/health").await.unwrap().status, 200);
     // The token also comes from the environment, and --check rejects a short one.
@@ -346,4 +349,191 @@ async fn the_json_access_log_has_one_parseable_line_per_request() {
     );
     assert!(lines[0]["total_ms"].as_f64().unwrap() >= lines[0]["upstream_ms"].as_f64().unwrap());
     assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+}
+
+/// Whether `log` has a line containing `text`, waiting up to 5 s for the sidecar to write it.
+async fn logged(proc: &Proc, text: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if proc.log_text().contains(text) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// No password, token or plain caller in any line a sidecar logs or shows: at start, on
+/// reload, while Redis stalls and when it returns, for shadow refusals and in the access log;
+/// nor in what `--check` prints. The admin token from the environment wins over the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_line() {
+    let _heavy = HEAVY.lock().await;
+    const PASSWORD: &str = "Redis-Pw-7d1f0c";
+    const ENV_TOKEN: &str = "Env-Token-0123456789abcdef";
+    const FILE_TOKEN: &str = "File-Token-0123456789abcdef";
+    const CALLER: &str = "Secret-Caller-42";
+    let dir = scratch_dir();
+    let redis = Redis::start_on(&dir, free_port(), &["--requirepass", PASSWORD]).await;
+    let up = Upstream::start(&dir).await;
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, format!("{FILE_TOKEN}\n")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.join("secret.yaml");
+    let text = |db: u8| {
+        format!(
+            "server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin}\", threads: 1, admin_token_file: \"{}\", access_log: json }}\nupstream: {{ addrs: [\"127.0.0.1:{}\"] }}\nstore: {{ backend: redis, url: \"redis://:{PASSWORD}@127.0.0.1:{}/{db}\", timeout: 100ms, on_error: allow }}\nidentity: [{{ query: user_id }}]\nroutes:\n  - name: sh\n    match: {{ path_prefix: /shadow/ }}\n    shadow: true\n    limits: [{{ requests: 1, window: 60s }}]\n  - name: api\n    match: {{ path_prefix: / }}\n    limits: [{{ requests: 1000, window: 60s }}]\n",
+            token_file.display(),
+            up.port,
+            redis.port
+        )
+    };
+    std::fs::write(&config, text(0)).unwrap();
+    let mut cmd = Command::new(sluice_bin());
+    cmd.arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("SLUICE_ADMIN_TOKEN", ENV_TOKEN);
+    let mut s = Proc::spawn("secret", &mut cmd, &dir);
+    wait_until(&mut s, Duration::from_secs(15), async || {
+        get(admin, "/health").await.is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    // The environment's token is the one in use, and one line says so.
+    let auth = |t: &str| format!("Bearer {t}");
+    let with = |t: String| async move {
+        request(admin, "GET", "/metrics", &[("authorization", &t)], b"")
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(with(auth(ENV_TOKEN)).await, 200);
+    assert_eq!(with(auth(FILE_TOKEN)).await, 401);
+    assert!(
+        logged(&s, "server.admin_token: from the environment (SLUICE_ADMIN_TOKEN), instead of the file's server.admin_token_file").await,
+        "{}",
+        s.log_text()
+    );
+    assert!(logged(&s, "store redis redis://:***@127.0.0.1:").await);
+    // Shadow refusals, and the access log.
+    for _ in 0..3 {
+        let r = get(port, &format!("/shadow/x?user_id={CALLER}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert!(logged(&s, "shadow route sh: would refuse caller").await);
+    // A reload that changes the database names store.url, not store.backend.
+    std::fs::write(&config, text(1)).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        logged(&s, "reload: store.url changed").await,
+        "{}",
+        s.log_text()
+    );
+    // Redis stalls (SIGSTOP): failures, the breaker and /health's reason; then it returns.
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &redis.proc.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    let mut shown = Vec::new();
+    let start = Instant::now();
+    loop {
+        assert_eq!(
+            status(port, &format!("/api?user_id={CALLER}"), &[]).await,
+            200
+        );
+        let h = get(admin, "/health").await.unwrap();
+        shown.push(h.body.clone());
+        if h.json()["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("breaker open"))
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{shown:?}");
+    }
+    signal("-CONT");
+    let back = Instant::now();
+    while !s.log_text().contains("store: answering again") {
+        assert!(back.elapsed() < Duration::from_secs(10), "{}", s.log_text());
+        assert_eq!(
+            status(port, &format!("/api?user_id={CALLER}"), &[]).await,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `--check` quotes a bad URL without its password.
+    let check = Command::new(sluice_bin())
+        .args(["--check", "--config"])
+        .arg(&config)
+        .env(
+            "SLUICE_REDIS_URL",
+            format!("redis://:{PASSWORD}@127.0.0.1:notaport"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    let check_text = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(
+        check_text.contains("redis://:***@127.0.0.1:notaport"),
+        "{check_text}"
+    );
+    s.kill();
+    let everything = format!("{}\n{}\n{check_text}", s.log_text(), shown.join("\n"));
+    for secret in [PASSWORD, ENV_TOKEN, FILE_TOKEN, CALLER] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} was printed:\n{everything}"
+        );
+    }
+}
+
+/// With no upstream answering, the client gets sluice's JSON error (not Pingora's empty 502 with
+/// `Server: Pingora`), the failure is counted, and the access log has its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_is_down_gets_sluices_own_502() {
+    let dir = scratch_dir();
+    let (port, admin, dead) = (free_port(), free_port(), free_port());
+    let config = dir.join("down.yaml");
+    std::fs::write(
+        &config,
+        format!("server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin}\", access_log: text }}\nupstream: {{ addrs: [\"127.0.0.1:{dead}\"] }}\nstore: {{ backend: memory }}\n{ROUTES}"),
+    )
+    .unwrap();
+    let s = Sidecar::start_with(&dir, "down", &config, port, admin).await;
+    for target in ["/api/a?user_id=ann", "/free/b"] {
+        let r = get(port, target).await.unwrap();
+        assert_eq!(r.status, 502, "{target}");
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"error": "upstream_unavailable"})
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("server"), None, "no Server: Pingora");
+    }
+    let m = scrape(admin, None).await;
+    assert_eq!(
+        value(
+            &m,
+            "sluice_proxy_errors_total",
+            &[("reason", "upstream_unavailable")]
+        ),
+        2.0
+    );
+    let start = Instant::now();
+    while s.proc.log_text().matches("status=502").count() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            s.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -142,11 +142,30 @@ async fn long_or_control_character_identities_get_400_and_are_never_stored() {
         assert_eq!(r.json()["error"], "identity_too_long");
         assert_eq!(r.json()["max_bytes"], 256);
     }
-    for bad in ["a%00b", "%0A", "x%1B", "%7F", "tab%09"] {
+    for bad in ["a%00b", "a%0Ab", "x%1B", "%7F", "ta%09b"] {
         let r = get(s.port, &format!("/api/x?user_id={bad}")).await.unwrap();
         assert_eq!(r.status, 400, "{bad}");
         assert_eq!(r.json(), serde_json::json!({"error": "invalid_identity"}));
     }
+    // Two lines of the identity header: refused, not resolved by whichever came first.
+    let two = request(
+        s.port,
+        "GET",
+        "/api/x",
+        &[("x-user-id", "max"), ("x-user-id", "other")],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(two.status, 400);
+    assert_eq!(two.json(), serde_json::json!({"error": "invalid_identity"}));
+    // A query identity is trimmed like a header's: one caller, one count.
+    assert_eq!(status(s.port, "/api/x?user_id=+trim%09", &[]).await, 200);
+    assert_eq!(
+        status(s.port, "/api/x", &[("x-user-id", "trim")]).await,
+        200
+    );
+    assert_eq!(used(s.admin_port, "trim").await, 2);
     // A megabyte of identity never gets as far as the limiter: the head is too large.
     let huge = "h".repeat(1 << 20);
     let reply = raw(
@@ -160,9 +179,9 @@ async fn long_or_control_character_identities_get_400_and_are_never_stored() {
         "{:?}",
         raw_status(&reply)
     );
-    // Redis holds the one accepted caller (256 bytes) and nothing else.
+    // Redis holds the accepted callers (256 bytes, and `trim`) and nothing else.
     let keys = redis.cmd("KEYS *").await;
-    assert!(keys.starts_with("*1\r\n"), "{keys}");
+    assert!(keys.starts_with("*2\r\n"), "{keys}");
     assert!(keys.contains(&max), "{keys}");
     assert_eq!(
         status(s.port, "/api/x?user_id=%C3%A9", &[]).await,

@@ -42,10 +42,19 @@ pub(super) fn duration(
     };
     let parsed = parse_duration(text);
     if parsed.is_none() {
-        p.add(
-            path,
-            format!("invalid duration \"{text}\" ({DURATION_HINT})"),
-        );
+        let digits = text.trim();
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            // `window: 60`: seconds or minutes? A limit off by 60x is worse than an error.
+            p.add(
+                path,
+                format!("ambiguous: give a unit ({digits}s, {digits}m)"),
+            );
+        } else {
+            p.add(
+                path,
+                format!("invalid duration \"{text}\" ({DURATION_HINT})"),
+            );
+        }
     }
     parsed
 }

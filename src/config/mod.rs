@@ -32,6 +32,9 @@ pub struct Config {
     /// Settings that are valid but can never take effect, one line each (`--check` prints
     /// them and exits 0; a sidecar logs them at start and on reload).
     pub warnings: Vec<String>,
+    /// Which settings came from the environment instead of the file, one line each, without
+    /// their values (logged at start and on reload).
+    pub sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,8 +118,19 @@ pub fn parse(
             .map(|p| format!("{name}: {p}"))
             .collect(),
     };
-    let file = validate::deserialize(text).map_err(|p| prefix(vec![p]))?;
-    let mut config = validate::build(file, env).map_err(prefix)?;
+    let parsed = validate::deserialize(text);
+    let mut problems = parsed.problems;
+    let Some(file) = parsed.file else {
+        return Err(prefix(problems));
+    };
+    let mut config = match validate::build(file, env) {
+        Ok(config) if problems.is_empty() => config,
+        Ok(_) => return Err(prefix(problems)),
+        Err(more) => {
+            problems.extend(more);
+            return Err(prefix(problems));
+        }
+    };
     for w in &mut config.warnings {
         *w = format!("{name}: {w}");
     }
@@ -147,6 +161,84 @@ routes:
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    /// Every environment variable of docs/configuration.md replaces the file's setting of the
+    /// same thing; an empty one counts as unset; the sources are named, the values never.
+    #[test]
+    fn the_environment_wins_over_the_file_and_empty_means_unset() {
+        let dir = std::env::temp_dir().join(format!("sluice-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, "file-token-0123456789\n").unwrap();
+        let file = format!(
+            "server: {{ listen: \"127.0.0.1:1\", admin_listen: \"127.0.0.1:2\", instance: file, admin_token_file: \"{}\" }}\nupstream: {{ addrs: [\"file:1\"] }}\nstore: {{ backend: redis, url: \"redis://:filepw@file:6379\" }}\n",
+            token_file.display()
+        );
+        let vars = [
+            ("SLUICE_LISTEN", "127.0.0.1:11"),
+            ("SLUICE_ADMIN_LISTEN", "127.0.0.1:12"),
+            ("SLUICE_INSTANCE", "env"),
+            ("SLUICE_ADMIN_TOKEN", "env-token-0123456789"),
+            ("SLUICE_UPSTREAMS", "env:1,env:2"),
+            ("SLUICE_REDIS_URL", "redis://:envpw@env:6379"),
+        ];
+        let all = |k: &str| {
+            vars.iter()
+                .find(|(v, _)| *v == k)
+                .map(|(_, x)| x.to_string())
+        };
+        let c = parse("x.yaml", &file, &all).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:11");
+        assert_eq!(c.server.admin_listen, "127.0.0.1:12");
+        assert_eq!(c.server.instance, "env");
+        assert_eq!(
+            c.server.admin_token.as_deref(),
+            Some("env-token-0123456789")
+        );
+        assert_eq!(c.upstream.addrs, ["env:1", "env:2"]);
+        assert_eq!(
+            c.store.backend,
+            Backend::Redis {
+                url: "redis://:envpw@env:6379".into()
+            }
+        );
+        assert!(c
+            .sources
+            .contains(&"server.admin_token: from the environment (SLUICE_ADMIN_TOKEN), instead of the file's server.admin_token_file".to_string()));
+        assert_eq!(c.sources.len(), vars.len(), "{:?}", c.sources);
+        let text = c.sources.join("\n");
+        assert!(
+            !text.contains("env-token") && !text.contains("envpw"),
+            "{text}"
+        );
+        // The cluster seeds replace the file's single URL.
+        let nodes = |k: &str| {
+            (k == "SLUICE_REDIS_NODES").then(|| "redis://n1:7000, redis://n2:7000".to_string())
+        };
+        let c = parse("x.yaml", &file, &nodes).unwrap();
+        assert_eq!(
+            c.store.backend,
+            Backend::RedisCluster {
+                nodes: vec!["redis://n1:7000".into(), "redis://n2:7000".into()]
+            }
+        );
+        // Empty (or blank) variables are unset: the file's values stay.
+        let empty = |k: &str| vars.iter().any(|(v, _)| *v == k).then(|| " ".to_string());
+        let c = parse("x.yaml", &file, &empty).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:1");
+        assert_eq!(c.server.instance, "file");
+        assert_eq!(
+            c.server.admin_token.as_deref(),
+            Some("file-token-0123456789")
+        );
+        assert_eq!(c.upstream.addrs, ["file:1"]);
+        assert!(c.sources.is_empty(), "{:?}", c.sources);
+        // A password is never printed, not even in the start-up line's form of the store.
+        assert_eq!(
+            format!("{:?}", c.store.backend),
+            "redis redis://:***@file:6379"
+        );
     }
 
     #[test]

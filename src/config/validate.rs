@@ -5,37 +5,128 @@ use super::fields::{bounded, duration, on_error, positive_duration, Problems};
 use super::file::*;
 use super::*;
 use crate::identity::{Cidr, IdentitySource, RequestIds, TrustedProxies};
+use crate::routes::Route;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-/// Parses YAML into the file model; a problem is reported with its field path.
-pub(super) fn deserialize(text: &str) -> Result<FileConfig, String> {
+/// What parsing the YAML found: the file model when there is one to validate further, and
+/// every problem with its field path.
+pub(super) struct Parsed {
+    pub(super) file: Option<FileConfig>,
+    pub(super) problems: Vec<String>,
+}
+
+/// Most problems one run reports before it stops looking.
+const MAX_PARSE_PROBLEMS: usize = 64;
+
+/// Parses YAML into the file model, reporting every problem it can in one run. A YAML syntax
+/// error (with its line and column) ends the parse. An unknown key, or a value of the wrong
+/// type, is reported with its field path, taken out, and parsing goes on, so one typo does
+/// not hide the rest of the file: after unknown keys alone the model is validated as usual
+/// (the typo'd key is simply absent); after a wrong type it is not (its default would be
+/// validated in its place and report what the user never wrote).
+pub(super) fn deserialize(text: &str) -> Parsed {
     let text = if text.trim().is_empty() { "{}" } else { text };
     let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let location = inner.location();
-        let msg = readable(&inner.to_string());
-        // serde_yaml starts some messages with its own path ("routes[0]: ..."); ours replaces it.
-        let msg = match msg.split_once(": ") {
-            Some((head, rest)) if !head.contains(char::is_whitespace) => rest.to_string(),
-            _ => msg,
-        };
-        match msg.strip_prefix("unknown field ") {
-            // serde names the parent's path plus the unknown key; report it at the parent.
-            Some(rest) => {
-                let field = rest.split(',').next().unwrap_or(rest);
-                let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
-                at(parent, &format!("unknown field {field}"))
+    let first = match serde_path_to_error::deserialize(de) {
+        Ok(file) => {
+            return Parsed {
+                file: Some(file),
+                problems: Vec::new(),
             }
-            None if path == "." || path.is_empty() => match location {
-                Some(l) => format!("line {} column {}: {msg}", l.line(), l.column()),
-                None => msg,
-            },
-            None => at(&path, &msg),
         }
-    })
+        Err(e) => e,
+    };
+    let mut problems = vec![problem(&first)];
+    // Well-formed YAML whose shape is wrong: take the faulty key out and look again.
+    let Ok(mut value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Parsed {
+            file: None,
+            problems,
+        };
+    };
+    let mut only_unknown = is_unknown_field(&first);
+    let mut last = first;
+    while problems.len() < MAX_PARSE_PROBLEMS {
+        if !remove_at(&mut value, last.path()) {
+            return Parsed {
+                file: None,
+                problems,
+            };
+        }
+        match serde_path_to_error::deserialize::<_, FileConfig>(value.clone()) {
+            Ok(file) => {
+                return Parsed {
+                    file: only_unknown.then_some(file),
+                    problems,
+                }
+            }
+            Err(e) => {
+                problems.push(problem(&e));
+                only_unknown &= is_unknown_field(&e);
+                last = e;
+            }
+        }
+    }
+    Parsed {
+        file: None,
+        problems,
+    }
+}
+
+fn is_unknown_field(e: &serde_path_to_error::Error<serde_yaml::Error>) -> bool {
+    e.inner().to_string().contains("unknown field ")
+}
+
+/// Takes out the map entry that `path` ends with (an unknown key, or a key with a wrong value);
+/// false when it names no such entry (a sequence element, the root, a missing field).
+fn remove_at(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for segment in parents {
+        let next = match segment {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    at.as_mapping_mut()
+        .and_then(|m| m.remove(key.as_str()))
+        .is_some()
+}
+
+/// One parse problem, with its field path (or line and column for the document itself).
+fn problem(e: &serde_path_to_error::Error<serde_yaml::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner();
+    let location = inner.location();
+    let msg = readable(&inner.to_string());
+    // serde_yaml starts some messages with its own path ("routes[0]: ..."); ours replaces it.
+    let msg = match msg.split_once(": ") {
+        Some((head, rest)) if !head.contains(char::is_whitespace) => rest.to_string(),
+        _ => msg,
+    };
+    match msg.strip_prefix("unknown field ") {
+        // serde names the parent's path plus the unknown key; report it at the parent.
+        Some(rest) => {
+            let field = rest.split(',').next().unwrap_or(rest);
+            let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+            at(parent, &format!("unknown field {field}"))
+        }
+        None if path == "." || path.is_empty() => match location {
+            Some(l) => format!("line {} column {}: {msg}", l.line(), l.column()),
+            None => msg,
+        },
+        None => at(&path, &msg),
+    }
 }
 
 /// serde's message without its position suffix and with "quotes" instead of `backticks`.
@@ -65,7 +156,9 @@ pub(super) fn build(
         warnings: Vec::new(),
         from_env: HashMap::new(),
     };
-    apply_env(&mut file, env, &mut p.from_env);
+    // An empty variable (`SLUICE_INSTANCE=`) counts as unset, as in a shell's `${VAR:-...}`.
+    let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let env_sources = apply_env(&mut file, &env, &mut p.from_env);
     let server = server(&file.server, &mut p);
     let max_identity_bytes = bounded(
         file.server.max_identity_bytes,
@@ -80,6 +173,15 @@ pub(super) fn build(
     let request_ids = request_ids(file.request_ids.as_ref(), &mut p);
     let sources = identity(file.identity.as_deref(), &mut p);
     let routes = super::limits::routes(&file, &mut p);
+    never_take_effect(
+        &file,
+        &server,
+        &store,
+        &trusted,
+        &request_ids,
+        &routes,
+        &mut p,
+    );
     if !p.lines.is_empty() {
         return Err(p.lines);
     }
@@ -95,14 +197,90 @@ pub(super) fn build(
         request_ids,
         routes: RouteTable::new(routes),
         warnings: p.warnings,
+        sources: env_sources,
     })
+}
+
+/// Applies the environment overrides: each replaces the file's setting of the same thing
+/// (the Kubernetes pattern: a file in a ConfigMap, a secret from the environment). Returns one
+/// line per override saying which source is in use, never its value.
+/// The longest request head Pingora reads (its `MAX_HEADER_SIZE`), and so the longest target
+/// that can arrive: the head less the shortest request line around it (`GET  HTTP/1.1`).
+const PINGORA_MAX_HEAD: usize = 1_048_575;
+const PINGORA_MAX_TARGET: usize = PINGORA_MAX_HEAD - "GET  HTTP/1.1\r\n\r\n".len();
+
+/// Warnings (exit 0) about settings that are valid but can never take effect.
+fn never_take_effect(
+    file: &FileConfig,
+    server: &ServerConfig,
+    store: &StoreConfig,
+    trusted: &TrustedProxies,
+    request_ids: &Option<RequestIds>,
+    routes: &[Route],
+    p: &mut Problems,
+) {
+    if request_ids.is_some() && trusted.0.is_empty() {
+        p.warn(
+            "request_ids",
+            "no trusted_proxies: an id is believed only from a trusted proxy, so none ever is",
+        );
+    }
+    if store.backend == Backend::Memory {
+        if let Some(s) = &file.store {
+            let redis_only = [
+                ("url", s.url.is_some()),
+                ("nodes", s.nodes.is_some()),
+                ("timeout", s.timeout.is_some()),
+                ("prefix", s.prefix.is_some()),
+                ("tls_ca_file", s.tls_ca_file.is_some()),
+                ("fallback_share", s.fallback_share.is_some()),
+                ("lease_ttl", s.lease_ttl.is_some()),
+            ];
+            for (key, _) in redis_only.iter().filter(|(_, set)| *set) {
+                p.warn(
+                    &format!("store.{key}"),
+                    "applies to a Redis store only; the memory backend ignores it",
+                );
+            }
+        }
+    }
+    for (i, route) in routes.iter().enumerate() {
+        let limited = !route.limits.is_empty() || !route.overrides.is_empty();
+        if !limited && route.shadow {
+            p.warn(
+                &format!("routes[{i}].shadow"),
+                "the route has no limit, so there is nothing to try in shadow",
+            );
+        }
+        if !limited && route.on_error.is_some() {
+            p.warn(
+                &format!("routes[{i}].on_error"),
+                "the route has no limit, so it never asks the store",
+            );
+        }
+    }
+    if server.max_uri_bytes > PINGORA_MAX_TARGET {
+        p.warn(
+            "server.max_uri_bytes",
+            format!("above what can arrive: Pingora reads a request head of at most {PINGORA_MAX_HEAD} bytes, so a target is at most {PINGORA_MAX_TARGET}"),
+        );
+    }
+    if routes
+        .iter()
+        .all(|r| r.limits.is_empty() && r.overrides.is_empty())
+    {
+        p.warn(
+            "routes",
+            "no route has a limit: every request is forwarded unlimited",
+        );
+    }
 }
 
 fn apply_env(
     file: &mut FileConfig,
     env: &dyn Fn(&str) -> Option<String>,
     from: &mut HashMap<&'static str, &'static str>,
-) {
+) -> Vec<String> {
     if let Some(v) = env("SLUICE_LISTEN") {
         file.server.listen = Some(v);
         from.insert("server.listen", "SLUICE_LISTEN");
@@ -111,8 +289,12 @@ fn apply_env(
         file.server.admin_listen = Some(v);
         from.insert("server.admin_listen", "SLUICE_ADMIN_LISTEN");
     }
+    let mut replaced = Vec::new();
     if let Some(v) = env("SLUICE_ADMIN_TOKEN") {
         file.server.admin_token = Some(v);
+        if file.server.admin_token_file.take().is_some() {
+            replaced.push(("server.admin_token", "server.admin_token_file"));
+        }
         from.insert("server.admin_token", "SLUICE_ADMIN_TOKEN");
     }
     if let Some(v) = env("SLUICE_INSTANCE") {
@@ -131,6 +313,9 @@ fn apply_env(
         let store = file.store.get_or_insert_with(StoreFile::default);
         store.backend = Some(BackendFile::Redis);
         store.url = Some(v);
+        if store.nodes.take().is_some() {
+            replaced.push(("store.url", "store.nodes"));
+        }
         from.insert("store.url", "SLUICE_REDIS_URL");
     }
     if let Some(v) = env("SLUICE_REDIS_NODES") {
@@ -141,9 +326,24 @@ fn apply_env(
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty());
         store.nodes = Some(nodes.collect());
-        store.url = None;
+        if store.url.take().is_some() {
+            replaced.push(("store.nodes", "store.url"));
+        }
         from.insert("store.nodes", "SLUICE_REDIS_NODES");
     }
+    let mut lines: Vec<String> = from
+        .iter()
+        .map(|(path, var)| {
+            let instead = replaced
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, file_key)| format!(", instead of the file's {file_key}"))
+                .unwrap_or_default();
+            format!("{path}: from the environment ({var}){instead}")
+        })
+        .collect();
+    lines.sort();
+    lines
 }
 
 /// A Redis URL redis-rs accepts, with a scheme sluice supports.
@@ -154,7 +354,7 @@ fn redis_url(url: &str, path: &str, p: &mut Problems) {
     if !scheme_ok || redis::Client::open(url).is_err() {
         p.add(
             path,
-            format!("invalid Redis URL \"{url}\" (use e.g. redis://127.0.0.1:6379 or rediss://user:password@host:6380/0)"),
+            format!("invalid Redis URL \"{}\" (use e.g. redis://127.0.0.1:6379 or rediss://user:password@host:6380/0)", crate::redact::url(url)),
         );
     }
 }

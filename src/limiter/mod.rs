@@ -31,7 +31,7 @@ pub use self::side::StoreSide;
 pub use self::memory::MemoryLimiter;
 pub use self::redis::RedisLimiter;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Backend {
     /// In-process sliding log: exact for one instance, no shared state across instances.
     Memory,
@@ -40,6 +40,20 @@ pub enum Backend {
     /// Limits in a Redis Cluster: `nodes` are seeds, the rest is discovered. Every decision is
     /// one script call on the node that owns the caller's hash tag.
     RedisCluster { nodes: Vec<String> },
+}
+
+/// Printed with every password as `***` (the start-up line, reload warnings, tests).
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Memory => write!(f, "memory"),
+            Backend::Redis { url } => write!(f, "redis {}", crate::redact::url(url)),
+            Backend::RedisCluster { nodes } => {
+                let nodes: Vec<String> = nodes.iter().map(|n| crate::redact::url(n)).collect();
+                write!(f, "redis_cluster {}", nodes.join(","))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
