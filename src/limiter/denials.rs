@@ -41,6 +41,8 @@ pub struct DenialCache {
     inserts: AtomicU64,
     /// The config in force: a refusal decided under other rules is neither kept nor served.
     generation: AtomicU64,
+    /// The time base of [`Shards::make_room`]'s microseconds.
+    epoch: Instant,
 }
 
 impl DenialCache {
@@ -52,6 +54,7 @@ impl DenialCache {
             denials: Shards::with_capacity(SHARDS, max_callers),
             inserts: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -116,8 +119,12 @@ impl DenialCache {
         };
         let mut shard = self.denials.lock(key);
         if !shard.contains_key(key) && self.denials.is_full(&shard) {
-            shard.retain(|_, d| d.until > received);
-            if self.denials.is_full(&shard) {
+            let index = self.denials.index(key);
+            let us = |t: Instant| t.saturating_duration_since(self.epoch).as_micros() as u64;
+            if !self
+                .denials
+                .make_room(index, &mut shard, us(received), |d| us(d.until))
+            {
                 return;
             }
         }

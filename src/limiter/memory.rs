@@ -294,8 +294,11 @@ impl MemoryLimiter {
         if admitted && !shard.contains_key(&c.key) {
             // A new key counted: it needs room (a full shard first drops its expired keys).
             if self.entries.is_full(&shard) {
-                shard.retain(|_, e| e.expires_at() > now);
-                if self.entries.is_full(&shard) {
+                let index = self.entries.index(&c.key);
+                if !self
+                    .entries
+                    .make_room(index, &mut shard, now, Entry::expires_at)
+                {
                     return Err(StoreError::Full(self.max_keys));
                 }
             }
@@ -329,11 +332,10 @@ impl MemoryLimiter {
     ) -> Result<(), StoreError> {
         for (c, &shard) in checks.iter().zip(shards) {
             let map = locked.map(shard);
-            if !map.contains_key(&c.key) && self.entries.is_full(map) {
-                map.retain(|_, e| e.expires_at() > now);
-                if self.entries.is_full(map) {
-                    return Err(StoreError::Full(self.max_keys));
-                }
+            if !map.contains_key(&c.key)
+                && !self.entries.make_room(shard, map, now, Entry::expires_at)
+            {
+                return Err(StoreError::Full(self.max_keys));
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Keys spread over `N` locks so concurrent callers rarely wait on each other.
@@ -18,6 +18,11 @@ pub struct Shards<V> {
     /// Entries one shard may hold: the total capacity spread evenly (the hash spreads keys
     /// evenly, and a per-shard bound needs no shared counter on the hot path).
     per_shard: usize,
+    /// Per shard: when its last scan for expired entries left it full, the earliest expiry
+    /// among what it kept. Until then no entry can have expired (expiries only move later and
+    /// a full shard takes no new entry), so a new key fails without scanning again. Read and
+    /// written under the shard's lock.
+    full_until: Box<[AtomicU64]>,
 }
 
 impl<V> Shards<V> {
@@ -30,12 +35,44 @@ impl<V> Shards<V> {
             hasher: RandomState::new(),
             next_sweep: AtomicUsize::new(0),
             per_shard: (capacity / count).max(1),
+            full_until: (0..count).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// Whether a locked shard holds its share of the capacity: its owner must not add to it.
     pub fn is_full(&self, shard: &HashMap<String, V>) -> bool {
         shard.len() >= self.per_shard
+    }
+
+    /// Whether the locked shard `index` has room for one more entry at `now`. A full shard
+    /// first drops its expired entries (`expires_at(entry) <= now`), but scans at most once
+    /// until the earliest expiry it kept: a flood of new keys against a full store costs a
+    /// lookup each, not a scan of the shard each.
+    pub fn make_room(
+        &self,
+        index: usize,
+        shard: &mut HashMap<String, V>,
+        now: u64,
+        expires_at: impl Fn(&V) -> u64,
+    ) -> bool {
+        if !self.is_full(shard) {
+            return true;
+        }
+        let full_until = &self.full_until[index % self.full_until.len()];
+        if now < full_until.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut earliest = u64::MAX;
+        shard.retain(|_, v| {
+            let at = expires_at(v);
+            earliest = earliest.min(at);
+            at > now
+        });
+        if self.is_full(shard) {
+            full_until.store(earliest, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// The locked shard that holds `key`. A poisoned lock is taken anyway: every update
@@ -96,6 +133,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_shard_is_scanned_once_until_its_earliest_expiry() {
+        let shards: Shards<u64> = Shards::with_capacity(1, 2);
+        let scans = std::cell::Cell::new(0);
+        let expires = |v: &u64| {
+            scans.set(scans.get() + 1);
+            *v
+        };
+        let mut map = lock(&shards.shards[0]);
+        map.insert("a".into(), 10);
+        map.insert("b".into(), 20);
+        assert!(
+            !shards.make_room(0, &mut map, 5, expires),
+            "nothing expired"
+        );
+        assert_eq!(scans.get(), 2, "one scan");
+        assert!(!shards.make_room(0, &mut map, 9, expires));
+        assert_eq!(scans.get(), 2, "no scan before the earliest expiry");
+        assert!(shards.make_room(0, &mut map, 10, expires), "a expired");
+        assert_eq!(map.len(), 1);
+        map.insert("c".into(), 30);
+        assert!(!shards.make_room(0, &mut map, 11, expires));
+        assert!(shards.make_room(0, &mut map, 20, expires), "b expired");
+    }
 
     #[test]
     fn a_full_round_of_sweeps_visits_every_shard() {
