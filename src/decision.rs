@@ -11,7 +11,7 @@ use crate::limiter::side::Held;
 use crate::limiter::{
     Ask, Check, Decision, Limit, OnError, Refused, Retry, Scope, Store, StoreSide,
 };
-use crate::metrics::{Metrics, Outcome, RouteCounters, NO_ROUTE};
+use crate::metrics::{Metrics, Outcome, RouteCounters, UpstreamError, UpstreamErrors, NO_ROUTE};
 use crate::response::{RateLimitHeaders, Refusal};
 use crate::routes::{normalize_path, Route, RouteTable};
 use http::{HeaderMap, Method};
@@ -52,8 +52,9 @@ pub enum Action<'a> {
 /// How a request was decided, for the access log.
 #[derive(Debug, Default)]
 pub struct Trace<'a> {
-    /// The route that matched, if any.
+    /// The route that matched, if any, and its place in the table.
     pub route: Option<&'a str>,
+    pub route_index: Option<usize>,
     /// The caller's identity; kept only while an access log is written.
     pub caller: Option<Vec<u8>>,
     /// The `decision` label (`admitted`, `limited`, ...) or the reason a request was refused
@@ -82,6 +83,8 @@ pub struct Decider {
     plans: Vec<RoutePlans>,
     counters: Vec<RouteCounters>,
     unrouted: RouteCounters,
+    /// `upstream_errors[i]` belongs to `routes[i]`; the last to requests no route matched.
+    upstream_errors: Vec<UpstreamErrors>,
     identity: IdentityExtractor,
     request_ids: Option<RequestIds>,
     side: Arc<StoreSide>,
@@ -109,6 +112,12 @@ impl Decider {
             plans: routes.iter().map(RoutePlans::new).collect(),
             counters: routes.iter().map(|r| metrics.route(&r.name)).collect(),
             unrouted: metrics.route(NO_ROUTE),
+            upstream_errors: routes
+                .iter()
+                .map(|r| r.name.as_str())
+                .chain([NO_ROUTE])
+                .map(|name| metrics.upstream_errors(name))
+                .collect(),
             routes: config.routes.clone(),
             identity: config.identity.clone(),
             request_ids: config.request_ids.clone(),
@@ -121,6 +130,14 @@ impl Decider {
             max_uri_bytes: config.server.max_uri_bytes,
             access_log: (config.server.access_log, config.server.access_log_caller),
             generation,
+        }
+    }
+
+    /// Counts a request the upstream failed, on its route (`None`: no route matched).
+    pub fn upstream_error(&self, route_index: Option<usize>, kind: UpstreamError) {
+        let i = route_index.unwrap_or(self.upstream_errors.len() - 1);
+        if let Some(c) = self.upstream_errors.get(i) {
+            c.count(kind);
         }
     }
 
@@ -196,6 +213,7 @@ impl Decider {
         };
         let (route, counters) = (&self.routes.routes()[index], &self.counters[index]);
         trace.route = Some(&route.name);
+        trace.route_index = Some(index);
         if !route.has_limits() {
             counters.count(Outcome::Unlimited);
             return forward(rewrite, None, None, trace);
@@ -354,6 +372,7 @@ impl Decider {
         self.metrics.rejected.with_label_values(&[reason]).inc();
         let trace = Trace {
             route,
+            route_index: None,
             caller: None,
             decision: reason,
         };

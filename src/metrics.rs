@@ -74,9 +74,11 @@ pub struct Metrics {
     slots_held: IntGauge,
     /// Access-log lines dropped because the writer was behind.
     access_log_dropped: IntCounter,
-    /// Requests that failed after they were let through (no upstream answered, a broken
-    /// request body): `reason` is the JSON error sluice answered with.
+    /// Requests let through that then broke (a broken request body, an internal error):
+    /// `reason` is the JSON error sluice answered with.
     pub proxy_errors: IntCounterVec,
+    /// Requests the upstream failed, by route and `kind` (`timeout`, `unavailable`).
+    upstream_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,9 +165,17 @@ impl Metrics {
         let proxy_errors = IntCounterVec::new(
             Opts::new(
                 "sluice_proxy_errors_total",
-                "Requests let through that failed: no upstream answered, or the request broke",
+                "Requests let through that then broke (not the upstream's fault)",
             ),
             &["reason"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_upstream_errors_total",
+                "Requests the upstream failed: it did not answer in time, or could not be reached",
+            ),
+            &["route", "kind"],
         )
         .expect("valid metric");
         store_up.set(1);
@@ -182,6 +192,7 @@ impl Metrics {
             Box::new(slots_held.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(proxy_errors.clone()),
+            Box::new(upstream_errors.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -200,6 +211,7 @@ impl Metrics {
             slots_held,
             access_log_dropped,
             proxy_errors,
+            upstream_errors,
         }
     }
 
@@ -217,6 +229,14 @@ impl Metrics {
     /// The counters of `route` (created at zero, so every route shows in `/metrics`).
     pub fn route(&self, route: &str) -> RouteCounters {
         RouteCounters(Outcome::ALL.map(|o| self.requests.with_label_values(&[route, o.label()])))
+    }
+
+    /// A route's upstream-error counters, resolved once: `[timeout, unavailable]`.
+    pub fn upstream_errors(&self, route: &str) -> UpstreamErrors {
+        UpstreamErrors(
+            [UpstreamError::Timeout, UpstreamError::Unavailable]
+                .map(|k| self.upstream_errors.with_label_values(&[route, k.label()])),
+        )
     }
 
     /// Counts an upstream response by its status class.
@@ -239,5 +259,41 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Why the upstream failed a request (the `kind` label of `sluice_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// A read or write waited longer than `upstream.read_timeout`/`write_timeout`: 504.
+    Timeout,
+    /// No upstream could be reached (refused, reset, connect timeout): 502.
+    Unavailable,
+}
+
+impl UpstreamError {
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Unavailable => "unavailable",
+        }
+    }
+
+    /// The status sluice answers with, and its JSON error.
+    pub fn answer(self) -> (u16, &'static str) {
+        match self {
+            UpstreamError::Timeout => (504, "upstream_timeout"),
+            UpstreamError::Unavailable => (502, "upstream_unavailable"),
+        }
+    }
+}
+
+/// One route's `sluice_upstream_errors_total` counters.
+#[derive(Clone)]
+pub struct UpstreamErrors([IntCounter; 2]);
+
+impl UpstreamErrors {
+    pub fn count(&self, kind: UpstreamError) {
+        self.0[kind as usize].inc();
     }
 }

@@ -7,7 +7,7 @@ use crate::decision::{Action, Decider, RequestHead};
 use crate::forwarded;
 use crate::limiter::side::Held;
 use crate::limiter::StoreSide;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamError};
 use crate::response::{self, RateLimitHeaders};
 use crate::shutdown::{Drain, InFlight};
 use arc_swap::ArcSwap;
@@ -86,6 +86,8 @@ pub struct RequestCtx {
     held: Option<Held>,
     rewrite: Option<http::Uri>,
     upstream_tries: usize,
+    /// The rules this request was decided on and its route, for counting an upstream failure.
+    decided: Option<(Arc<Decider>, Option<usize>)>,
     /// The access log's entry, while one is written.
     log: Option<LogCtx>,
     /// Counts the request in flight (a draining sidecar exits once none is left).
@@ -140,6 +142,7 @@ impl ProxyHttp for Worker {
         let decider = self.shared.decider.load_full();
         ctx.peer_trusted = head.peer.is_some_and(|p| decider.trusts(p));
         let verdict = decider.decide(&head).await;
+        let route_index = verdict.trace.route_index;
         let format = decider.access_log();
         if format.0 != AccessLog::Off {
             let trace = verdict.trace;
@@ -165,6 +168,8 @@ impl ProxyHttp for Worker {
                 ctx.rate_headers = forward.rate_headers;
                 ctx.rewrite = forward.rewrite;
                 ctx.held = forward.held;
+                // Moved, not cloned: the request already holds this reference.
+                ctx.decided = Some((decider, route_index));
                 return Ok(false);
             }
             Action::Refuse(refusal) => response::refusal(&refusal)?,
@@ -179,7 +184,7 @@ impl ProxyHttp for Worker {
         &self,
         session: &mut Session,
         e: &pingora::Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         // Pingora's own mapping of an error to a status (ProxyHttp::fail_to_proxy).
         let code = match e.etype() {
@@ -193,14 +198,31 @@ impl ProxyHttp for Worker {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        // The upstream's failures are counted on the route; a timeout is 504, the rest 502.
+        let upstream = (e.esource() == &ErrorSource::Upstream).then(|| {
+            let kind = match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamError::Timeout,
+                _ => UpstreamError::Unavailable,
+            };
+            if let Some((decider, route)) = &ctx.decided {
+                decider.upstream_error(*route, kind);
+            }
+            kind
+        });
+        let code = match upstream {
+            Some(kind) if code == 502 => kind.answer().0,
+            _ => code,
+        };
         // Nothing can be sent once the response has begun (or the client has gone).
         if code > 0 && session.response_written().is_none() {
             if let Ok((reason, response)) = response::proxy_error(code) {
-                self.shared
-                    .metrics
-                    .proxy_errors
-                    .with_label_values(&[reason])
-                    .inc();
+                if upstream.is_none() {
+                    self.shared
+                        .metrics
+                        .proxy_errors
+                        .with_label_values(&[reason])
+                        .inc();
+                }
                 let _ = self.respond(session, response).await;
             }
         }

@@ -124,6 +124,8 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         upstream.addrs,
         upstream.connect_timeout,
         upstream.idle_timeout,
+        upstream.read_timeout,
+        upstream.write_timeout,
         store.timeout,
         store.prefix,
         store.max_callers,

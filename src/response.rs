@@ -253,6 +253,7 @@ pub fn store_unavailable(route: &str) -> pingora::Result<(Box<ResponseHeader>, B
 pub fn proxy_error(status: u16) -> pingora::Result<(&'static str, (Box<ResponseHeader>, Bytes))> {
     let reason = match status {
         502 => "upstream_unavailable",
+        504 => "upstream_timeout",
         400 => "bad_request",
         _ if status >= 500 => "internal_error",
         _ => "bad_request",

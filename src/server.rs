@@ -88,6 +88,8 @@ fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
             let mut peer = HttpPeer::new(resolved, false, String::new());
             peer.options.connection_timeout = Some(config.upstream.connect_timeout);
             peer.options.idle_timeout = Some(config.upstream.idle_timeout);
+            peer.options.read_timeout = Some(config.upstream.read_timeout);
+            peer.options.write_timeout = Some(config.upstream.write_timeout);
             peer
         })
         .collect())

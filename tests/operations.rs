@@ -519,14 +519,10 @@ async fn an_upstream_that_is_down_gets_sluices_own_502() {
         assert_eq!(r.header("server"), None, "no Server: Pingora");
     }
     let m = scrape(admin, None).await;
-    assert_eq!(
-        value(
-            &m,
-            "sluice_proxy_errors_total",
-            &[("reason", "upstream_unavailable")]
-        ),
-        2.0
-    );
+    for route in ["api", "free"] {
+        let labels = [("route", route), ("kind", "unavailable")];
+        assert_eq!(value(&m, "sluice_upstream_errors_total", &labels), 1.0);
+    }
     let start = Instant::now();
     while s.proc.log_text().matches("status=502").count() < 2 {
         assert!(
@@ -536,4 +532,52 @@ async fn an_upstream_that_is_down_gets_sluices_own_502() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An upstream that hangs is answered 504 within `upstream.read_timeout` (plus a margin), with
+/// sluice's JSON error; the timeout is counted on the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_hangs_gets_504_within_the_read_timeout() {
+    let dir = scratch_dir();
+    let up = Upstream::start(&dir).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.join("hang.yaml");
+    std::fs::write(
+        &config,
+        format!("server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin}\" }}\nupstream: {{ addrs: [\"127.0.0.1:{}\"], read_timeout: 1s }}\nstore: {{ backend: memory }}\n{ROUTES}", up.port),
+    )
+    .unwrap();
+    let _s = Sidecar::start_with(&dir, "hang", &config, port, admin).await;
+    let start = Instant::now();
+    let r = request(
+        port,
+        "GET",
+        "/api/slow?user_id=h",
+        &[("x-hold-ms", "5000")],
+        b"",
+    )
+    .await
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.json(), serde_json::json!({"error": "upstream_timeout"}));
+    assert_eq!(r.header("server"), None);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // A response within the timeout is untouched.
+    let ok = request(
+        port,
+        "GET",
+        "/api/fast?user_id=h",
+        &[("x-hold-ms", "200")],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status, 200);
+    let m = scrape(admin, None).await;
+    let labels = [("route", "api"), ("kind", "timeout")];
+    assert_eq!(value(&m, "sluice_upstream_errors_total", &labels), 1.0);
 }

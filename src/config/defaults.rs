@@ -10,6 +10,8 @@ pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const KEY_PREFIX: &str = "sluice:";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one read from (or write to) the upstream may wait: a hung upstream answers 504.
+pub const UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// After the grace period, how long requests in flight may take to finish (a Kubernetes pod's
 /// default termination grace is 30 s).

@@ -102,6 +102,8 @@ pub struct UpstreamFile {
     pub addrs: Option<Vec<String>>,
     pub connect_timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
+    pub read_timeout: Option<Text>,
+    pub write_timeout: Option<Text>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -86,6 +86,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How long an idle pooled upstream connection is kept; below the upstream's own keep-alive.
     pub idle_timeout: Duration,
+    /// How long one read from the upstream may wait (the response head included, and each
+    /// read of a stream): exceeded → 504 `upstream_timeout`.
+    pub read_timeout: Duration,
+    /// How long one write to the upstream may wait (a request body it does not read).
+    pub write_timeout: Duration,
 }
 
 /// Every problem found in a config file, one line each, ready for stderr.

@@ -549,6 +549,20 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
             p,
         )
         .unwrap_or_default(),
+        read_timeout: positive_duration(
+            u.read_timeout.as_ref(),
+            defaults::UPSTREAM_IO_TIMEOUT,
+            "upstream.read_timeout",
+            p,
+        )
+        .unwrap_or_default(),
+        write_timeout: positive_duration(
+            u.write_timeout.as_ref(),
+            defaults::UPSTREAM_IO_TIMEOUT,
+            "upstream.write_timeout",
+            p,
+        )
+        .unwrap_or_default(),
     }
 }
 
