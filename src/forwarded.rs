@@ -4,8 +4,15 @@
 //! leftmost `X-Forwarded-For` entry, `X-Real-IP`, `Forwarded` or `X-Forwarded-Proto`/`-Host` is
 //! never handed a spoofed value (Traefik's default).
 
+use http::header::{HeaderName, FORWARDED, HOST};
 use http::{HeaderMap, HeaderValue};
 use std::net::IpAddr;
+
+// Parsed once: a lookup by a `&str` name parses and validates it on every request.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Appends `ip` to `out` as text, without the formatting machinery for the common IPv4 case.
 pub fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
@@ -39,7 +46,7 @@ pub fn rewrite(
     let mut forwarded = Vec::with_capacity(48);
     if trusted {
         // Appended as bytes: what earlier hops wrote reaches the upstream as it was.
-        for prior in headers.get_all("x-forwarded-for") {
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
             forwarded.extend_from_slice(prior.as_bytes());
             forwarded.extend_from_slice(b", ");
         }
@@ -50,12 +57,21 @@ pub fn rewrite(
         return out;
     }
     // Only what the client sent is replaced: a request without these headers costs nothing.
+    let (real_ip, forwarded_by, proto, host) = (
+        headers.contains_key(&X_REAL_IP),
+        headers.contains_key(&FORWARDED),
+        headers.contains_key(&X_FORWARDED_PROTO),
+        headers.contains_key(&X_FORWARDED_HOST),
+    );
+    if !(real_ip || forwarded_by || proto || host) {
+        return out;
+    }
     let mut ip = Vec::with_capacity(40);
     write_ip(&mut ip, peer);
-    if headers.contains_key("x-real-ip") {
+    if real_ip {
         out.push(("X-Real-IP", HeaderValue::from_bytes(&ip).ok()));
     }
-    if headers.contains_key("forwarded") {
+    if forwarded_by {
         let node = match peer {
             IpAddr::V4(_) => String::from_utf8_lossy(&ip).into_owned(),
             IpAddr::V6(_) => format!("\"[{}]\"", String::from_utf8_lossy(&ip)),
@@ -63,11 +79,11 @@ pub fn rewrite(
         let value = HeaderValue::from_str(&format!("for={node};proto=http")).ok();
         out.push(("Forwarded", value));
     }
-    if headers.contains_key("x-forwarded-proto") {
+    if proto {
         out.push(("X-Forwarded-Proto", Some(HeaderValue::from_static("http"))));
     }
-    if headers.contains_key("x-forwarded-host") {
-        out.push(("X-Forwarded-Host", headers.get(http::header::HOST).cloned()));
+    if host {
+        out.push(("X-Forwarded-Host", headers.get(HOST).cloned()));
     }
     out
 }
