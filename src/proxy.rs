@@ -177,9 +177,10 @@ impl ProxyHttp for Worker {
         self.respond(session, refusal).await
     }
 
-    /// A request let through that then failed: no upstream answered (all tried), or the
-    /// request broke. The client gets sluice's JSON error, never Pingora's bare one; it is
-    /// counted in `sluice_proxy_errors_total` and its access-log line has the status.
+    /// A request let through that then failed: the upstream timed out (504) or could not be
+    /// reached (502), counted on its route in `sluice_upstream_errors_total`; or the request
+    /// itself broke, counted in `sluice_proxy_errors_total`. The client gets sluice's JSON
+    /// error, never Pingora's bare one, and the access-log line has the status.
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
