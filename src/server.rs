@@ -47,11 +47,7 @@ pub fn unresolved_upstreams(config: &Config) -> Vec<String> {
         .iter()
         .enumerate()
         .filter_map(|(i, addr)| {
-            let reason = match addr.to_socket_addrs().map(|mut found| found.next()) {
-                Ok(Some(_)) => return None,
-                Ok(None) => "no address".to_string(),
-                Err(e) => e.to_string(),
-            };
+            let reason = resolve(addr).err()?;
             Some(format!(
                 "upstream.addrs[{i}]: cannot resolve \"{addr}\": {reason}"
             ))
@@ -59,22 +55,22 @@ pub fn unresolved_upstreams(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// The addresses `addr` (`host:port`) resolves to, or why it resolves to none.
+fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    let found: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| e.to_string())?.collect();
+    if found.is_empty() {
+        return Err("no address".into());
+    }
+    Ok(found)
+}
+
 fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for addr in &config.upstream.addrs {
-        let resolved: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| StartError::Resolve {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?
-            .collect();
-        if resolved.is_empty() {
-            return Err(StartError::Resolve {
-                addr: addr.clone(),
-                reason: "no address".into(),
-            });
-        }
+        let resolved = resolve(addr).map_err(|reason| StartError::Resolve {
+            addr: addr.clone(),
+            reason,
+        })?;
         for a in resolved {
             if !addrs.contains(&a) {
                 addrs.push(a);

@@ -210,11 +210,7 @@ async fn a_killed_sidecar_costs_clients_nothing_and_rejoins_after_up() {
         assert!(Instant::now() < deadline, "the stream stalled");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let killed = Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(victim, "-9");
     let at_kill = done.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         at_kill < 450,
@@ -304,10 +300,7 @@ async fn a_rolling_sigterm_of_every_sidecar_under_load_loses_no_request() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (n, part) in ["sluice1", "sluice2", "sluice3"].iter().enumerate() {
         let pid = c.pid(part);
-        let term = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        assert!(term.unwrap().success());
+        signal(pid, "-TERM");
         let start = Instant::now();
         while !exited(pid) {
             assert!(

@@ -44,6 +44,25 @@ fn requests(s: &prometheus_parse::Scrape, route: &str, decision: &str) -> f64 {
     )
 }
 
+/// Whether `proc`'s log has a line containing `text`, waiting up to `within` for it.
+async fn logged_within(proc: &Proc, text: &str, within: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if proc.log_text().contains(text) {
+            return true;
+        }
+        if start.elapsed() >= within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`logged_within`] 5 s.
+async fn logged(proc: &Proc, text: &str) -> bool {
+    logged_within(proc, text, Duration::from_secs(5)).await
+}
+
 const ROUTES: &str = "routes:
   - name: api
     match: { path_prefix: /api/ }
@@ -153,14 +172,7 @@ async fn sighup_swaps_the_rules_and_an_invalid_file_keeps_the_old_ones() {
         .replace("requests: 2, window: 60s", "requests: 4, window: 60s")
         .replace("threads: 2", "threads: 3");
     std::fs::write(&s.config, &raised).unwrap();
-    let hup = |pid: u32| {
-        let ok = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    hup(s.proc.pid());
+    signal(s.proc.pid(), "-HUP");
     let sent = Instant::now();
     loop {
         let r = get(s.port, "/api/x?user_id=r").await.unwrap();
@@ -188,18 +200,14 @@ async fn sighup_swaps_the_rules_and_an_invalid_file_keeps_the_old_ones() {
     // An invalid file is refused whole: logged as --check reports it, counted, old rules stay.
     let broken = raised.replace("requests: 4, window: 60s", "requests: 0, window: 60s");
     std::fs::write(&s.config, &broken).unwrap();
-    hup(s.proc.pid());
+    signal(s.proc.pid(), "-HUP");
     let path = s.config.display().to_string();
     let expected = format!("{path}: routes[0].limits[0].requests: must be at least 1");
-    let sent = Instant::now();
-    while !s.proc.log_text().contains(&expected) {
-        assert!(
-            sent.elapsed() < Duration::from_secs(2),
-            "{}",
-            s.proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        logged_within(&s.proc, &expected, Duration::from_secs(2)).await,
+        "{}",
+        s.proc.log_text()
+    );
     s.proc.assert_running();
     let m = scrape(s.admin_port, None).await;
     assert_eq!(
@@ -351,18 +359,6 @@ async fn the_json_access_log_has_one_parseable_line_per_request() {
     assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
 }
 
-/// Whether `log` has a line containing `text`, waiting up to 5 s for the sidecar to write it.
-async fn logged(proc: &Proc, text: &str) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if proc.log_text().contains(text) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// No password, token or plain caller in any line a sidecar logs or shows: at start, on
 /// reload, while Redis stalls and when it returns, for shadow refusals and in the access log;
 /// nor in what `--check` prints. The admin token from the environment wins over the file's.
@@ -425,23 +421,14 @@ async fn no_secret_reaches_a_log_line() {
     assert!(logged(&s, "shadow route sh: would refuse caller").await);
     // A reload that changes the database names store.url, not store.backend.
     std::fs::write(&config, text(1)).unwrap();
-    Command::new("kill")
-        .args(["-HUP", &s.pid().to_string()])
-        .status()
-        .unwrap();
+    signal(s.pid(), "-HUP");
     assert!(
         logged(&s, "reload: store.url changed").await,
         "{}",
         s.log_text()
     );
     // Redis stalls (SIGSTOP): failures, the breaker and /health's reason; then it returns.
-    let signal = |sig: &str| {
-        Command::new("kill")
-            .args([sig, &redis.proc.pid().to_string()])
-            .status()
-            .unwrap()
-    };
-    signal("-STOP");
+    signal(redis.proc.pid(), "-STOP");
     let mut shown = Vec::new();
     let start = Instant::now();
     loop {
@@ -459,7 +446,7 @@ async fn no_secret_reaches_a_log_line() {
         }
         assert!(start.elapsed() < Duration::from_secs(10), "{shown:?}");
     }
-    signal("-CONT");
+    signal(redis.proc.pid(), "-CONT");
     let back = Instant::now();
     while !s.log_text().contains("store: answering again") {
         assert!(back.elapsed() < Duration::from_secs(10), "{}", s.log_text());

@@ -7,17 +7,21 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
+/// A request the upstream holds for `hold_ms`, sent in the background.
+fn held(
+    port: u16,
+    method: &'static str,
+    target: &'static str,
+    hold_ms: &'static str,
+    body: &'static [u8],
+) -> tokio::task::JoinHandle<std::io::Result<Reply>> {
+    tokio::spawn(
+        async move { request(port, method, target, &[("x-hold-ms", hold_ms)], body).await },
+    )
 }
 
 /// One request on an open keep-alive connection: its status and headers (lower-case names).
@@ -87,16 +91,7 @@ async fn sigterm_serves_through_the_grace_then_drains_what_is_in_flight_and_exit
     );
     // In flight when the signal comes: a slow POST (4 s at the upstream) and an SSE stream.
     let port = s.port;
-    let post = tokio::spawn(async move {
-        request(
-            port,
-            "POST",
-            "/api/upload?user_id=p",
-            &[("x-hold-ms", "4000")],
-            b"payload",
-        )
-        .await
-    });
+    let post = held(port, "POST", "/api/upload?user_id=p", "4000", b"payload");
     let sse = tokio::spawn(async move { get(port, "/sse?events=12&every_ms=300").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(s.proc.pid(), "-TERM");
@@ -147,16 +142,7 @@ async fn with_no_grace_period_requests_in_flight_still_finish_and_a_second_sigte
     let up = Upstream::start(&dir).await;
     let mut s = Sidecar::start(&dir, "s", up.port, ROUTES).await;
     let port = s.port;
-    let post = tokio::spawn(async move {
-        request(
-            port,
-            "POST",
-            "/api/upload?user_id=p",
-            &[("x-hold-ms", "1500")],
-            b"x",
-        )
-        .await
-    });
+    let post = held(port, "POST", "/api/upload?user_id=p", "1500", b"x");
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(s.proc.pid(), "-TERM");
     let post = post.await.unwrap().expect("the POST in flight is answered");
@@ -166,16 +152,7 @@ async fn with_no_grace_period_requests_in_flight_still_finish_and_a_second_sigte
     // A second SIGTERM does not wait for a 20 s request.
     let mut s = Sidecar::start(&dir, "t", up.port, ROUTES).await;
     let port = s.port;
-    let held = tokio::spawn(async move {
-        request(
-            port,
-            "GET",
-            "/api/held?user_id=h",
-            &[("x-hold-ms", "20000")],
-            b"",
-        )
-        .await
-    });
+    let held = held(port, "GET", "/api/held?user_id=h", "20000", b"");
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(s.proc.pid(), "-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;

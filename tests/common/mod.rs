@@ -69,6 +69,15 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in 20000-31999");
 }
 
+/// Sends `sig` (`-TERM`, `-HUP`, `-STOP`...) to process `pid`; the test fails if it cannot.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
 /// A child process killed when dropped.
 pub struct Proc {
     pub child: Child,
