@@ -6,7 +6,7 @@ mod plan;
 use self::plan::{Plan, RoutePlans, Values};
 use crate::access_log::shown_caller;
 use crate::config::{AccessLog, CallerInLog, Config};
-use crate::identity::{IdentityExtractor, RequestIds};
+use crate::identity::{IdentityExtractor, OnMissingIdentity, RequestIds};
 use crate::limiter::side::Held;
 use crate::limiter::{
     Ask, Check, Decision, Limit, OnError, Refused, Retry, Scope, Store, StoreSide,
@@ -207,7 +207,10 @@ impl Decider {
             decision: Outcome::Unlimited.label(),
             ..Trace::default()
         };
-        let Some(index) = self.routes.position(head.method.as_str(), &path) else {
+        let Some(index) = self
+            .routes
+            .position(head.method.as_str(), &path, head.headers)
+        else {
             self.unrouted.count(Outcome::Unlimited);
             return forward(rewrite, None, None, trace);
         };
@@ -218,10 +221,35 @@ impl Decider {
             counters.count(Outcome::Unlimited);
             return forward(rewrite, None, None, trace);
         }
+        let client_ip = || {
+            head.peer
+                .map(|p| self.identity.trusted.client_ip(p, head.headers))
+        };
+        if route
+            .exempt
+            .by_request(head.method, head.headers, client_ip)
+        {
+            return skip(counters, Outcome::Exempt, rewrite, trace);
+        }
         let caller = match self.identity.caller(head.query, head.headers, head.peer) {
-            Ok(caller) => caller,
+            Ok(Some(caller)) => Some(caller),
+            Ok(None) => match route.on_missing_identity {
+                OnMissingIdentity::Anonymous => None,
+                OnMissingIdentity::ClientIp => {
+                    head.peer.map(|p| self.identity.client_ip(p, head.headers))
+                }
+                OnMissingIdentity::Reject => {
+                    return self.reject(Refusal::IdentityRequired, Some(&route.name))
+                }
+                OnMissingIdentity::Skip => {
+                    return skip(counters, Outcome::Unidentified, rewrite, trace)
+                }
+            },
             Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
         };
+        if route.exempt.by_caller(caller.as_deref()) {
+            return skip(counters, Outcome::Exempt, rewrite, trace);
+        }
         let plan = self.plans[index].for_caller(caller.as_deref());
         let mut values = Values::new(&self.identity, head.query, head.headers, head.peer);
         let checks = match plan.checks(&self.key_prefix, caller.as_deref(), &mut values) {
@@ -437,6 +465,18 @@ fn forward(
         }),
         trace,
     }
+}
+
+/// Forwards a request uncounted, counted under `outcome` (exempt, unidentified).
+fn skip<'s>(
+    counters: &RouteCounters,
+    outcome: Outcome,
+    rewrite: Option<http::Uri>,
+    mut trace: Trace<'s>,
+) -> Verdict<'s> {
+    counters.count(outcome);
+    trace.decision = outcome.label();
+    forward(rewrite, None, None, trace)
 }
 
 fn refuse<'s>(refusal: Refusal<'s>, trace: Trace<'s>) -> Verdict<'s> {

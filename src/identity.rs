@@ -172,6 +172,20 @@ pub fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
     (port_ok && bracketed_v6).then(|| canonical(ip))
 }
 
+/// What a route does with a request that names no caller (`on_missing_identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnMissingIdentity {
+    /// One shared anonymous caller (the default, and every earlier version's behaviour).
+    #[default]
+    Anonymous,
+    /// The client IP (after the trusted-proxy rules) names the caller.
+    ClientIp,
+    /// 401 `{"error":"identity_required"}`.
+    Reject,
+    /// Forwarded unlimited, counted as `decision="unidentified"`.
+    Skip,
+}
+
 /// Why a caller's identity is refused (the request gets 400 and is never counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityError {
@@ -235,7 +249,8 @@ impl IdentityExtractor {
         self.bounded(found)
     }
 
-    fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Vec<u8> {
+    /// The client IP as a caller names it (after the trusted-proxy rules).
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Vec<u8> {
         self.trusted
             .client_ip(peer, headers)
             .to_string()

@@ -24,6 +24,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod decision;
+pub mod exempt;
 pub mod forwarded;
 pub mod identity;
 pub mod limiter;

@@ -19,15 +19,21 @@ pub enum Outcome {
     ShadowLimited,
     /// No limit applies (no route, or a route or override without limits).
     Unlimited,
+    /// Forwarded uncounted by an `exempt:` rule (network, caller, method, CORS preflight).
+    Exempt,
+    /// Named no caller on a route with `on_missing_identity: skip`: forwarded uncounted.
+    Unidentified,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Admitted,
         Outcome::Limited,
         Outcome::StoreError,
         Outcome::ShadowLimited,
         Outcome::Unlimited,
+        Outcome::Exempt,
+        Outcome::Unidentified,
     ];
 
     pub fn label(self) -> &'static str {
@@ -37,6 +43,8 @@ impl Outcome {
             Outcome::StoreError => "store_error",
             Outcome::ShadowLimited => "shadow_limited",
             Outcome::Unlimited => "unlimited",
+            Outcome::Exempt => "exempt",
+            Outcome::Unidentified => "unidentified",
         }
     }
 }
@@ -46,7 +54,7 @@ pub const NO_ROUTE: &str = "(none)";
 
 /// One route's request counters, one per [`Outcome`].
 #[derive(Clone)]
-pub struct RouteCounters([IntCounter; 5]);
+pub struct RouteCounters([IntCounter; 7]);
 
 impl RouteCounters {
     pub fn count(&self, outcome: Outcome) {

@@ -24,6 +24,8 @@ pub enum Refusal<'a> {
     /// 400: the identity (or a value a limit is keyed by) is too long or holds a control
     /// character.
     Identity(IdentityError),
+    /// 401: the route needs a caller (`on_missing_identity: reject`) and the request names none.
+    IdentityRequired,
     /// 429: a limit refused; `refused` is the limit that refuses longest, `limit` its
     /// definition and `policy` the route's headers.
     Limited {
@@ -45,6 +47,7 @@ impl Refusal<'_> {
             Refusal::HeadersTooLarge { .. } => "headers_too_large",
             Refusal::Identity(IdentityError::TooLong { .. }) => "identity_too_long",
             Refusal::Identity(IdentityError::Invalid) => "invalid_identity",
+            Refusal::IdentityRequired => "identity_required",
             Refusal::Limited { .. } | Refusal::StoreUnavailable { .. } => return None,
         })
     }
@@ -235,6 +238,7 @@ pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)>
         Refusal::Identity(IdentityError::Invalid) => {
             (400, "{\"error\":\"invalid_identity\"}".to_string())
         }
+        Refusal::IdentityRequired => (401, "{\"error\":\"identity_required\"}".to_string()),
     };
     let h = json_header(status, body.len())?;
     Ok((h, Bytes::from(body)))

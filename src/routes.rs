@@ -1,6 +1,9 @@
 //! The ordered route table: which route (and so which limits) a request falls under.
 
+use crate::exempt::Exempt;
+use crate::identity::OnMissingIdentity;
 use crate::limiter::{Cost, Limit, OnError};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -18,6 +21,8 @@ pub struct Route {
     pub path: PathMatch,
     /// Upper-case method names; `None` matches every method.
     pub methods: Option<Vec<String>>,
+    /// Headers the request must carry, each exactly once with exactly this value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub limits: Vec<Limit>,
     /// Caller identity → limits that replace `limits` for that caller (empty: unlimited).
     pub overrides: HashMap<Vec<u8>, Vec<Limit>>,
@@ -27,10 +32,14 @@ pub struct Route {
     pub shadow: bool,
     /// What each request counts for against every limit of the route.
     pub cost: Cost,
+    /// Requests this route forwards uncounted (the global list with the route's added).
+    pub exempt: Exempt,
+    /// What a request that names no caller gets.
+    pub on_missing_identity: OnMissingIdentity,
 }
 
 impl Route {
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
@@ -40,6 +49,10 @@ impl Route {
                 .methods
                 .as_ref()
                 .is_none_or(|ms| ms.iter().any(|m| m == method))
+            && self.headers.iter().all(|(name, value)| {
+                let mut lines = headers.get_all(name).iter();
+                lines.next() == Some(value) && lines.next().is_none()
+            })
     }
 
     /// The limits that apply to `caller`: an override when one names the caller, else the route's.
@@ -73,13 +86,16 @@ impl RouteTable {
 
     /// The first route matching `method` and `path`, which must be in normal form
     /// ([`normalize_path`]): the caller normalises once and forwards that same path.
-    pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
-        self.position(method, path).map(|i| &self.routes[i])
+    pub fn find(&self, method: &str, path: &str, headers: &HeaderMap) -> Option<&Route> {
+        self.position(method, path, headers)
+            .map(|i| &self.routes[i])
     }
 
     /// Like [`RouteTable::find`], the route's index.
-    pub fn position(&self, method: &str, path: &str) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches(method, path))
+    pub fn position(&self, method: &str, path: &str, headers: &HeaderMap) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.matches(method, path, headers))
     }
 }
 
@@ -195,6 +211,9 @@ mod tests {
             on_error: None,
             shadow: false,
             cost: Cost::default(),
+            headers: Vec::new(),
+            exempt: Exempt::default(),
+            on_missing_identity: OnMissingIdentity::default(),
         }
     }
 
@@ -212,7 +231,9 @@ mod tests {
 
     fn found(method: &str, path: &str) -> Option<String> {
         let path = normalize_path(path).unwrap();
-        table().find(method, &path).map(|r| r.name.clone())
+        table()
+            .find(method, &path, &HeaderMap::new())
+            .map(|r| r.name.clone())
     }
 
     #[test]
@@ -262,6 +283,34 @@ mod tests {
         assert_eq!(normalize_path("/%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("/%4"), Err(PathError::BadEscape));
         assert_eq!(normalize_path("x:/api"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn header_matches_split_one_path() {
+        let mut acme = route("acme", PathMatch::Prefix("/api/".into()), None);
+        acme.headers = vec![(
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("acme"),
+        )];
+        let table = RouteTable::new(vec![
+            acme,
+            route("api", PathMatch::Prefix("/api/".into()), None),
+        ]);
+        let with = |pairs: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in pairs {
+                h.append("x-tenant", HeaderValue::from_static(v));
+            }
+            table.find("GET", "/api/x", &h).map(|r| r.name.clone())
+        };
+        assert_eq!(with(&["acme"]).as_deref(), Some("acme"));
+        assert_eq!(with(&["Acme"]).as_deref(), Some("api"), "values are exact");
+        assert_eq!(with(&[]).as_deref(), Some("api"));
+        assert_eq!(
+            with(&["acme", "acme"]).as_deref(),
+            Some("api"),
+            "exactly one line"
+        );
     }
 
     #[test]

@@ -71,14 +71,6 @@ async fn load(
     samples
 }
 
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 const ROUTES: &str = "routes:
   - name: pay
     match: { path_prefix: /pay/ }

@@ -18,6 +18,10 @@ pub struct FileConfig {
     pub upstream: UpstreamFile,
     pub store: Option<StoreFile>,
     pub identity: Option<Vec<IdentityFile>>,
+    /// What a request that names no caller gets (default `anonymous`); routes may override.
+    pub on_missing_identity: Option<OnMissingFile>,
+    /// Requests that never spend a quota, on every route.
+    pub exempt: Option<ExemptFile>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// Absent: request ids are ignored (forwarded untouched, never believed).
@@ -142,6 +146,29 @@ pub struct StoreFile {
     pub lease_ttl: Option<Text>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingFile {
+    Anonymous,
+    ClientIp,
+    Reject,
+    Skip,
+}
+
+/// Exemptions: a route's list adds to the global one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExemptFile {
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub callers: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// CORS preflights never spend a quota (default true); a route's setting wins.
+    pub preflight: Option<bool>,
+}
+
 /// One identity source: a map with exactly one of these keys (`- query: user_id`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +198,10 @@ pub struct RouteFile {
     pub shadow: bool,
     /// What one request counts for against every limit (default 1).
     pub cost: Option<CostFile>,
+    /// Overrides the global `on_missing_identity` on this route.
+    pub on_missing_identity: Option<OnMissingFile>,
+    /// Added to the global `exempt`.
+    pub exempt: Option<ExemptFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +210,8 @@ pub struct MatchFile {
     pub path: Option<String>,
     pub path_prefix: Option<String>,
     pub methods: Option<Vec<String>>,
+    /// Headers the request must carry, with exactly these values.
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// One limit: a rate (`requests` per `window`) or an in-flight cap (`concurrency`).

@@ -4,6 +4,8 @@
 use super::fields::{on_error, positive_duration, Problems};
 use super::file::*;
 use super::format_duration;
+use crate::exempt::Exempt;
+use crate::identity::{Cidr, OnMissingIdentity};
 use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope};
 use crate::routes::{normalize_path, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +16,8 @@ use std::time::Duration;
 /// Every route, each with its own limits followed by those of the buckets it draws from.
 pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
     let buckets = buckets(&file.buckets, p);
+    let global_exempt = exempt(file.exempt.as_ref(), Exempt::default_global(), "exempt", p);
+    let on_missing = file.on_missing_identity.map(on_missing).unwrap_or_default();
     let mut used: Vec<&str> = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut routes = Vec::new();
@@ -28,6 +32,11 @@ pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
             }
         }
         let (path_match, methods) = matcher(&r.matcher, &format!("{path}.match"), p);
+        let headers = match_headers(
+            r.matcher.headers.as_ref(),
+            &format!("{path}.match.headers"),
+            p,
+        );
         let own = limits(
             &r.limits,
             &format!("{path}.limits"),
@@ -68,6 +77,14 @@ pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
             on_error: r.on_error.map(on_error),
             shadow: r.shadow,
             cost,
+            headers,
+            exempt: exempt(
+                r.exempt.as_ref(),
+                global_exempt.clone(),
+                &format!("{path}.exempt"),
+                p,
+            ),
+            on_missing_identity: r.on_missing_identity.map_or(on_missing, self::on_missing),
         });
     }
     for name in file.buckets.keys() {
@@ -380,6 +397,96 @@ fn cost(
     cost
 }
 
+fn on_missing(f: OnMissingFile) -> OnMissingIdentity {
+    match f {
+        OnMissingFile::Anonymous => OnMissingIdentity::Anonymous,
+        OnMissingFile::ClientIp => OnMissingIdentity::ClientIp,
+        OnMissingFile::Reject => OnMissingIdentity::Reject,
+        OnMissingFile::Skip => OnMissingIdentity::Skip,
+    }
+}
+
+/// `exempt` at `path` added to `base` (the global list, for a route); a route's `preflight`
+/// replaces the global one.
+fn exempt(f: Option<&ExemptFile>, mut base: Exempt, path: &str, p: &mut Problems) -> Exempt {
+    let Some(f) = f else {
+        return base;
+    };
+    for (i, text) in f.cidrs.iter().enumerate() {
+        match Cidr::parse(text) {
+            Ok(c) if !base.cidrs.contains(&c) => base.cidrs.push(c),
+            Ok(_) => {}
+            Err(why) => p.add(
+                &format!("{path}.cidrs[{i}]"),
+                format!("invalid CIDR \"{text}\" ({why})"),
+            ),
+        }
+    }
+    for (i, who) in f.callers.iter().enumerate() {
+        if who.is_empty() {
+            p.add(&format!("{path}.callers[{i}]"), "must name a caller");
+        } else {
+            base.callers.insert(who.as_bytes().to_vec());
+        }
+    }
+    for (i, m) in f.methods.iter().enumerate() {
+        match method(m) {
+            Some(m) if !base.methods.contains(&m) => base.methods.push(m),
+            Some(_) => {}
+            None => p.add(
+                &format!("{path}.methods[{i}]"),
+                format!("invalid method \"{m}\""),
+            ),
+        }
+    }
+    if let Some(preflight) = f.preflight {
+        base.preflight = preflight;
+    }
+    base
+}
+
+/// A method name, upper-cased: letters only (`get`, `PURGE`).
+fn method(m: &str) -> Option<http::Method> {
+    let upper = m.to_ascii_uppercase();
+    if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    http::Method::from_bytes(upper.as_bytes()).ok()
+}
+
+/// `match.headers`: names lower-cased, values exact.
+fn match_headers(
+    f: Option<&BTreeMap<String, String>>,
+    path: &str,
+    p: &mut Problems,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let Some(f) = f else {
+        return Vec::new();
+    };
+    if f.is_empty() {
+        p.add(
+            path,
+            "must list at least one header (leave it out to match any)",
+        );
+    }
+    let mut out = Vec::new();
+    for (name, value) in f {
+        let at = format!("{path}.{name}");
+        let Ok(h) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            p.add(&at, format!("invalid header name \"{name}\""));
+            continue;
+        };
+        match http::HeaderValue::from_str(value) {
+            Ok(v) if !value.is_empty() && value.trim() == value => out.push((h, v)),
+            _ => p.add(
+                &at,
+                format!("invalid value \"{value}\" (non-empty, visible characters, no surrounding blanks)"),
+            ),
+        }
+    }
+    out
+}
+
 fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Vec<String>>) {
     let path_match = match (&m.path, &m.path_prefix) {
         (Some(exact), None) => PathMatch::Exact(exact.clone()),
@@ -419,7 +526,7 @@ fn matcher(m: &MatchFile, path: &str, p: &mut Problems) -> (PathMatch, Option<Ve
             .enumerate()
             .map(|(j, m)| {
                 let upper = m.to_ascii_uppercase();
-                if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                if method(m).is_none() {
                     p.add(
                         &format!("{path}.methods[{j}]"),
                         format!("invalid method \"{m}\""),

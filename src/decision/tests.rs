@@ -46,7 +46,11 @@ struct World {
 }
 
 fn world() -> World {
-    let config = crate::config::parse("t.yaml", CONFIG, &|_| None).unwrap();
+    world_of(CONFIG)
+}
+
+fn world_of(text: &str) -> World {
+    let config = crate::config::parse("t.yaml", text, &|_| None).unwrap();
     let double = Arc::new(Double::default());
     let side = StoreSide::new(
         Store::Double(double.clone()),
@@ -59,6 +63,16 @@ fn world() -> World {
 
 /// The outcome of one GET: the metric label, and the refusal's status (0: forwarded).
 async fn ask(w: &World, target: &str, headers: &[(&str, &str)], peer: &str) -> (&'static str, u16) {
+    ask_method(w, Method::GET, target, headers, peer).await
+}
+
+async fn ask_method(
+    w: &World,
+    method: Method,
+    target: &str,
+    headers: &[(&str, &str)],
+    peer: &str,
+) -> (&'static str, u16) {
     let uri: http::Uri = target.parse().unwrap();
     let mut map = HeaderMap::new();
     for (k, v) in headers {
@@ -68,7 +82,7 @@ async fn ask(w: &World, target: &str, headers: &[(&str, &str)], peer: &str) -> (
         );
     }
     let head = RequestHead {
-        method: &Method::GET,
+        method: &method,
         raw_target: target.as_bytes(),
         path: uri.path(),
         query: uri.query(),
@@ -199,4 +213,140 @@ async fn request_ids_reach_the_store_only_from_trusted_peers() {
         ("admitted", 0)
     );
     assert_eq!(get(&w, "/allow/x?user_id=a").await, ("limited", 429));
+}
+
+const WHO: &str = r#"
+upstream: { addrs: ["127.0.0.1:9"] }
+identity: [{ header: x-user-id }]
+trusted_proxies: ["10.0.0.1/32"]
+exempt: { cidrs: ["192.0.2.128/25"], callers: [monitor] }
+routes:
+  - name: anon
+    match: { path_prefix: /anon/ }
+    limits: [{ requests: 1, window: 60s }]
+  - name: byip
+    match: { path_prefix: /byip/ }
+    on_missing_identity: client_ip
+    limits: [{ requests: 1, window: 60s }]
+  - name: reject
+    match: { path_prefix: /reject/ }
+    on_missing_identity: reject
+    limits: [{ requests: 1, window: 60s }]
+  - name: skip
+    match: { path_prefix: /skip/ }
+    on_missing_identity: skip
+    exempt: { methods: [delete], preflight: false }
+    limits: [{ requests: 1, window: 60s }]
+  - name: acme
+    match: { path_prefix: /t/, headers: { x-tenant: acme } }
+    limits: [{ requests: 1, window: 60s }]
+  - name: tenants
+    match: { path_prefix: /t/ }
+    limits: [{ requests: 1, window: 60s }]
+"#;
+
+#[tokio::test]
+async fn a_request_without_a_caller_gets_its_routes_policy() {
+    let w = world_of(WHO);
+    let none: &[(&str, &str)] = &[];
+    // anonymous: one bucket for everyone without an identity.
+    assert_eq!(ask(&w, "/anon/x", none, "192.0.2.1").await, ("admitted", 0));
+    assert_eq!(
+        ask(&w, "/anon/x", none, "192.0.2.2").await,
+        ("limited", 429)
+    );
+    // client_ip: each client its own, read through the trusted proxy.
+    assert_eq!(ask(&w, "/byip/x", none, "192.0.2.1").await, ("admitted", 0));
+    assert_eq!(ask(&w, "/byip/x", none, "192.0.2.2").await, ("admitted", 0));
+    assert_eq!(
+        ask(&w, "/byip/x", none, "192.0.2.2").await,
+        ("limited", 429)
+    );
+    let xff = [("x-forwarded-for", "198.51.100.7")];
+    assert_eq!(ask(&w, "/byip/x", &xff, "10.0.0.1").await, ("admitted", 0));
+    assert_eq!(ask(&w, "/byip/x", &xff, "10.0.0.1").await, ("limited", 429));
+    assert_eq!(
+        w.double.asked().last().unwrap().keys,
+        ["sluice:{byip:198.51.100.7}:60000"]
+    );
+    // A named caller is unaffected by the policy.
+    let bob = [("x-user-id", "bob")];
+    assert_eq!(
+        ask(&w, "/reject/x", &bob, "192.0.2.1").await,
+        ("admitted", 0)
+    );
+    let asked = w.double.asked().len();
+    assert_eq!(
+        ask(&w, "/reject/x", none, "192.0.2.1").await,
+        ("identity_required", 401)
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            ask(&w, "/skip/x", none, "192.0.2.1").await,
+            ("unidentified", 0)
+        );
+    }
+    assert_eq!(w.double.asked().len(), asked, "neither reached the store");
+    assert_eq!(ask(&w, "/skip/x", &bob, "192.0.2.1").await, ("admitted", 0));
+    assert_eq!(
+        ask(&w, "/skip/x", &bob, "192.0.2.1").await,
+        ("limited", 429)
+    );
+}
+
+#[tokio::test]
+async fn exempt_requests_are_forwarded_uncounted() {
+    let w = world_of(WHO);
+    let bob = [("x-user-id", "bob")];
+    let monitor = [("x-user-id", "monitor")];
+    let preflight = [
+        ("x-user-id", "bob"),
+        ("access-control-request-method", "POST"),
+    ];
+    assert_eq!(ask(&w, "/anon/x", &bob, "192.0.2.1").await, ("admitted", 0));
+    // Preflights (on by default), listed callers and networks: on every route.
+    for _ in 0..3 {
+        let options = ask_method(&w, Method::OPTIONS, "/anon/x", &preflight, "192.0.2.1");
+        assert_eq!(options.await, ("exempt", 0));
+        assert_eq!(
+            ask(&w, "/anon/x", &monitor, "192.0.2.1").await,
+            ("exempt", 0)
+        );
+        assert_eq!(ask(&w, "/anon/x", &bob, "192.0.2.200").await, ("exempt", 0));
+    }
+    // A plain OPTIONS is an ordinary request.
+    let options = ask_method(&w, Method::OPTIONS, "/anon/x", &bob, "192.0.2.1");
+    assert_eq!(options.await, ("limited", 429));
+    // The route's list adds to the global one, and its preflight setting wins.
+    let delete = ask_method(&w, Method::DELETE, "/skip/x", &bob, "192.0.2.1");
+    assert_eq!(delete.await, ("exempt", 0));
+    assert_eq!(
+        ask(&w, "/skip/x", &monitor, "192.0.2.1").await,
+        ("exempt", 0)
+    );
+    let options = ask_method(&w, Method::OPTIONS, "/skip/x", &preflight, "192.0.2.1");
+    assert_eq!(options.await, ("admitted", 0));
+    // The network is the client's, not a trusted proxy's.
+    let forwarded = [("x-user-id", "bob"), ("x-forwarded-for", "192.0.2.130")];
+    assert_eq!(ask(&w, "/t/x", &forwarded, "10.0.0.1").await, ("exempt", 0));
+    assert_eq!(
+        w.double.asked().len(),
+        3,
+        "exempt requests never reach the store"
+    );
+}
+
+#[tokio::test]
+async fn a_header_splits_one_path_into_two_routes() {
+    let w = world_of(WHO);
+    let acme = [("x-user-id", "bob"), ("x-tenant", "acme")];
+    let globex = [("x-user-id", "bob"), ("x-tenant", "globex")];
+    assert_eq!(ask(&w, "/t/x", &acme, "192.0.2.1").await, ("admitted", 0));
+    assert_eq!(ask(&w, "/t/x", &globex, "192.0.2.1").await, ("admitted", 0));
+    assert_eq!(ask(&w, "/t/x", &acme, "192.0.2.1").await, ("limited", 429));
+    let keys: Vec<String> = w.double.asked().iter().map(|a| a.keys[0].clone()).collect();
+    assert_eq!(
+        keys[..2],
+        ["sluice:{acme:bob}:60000", "sluice:{tenants:bob}:60000"]
+    );
 }

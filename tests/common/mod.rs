@@ -720,3 +720,14 @@ impl RedisCluster {
         out
     }
 }
+
+/// The value of the first sample of metric `name` whose labels contain `labels`
+/// (in the order Prometheus prints them, by name: `decision="exempt",route="api"`) in a
+/// Prometheus text page; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
