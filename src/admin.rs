@@ -61,8 +61,12 @@ impl Admin {
         (StatusCode::OK, body)
     }
 
+    /// `user` is the raw identity: with hashed identities it is hashed before it is looked
+    /// up, and only the hash is in the answer.
     async fn stats(&self, user: &[u8]) -> (StatusCode, Value) {
         let decider = self.shared.decider.load_full();
+        let user = decider.caller_of(user.to_vec());
+        let user = user.as_slice();
         let mut routes = Vec::new();
         for (route, limits) in decider.stats(user) {
             let checks: Vec<_> = limits.iter().map(|(_, c)| c.clone()).collect();

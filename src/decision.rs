@@ -164,6 +164,11 @@ impl Decider {
         &self.routes
     }
 
+    /// The caller a raw identity names (its hash, when identities are hashed).
+    pub fn caller_of(&self, raw: Vec<u8>) -> Vec<u8> {
+        self.identity.hash.caller(raw)
+    }
+
     /// What `/stats/<user>` reads: for each limited route, the limits that apply to `user`
     /// and are keyed by the caller alone or by nothing (`global`), each with its key.
     pub fn stats(&self, user: &[u8]) -> Vec<(&str, Vec<(&Limit, Check)>)> {
@@ -235,9 +240,16 @@ impl Decider {
             Ok(Some(caller)) => Some(caller),
             Ok(None) => match route.on_missing_identity {
                 OnMissingIdentity::Anonymous => None,
-                OnMissingIdentity::ClientIp => {
-                    head.peer.map(|p| self.identity.client_ip(p, head.headers))
-                }
+                OnMissingIdentity::ClientIp => match head.peer {
+                    Some(p) => match self
+                        .identity
+                        .named(self.identity.client_ip(p, head.headers))
+                    {
+                        Ok(ip) => Some(ip),
+                        Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
+                    },
+                    None => None,
+                },
                 OnMissingIdentity::Reject => {
                     return self.reject(Refusal::IdentityRequired, Some(&route.name))
                 }

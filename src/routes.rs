@@ -1,7 +1,7 @@
 //! The ordered route table: which route (and so which limits) a request falls under.
 
 use crate::exempt::Exempt;
-use crate::identity::OnMissingIdentity;
+use crate::identity::{CallerHash, OnMissingIdentity};
 use crate::limiter::{Cost, Limit, OnError};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
@@ -60,6 +60,26 @@ impl Route {
         self.overrides
             .get(caller)
             .map_or(self.limits.as_slice(), Vec::as_slice)
+    }
+
+    /// With hashed identities, a caller listed in `overrides` or `exempt.callers` may be
+    /// written as the raw identity or as its hash: both forms are kept, so either matches.
+    pub fn list_hashed_callers(&mut self, hash: &CallerHash) {
+        if !hash.is_on() {
+            return;
+        }
+        let hashed: Vec<_> = self
+            .overrides
+            .iter()
+            .map(|(who, limits)| (hash.caller(who.clone()), limits.clone()))
+            .collect();
+        for (who, limits) in hashed {
+            self.overrides.entry(who).or_insert(limits);
+        }
+        let callers: Vec<_> = self.exempt.callers.iter().cloned().collect();
+        self.exempt
+            .callers
+            .extend(callers.into_iter().map(|c| hash.caller(c)));
     }
 
     /// Whether any caller can be limited on this route (stats list only such routes).

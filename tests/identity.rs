@@ -126,3 +126,105 @@ async fn exempt_requests_pass_uncounted_and_headers_pick_routes() {
     );
     assert_eq!(exempt, 9.0);
 }
+
+/// The HMAC-SHA-256 caller of `raw` under `key`, as the sidecars compute it.
+fn hmac_caller(key: &[u8], raw: &str) -> String {
+    let hash = sluice::identity::CallerHash::HmacSha256(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        key,
+    ));
+    String::from_utf8(hash.caller(raw.as_bytes().to_vec())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_api_keys_are_exact_across_three_sidecars_and_never_stored_in_clear() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let redis = Redis::start(&dir).await;
+    let up = Upstream::start(&dir).await;
+    let secret = b"0123456789abcdef-shared-by-all";
+    let key_file = dir.join("identity.key");
+    std::fs::write(&key_file, [&secret[..], b"\n"].concat()).unwrap();
+    let (plain, vip, monitor, bearer) = ("sk_live_plain", "sk_live_vip", "sk_live_mon", "tok-7");
+    let body = format!(
+        "{}identity: [{{ api_key: {{ header: x-api-key }} }}, {{ bearer: true }}]
+identity_hash: hmac_sha256
+identity_hash_key_file: \"{}\"
+exempt: {{ callers: [\"{}\"] }}
+routes:
+  - name: api
+    match: {{ path_prefix: / }}
+    limits: [{{ requests: 10, window: 60s }}]
+    overrides:
+      {vip}: {{ limits: [{{ requests: 30, window: 60s }}] }}
+",
+        redis_store(&redis),
+        key_file.display(),
+        hmac_caller(secret, monitor),
+    );
+    let server = "  access_log: json\n  access_log_caller: plain\n";
+    let mut sidecars = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        sidecars.push(Sidecar::start_server(&dir, name, up.port, server, &body).await);
+    }
+    let ports: Vec<u16> = sidecars.iter().map(|s| s.port).collect();
+    let with = |header: &str, value: String| {
+        (0..40)
+            .map(|_| {
+                (
+                    "/data".to_string(),
+                    vec![(header.to_string(), value.clone())],
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let ok = |replies: &[Reply]| count_status(replies, 200);
+    assert_eq!(
+        ok(&burst_with(&ports, &with("x-api-key", plain.into())).await),
+        10
+    );
+    // An override listed by the raw key still applies to its hash.
+    assert_eq!(
+        ok(&burst_with(&ports, &with("x-api-key", vip.into())).await),
+        30
+    );
+    // An exemption listed by the hash.
+    assert_eq!(
+        ok(&burst_with(&ports, &with("x-api-key", monitor.into())).await),
+        40
+    );
+    let auth = format!("Bearer {bearer}");
+    assert_eq!(
+        ok(&burst_with(&ports, &with("authorization", auth)).await),
+        10
+    );
+    // The caller is the hash, in the store and in /stats (asked for by the raw key).
+    let scan = redis.cmd("KEYS *").await;
+    let expected = format!("sluice:{{api:{}}}:60000", hmac_caller(secret, plain));
+    assert!(scan.contains(&expected), "{scan}");
+    let stats = get(sidecars[1].admin_port, &format!("/stats/{plain}"))
+        .await
+        .unwrap();
+    assert_eq!(stats.status, 200, "{stats:?}");
+    assert_eq!(
+        stats.json()["routes"][0]["limits"][0]["used"],
+        10,
+        "{stats:?}"
+    );
+    // No raw credential anywhere: store keys, /stats, /metrics, any log line.
+    let metrics = get(sidecars[0].admin_port, "/metrics").await.unwrap().body;
+    let mut seen = vec![("redis", scan), ("stats", stats.body), ("metrics", metrics)];
+    for s in &mut sidecars {
+        s.proc.kill();
+        seen.push(("log", s.proc.log_text()));
+    }
+    assert!(
+        seen[3].1.contains(&hmac_caller(secret, plain)),
+        "the access log names the hash"
+    );
+    for (place, text) in &seen {
+        for raw in [plain, vip, monitor, bearer] {
+            assert!(!text.contains(raw), "{place} holds {raw}: {text}");
+        }
+    }
+}

@@ -7,8 +7,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use sluice::identity::{
-    parse_forwarded_ip, query_param, Cidr, IdentityError, IdentityExtractor, IdentitySource,
-    TrustedProxies,
+    parse_forwarded_ip, query_param, CallerHash, Cidr, IdentityError, IdentityExtractor,
+    IdentitySource, TrustedProxies,
 };
 use sluice::limiter::keys::limit_key;
 use sluice::limiter::{Kind, Rate, Scope};
@@ -103,6 +103,7 @@ proptest! {
             ],
             trusted: TrustedProxies::default(),
             max_bytes: 16,
+            hash: Default::default(),
         };
         let mut headers = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_bytes(&raw_header) {
@@ -117,6 +118,46 @@ proptest! {
             Ok(None) => prop_assert!(false, "the client IP is always there"),
             Err(IdentityError::TooLong { max_bytes }) => prop_assert_eq!(max_bytes, 16),
             Err(IdentityError::Invalid) => {}
+        }
+    }
+
+    #[test]
+    fn credentials_of_any_bytes_hash_to_their_own_caller(
+        a in prop::collection::vec(any::<u8>(), 0..300),
+        b in prop::collection::vec(any::<u8>(), 0..300),
+        bearer in any::<bool>(),
+    ) {
+        let e = IdentityExtractor {
+            sources: vec![
+                IdentitySource::ApiKey(HeaderName::from_static("x-api-key")),
+                IdentitySource::Bearer,
+            ],
+            trusted: TrustedProxies::default(),
+            max_bytes: 16,
+            hash: CallerHash::Sha256,
+        };
+        let caller = |raw: &[u8]| {
+            let mut headers = HeaderMap::new();
+            let value = match bearer {
+                true => [&b"Bearer "[..], raw].concat(),
+                false => raw.to_vec(),
+            };
+            let name = if bearer { "authorization" } else { "x-api-key" };
+            let v = HeaderValue::from_bytes(&value).ok()?;
+            headers.insert(name, v);
+            Some(e.caller(None, &headers, None))
+        };
+        if let (Some(ca), Some(cb)) = (caller(&a), caller(&b)) {
+            if let Ok(Some(id)) = &ca {
+                prop_assert_eq!(id.len(), 64);
+                prop_assert!(id.iter().all(|b| b.is_ascii_hexdigit()));
+            }
+            // Values that trim to the same bytes are one caller; any other two never are.
+            if a.trim_ascii() != b.trim_ascii() {
+                if let (Ok(Some(x)), Ok(Some(y))) = (&ca, &cb) {
+                    prop_assert_ne!(x, y);
+                }
+            }
         }
     }
 

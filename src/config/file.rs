@@ -18,6 +18,10 @@ pub struct FileConfig {
     pub upstream: UpstreamFile,
     pub store: Option<StoreFile>,
     pub identity: Option<Vec<IdentityFile>>,
+    /// How identities become callers (default: sha256 when a credential source is listed).
+    pub identity_hash: Option<IdentityHashFile>,
+    /// `hmac_sha256`: the key, in a file every sidecar sharing the store mounts.
+    pub identity_hash_key_file: Option<String>,
     /// What a request that names no caller gets (default `anonymous`); routes may override.
     pub on_missing_identity: Option<OnMissingFile>,
     /// Requests that never spend a quota, on every route.
@@ -176,6 +180,24 @@ pub struct IdentityFile {
     pub query: Option<String>,
     pub header: Option<String>,
     pub client_ip: Option<bool>,
+    /// An API key in a header: `api_key: { header: x-api-key }`.
+    pub api_key: Option<ApiKeyFile>,
+    /// The token of `Authorization: Bearer ...`.
+    pub bearer: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    pub header: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityHashFile {
+    None,
+    Sha256,
+    HmacSha256,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 use super::fields::{bounded, duration, on_error, positive_duration, Problems};
 use super::file::*;
 use super::*;
-use crate::identity::{Cidr, IdentitySource, RequestIds, TrustedProxies};
+use crate::identity::{CallerHash, Cidr, IdentitySource, RequestIds, TrustedProxies};
 use crate::routes::Route;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -172,7 +172,11 @@ pub(super) fn build(
     let trusted = trusted_proxies(&file.trusted_proxies, &mut p);
     let request_ids = request_ids(file.request_ids.as_ref(), &mut p);
     let sources = identity(file.identity.as_deref(), &mut p);
-    let routes = super::limits::routes(&file, &mut p);
+    let hash = caller_hash(&file, &sources, &env, &mut p);
+    let mut routes = super::limits::routes(&file, &mut p);
+    for r in &mut routes {
+        r.list_hashed_callers(&hash);
+    }
     never_take_effect(
         &file,
         &server,
@@ -193,6 +197,7 @@ pub(super) fn build(
             sources,
             trusted,
             max_bytes: max_identity_bytes,
+            hash,
         },
         request_ids,
         routes: RouteTable::new(routes),
@@ -296,6 +301,12 @@ fn apply_env(
             replaced.push(("server.admin_token", "server.admin_token_file"));
         }
         from.insert("server.admin_token", "SLUICE_ADMIN_TOKEN");
+    }
+    if env("SLUICE_IDENTITY_KEY").is_some() {
+        if file.identity_hash_key_file.take().is_some() {
+            replaced.push(("identity_hash_key", "identity_hash_key_file"));
+        }
+        from.insert("identity_hash_key", "SLUICE_IDENTITY_KEY");
     }
     if let Some(v) = env("SLUICE_INSTANCE") {
         file.server.instance = Some(v);
@@ -758,12 +769,42 @@ fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySour
     if list.is_empty() {
         p.add(
             "identity",
-            "at least one source is required (query, header or client_ip)",
+            "at least one source is required (query, header, client_ip, api_key or bearer)",
         );
     }
     let mut sources = Vec::new();
     for (i, item) in list.iter().enumerate() {
         let at = format!("identity[{i}]");
+        let credential = match (&item.api_key, item.bearer) {
+            (None, None) => None,
+            (Some(key), None) => Some(Err(key)),
+            (None, Some(bearer)) => Some(Ok(bearer)),
+            (Some(_), Some(_)) => {
+                p.add(&at, ONE_SOURCE);
+                continue;
+            }
+        };
+        if let Some(credential) = credential {
+            if item.query.is_some() || item.header.is_some() || item.client_ip.is_some() {
+                p.add(&at, ONE_SOURCE);
+                continue;
+            }
+            match credential {
+                Err(key) => match http::HeaderName::from_bytes(key.header.as_bytes()) {
+                    Ok(h) => sources.push(IdentitySource::ApiKey(h)),
+                    Err(_) => p.add(
+                        &format!("{at}.api_key.header"),
+                        format!("invalid header name \"{}\"", key.header),
+                    ),
+                },
+                Ok(true) => sources.push(IdentitySource::Bearer),
+                Ok(false) => p.add(
+                    &format!("{at}.bearer"),
+                    "must be true (remove the entry to leave the bearer token out)",
+                ),
+            }
+            continue;
+        }
         match (&item.query, &item.header, item.client_ip) {
             (Some(name), None, None) if name.is_empty() => {
                 p.add(&format!("{at}.query"), "must name a query parameter")
@@ -781,11 +822,85 @@ fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySour
                 &format!("{at}.client_ip"),
                 "must be true (remove the entry to leave the client IP out)",
             ),
-            _ => p.add(
-                &at,
-                "needs exactly one of \"query\", \"header\" or \"client_ip\"",
-            ),
+            _ => p.add(&at, ONE_SOURCE),
         }
     }
     sources
+}
+
+const ONE_SOURCE: &str =
+    "needs exactly one of \"query\", \"header\", \"client_ip\", \"api_key\" or \"bearer\"";
+
+/// `identity_hash`: one mode for every source, so a clear name and a hash can never be one
+/// caller (a client could otherwise name itself by another caller's hash). The default hashes
+/// when a credential source (`api_key`, `bearer`) is listed and leaves names clear otherwise.
+fn caller_hash(
+    file: &FileConfig,
+    sources: &[IdentitySource],
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems,
+) -> CallerHash {
+    let credentials = sources.iter().any(IdentitySource::is_credential);
+    let mode = file.identity_hash.unwrap_or(match credentials {
+        true => IdentityHashFile::Sha256,
+        false => IdentityHashFile::None,
+    });
+    let key = match (env("SLUICE_IDENTITY_KEY"), &file.identity_hash_key_file) {
+        (Some(k), _) => Some((k.into_bytes(), "identity_hash_key")),
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(mut k) => {
+                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    k.pop();
+                }
+                Some((k, "identity_hash_key_file"))
+            }
+            Err(e) => {
+                p.add(
+                    "identity_hash_key_file",
+                    format!("cannot read \"{path}\": {e}"),
+                );
+                return CallerHash::None;
+            }
+        },
+        (None, None) => None,
+    };
+    match mode {
+        IdentityHashFile::None => {
+            if credentials && file.identity_hash.is_some() {
+                p.warn(
+                    "identity_hash",
+                    "none: API keys and bearer tokens are stored in clear in store keys, /stats and logs",
+                );
+            }
+            if key.is_some() {
+                p.warn("identity_hash_key_file", "only hmac_sha256 uses a key");
+            }
+            CallerHash::None
+        }
+        IdentityHashFile::Sha256 => {
+            if key.is_some() {
+                p.warn("identity_hash_key_file", "only hmac_sha256 uses a key");
+            }
+            CallerHash::Sha256
+        }
+        IdentityHashFile::HmacSha256 => match key {
+            Some((k, _)) if k.len() >= 16 => {
+                CallerHash::HmacSha256(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k))
+            }
+            Some((_, path)) => {
+                p.add(
+                    path,
+                    "must be at least 16 bytes (e.g. openssl rand -hex 32)",
+                );
+                CallerHash::None
+            }
+            None => {
+                p.add(
+                    "identity_hash",
+                    "hmac_sha256 needs a key: identity_hash_key_file or SLUICE_IDENTITY_KEY, the same on every sidecar sharing the store",
+                );
+                CallerHash::None
+            }
+        },
+    }
 }

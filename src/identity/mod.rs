@@ -1,5 +1,8 @@
 //! Who is calling: the first identity source present in the request names the caller.
 
+mod hash;
+
+pub use self::hash::CallerHash;
 use crate::limiter::Part;
 use http::header::{HeaderMap, HeaderName};
 use percent_encoding::percent_decode;
@@ -14,6 +17,17 @@ pub enum IdentitySource {
     Header(HeaderName),
     /// The client's IP address, read through trusted proxies only (see [`TrustedProxies`]).
     ClientIp,
+    /// An API key in a request header, trimmed: a credential (hashed by default).
+    ApiKey(HeaderName),
+    /// The token of `Authorization: Bearer <token>`: a credential (hashed by default).
+    Bearer,
+}
+
+impl IdentitySource {
+    /// Whether the value is a credential, which must never be stored as sent.
+    pub fn is_credential(&self) -> bool {
+        matches!(self, IdentitySource::ApiKey(_) | IdentitySource::Bearer)
+    }
 }
 
 /// An IP network in CIDR form, e.g. `10.0.0.0/8` or `::1/128`.
@@ -200,8 +214,11 @@ pub enum IdentityError {
 pub struct IdentityExtractor {
     pub sources: Vec<IdentitySource>,
     pub trusted: TrustedProxies,
-    /// Longest identity accepted, in bytes after decoding (`server.max_identity_bytes`).
+    /// Longest identity accepted, in bytes after decoding (`server.max_identity_bytes`);
+    /// a hashed identity is stored in 64 bytes whatever it was, and is not bounded by it.
     pub max_bytes: usize,
+    /// How the identity becomes the caller (`identity_hash`).
+    pub hash: CallerHash,
 }
 
 impl IdentityExtractor {
@@ -221,14 +238,29 @@ impl IdentityExtractor {
         for source in &self.sources {
             let found = match source {
                 IdentitySource::Query(name) => query.and_then(|q| query_param(q, name)),
-                IdentitySource::Header(name) => header_value(headers, name)?,
+                IdentitySource::Header(name) | IdentitySource::ApiKey(name) => {
+                    header_value(headers, name)?
+                }
                 IdentitySource::ClientIp => peer.map(|p| self.client_ip(p, headers)),
+                IdentitySource::Bearer => bearer_token(headers)?,
             };
-            if found.is_some() {
-                return self.bounded(found);
+            if let Some(raw) = found {
+                return self.named(raw).map(Some);
             }
         }
         Ok(None)
+    }
+
+    /// The caller an identity names: its hash when `identity_hash` is on (the raw value goes
+    /// no further than this function), else the value itself, bounded.
+    pub fn named(&self, raw: Vec<u8>) -> Result<Vec<u8>, IdentityError> {
+        if !self.hash.is_on() {
+            return self.bounded(Some(raw)).map(Option::unwrap_or_default);
+        }
+        if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(IdentityError::Invalid);
+        }
+        Ok(self.hash.caller(raw))
     }
 
     /// The value of one part of a limit's scope (`per: client_ip`, `header:...`, `query:...`),
@@ -282,6 +314,19 @@ fn header_value(headers: &HeaderMap, name: &HeaderName) -> Result<Option<Vec<u8>
     }
     let value = first.as_bytes().trim_ascii();
     Ok((!value.is_empty()).then(|| value.to_vec()))
+}
+
+/// The token of the one `Authorization` line when its scheme is `Bearer` (any case); another
+/// scheme (`Basic ...`) is no token. Two `Authorization` lines are refused.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<Vec<u8>>, IdentityError> {
+    let Some(value) = header_value(headers, &http::header::AUTHORIZATION)? else {
+        return Ok(None);
+    };
+    let token = match value.split_first_chunk::<7>() {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest.trim_ascii(),
+        _ => return Ok(None),
+    };
+    Ok((!token.is_empty()).then(|| token.to_vec()))
 }
 
 /// Load-balancer request ids (`request_ids` in the config): what makes a retry exact.
@@ -374,7 +419,49 @@ mod tests {
             ],
             trusted: trusted(trust),
             max_bytes: 16,
+            hash: CallerHash::None,
         }
+    }
+
+    #[test]
+    fn credentials_are_read_from_their_headers_and_hashed() {
+        let mut e = extractor(&[]);
+        e.sources = vec![
+            IdentitySource::ApiKey(HeaderName::from_static("x-api-key")),
+            IdentitySource::Bearer,
+        ];
+        e.hash = CallerHash::Sha256;
+        let sha = |v: &str| CallerHash::Sha256.caller(v.as_bytes().to_vec());
+        let key = headers(&[
+            ("x-api-key", " sk_live_42 "),
+            ("authorization", "Bearer t0k"),
+        ]);
+        assert_eq!(e.caller(None, &key, None), Ok(Some(sha("sk_live_42"))));
+        for (auth, token) in [
+            ("Bearer t0k", Some("t0k")),
+            ("bearer   t0k ", Some("t0k")),
+            ("BEARER t0k", Some("t0k")),
+            ("Basic dXNlcjpwdw==", None),
+            ("Bearer ", None),
+            ("Bearer", None),
+            ("Bearert0k", None),
+        ] {
+            let h = headers(&[("authorization", auth)]);
+            assert_eq!(e.caller(None, &h, None), Ok(token.map(sha)), "{auth}");
+        }
+        // A hashed credential is 64 bytes whatever its length: the bound is for clear values.
+        let long = "k".repeat(1000);
+        let h = headers(&[("x-api-key", &long)]);
+        assert_eq!(e.caller(None, &h, None), Ok(Some(sha(&long))));
+        let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(e.caller(None, &two, None), Err(IdentityError::Invalid));
+        // Hashing off: the raw value, bounded as any identity.
+        e.hash = CallerHash::None;
+        assert_eq!(e.caller(None, &key, None), Ok(Some(b"sk_live_42".to_vec())));
+        assert_eq!(
+            e.caller(None, &h, None),
+            Err(IdentityError::TooLong { max_bytes: 16 })
+        );
     }
 
     #[test]
