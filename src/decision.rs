@@ -164,6 +164,11 @@ impl Decider {
         &self.routes
     }
 
+    /// Re-reads the `jwt` key files that changed since they were read.
+    pub fn refresh_keys(&self) -> bool {
+        self.identity.refresh_keys()
+    }
+
     /// The caller a raw identity names (its hash, when identities are hashed).
     pub fn caller_of(&self, raw: Vec<u8>) -> Vec<u8> {
         self.identity.hash.caller(raw)

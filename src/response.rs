@@ -47,6 +47,7 @@ impl Refusal<'_> {
             Refusal::HeadersTooLarge { .. } => "headers_too_large",
             Refusal::Identity(IdentityError::TooLong { .. }) => "identity_too_long",
             Refusal::Identity(IdentityError::Invalid) => "invalid_identity",
+            Refusal::Identity(IdentityError::Token(_)) => "invalid_token",
             Refusal::IdentityRequired => "identity_required",
             Refusal::Limited { .. } | Refusal::StoreUnavailable { .. } => return None,
         })
@@ -239,6 +240,15 @@ pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)>
             (400, "{\"error\":\"invalid_identity\"}".to_string())
         }
         Refusal::IdentityRequired => (401, "{\"error\":\"identity_required\"}".to_string()),
+        Refusal::Identity(IdentityError::Token(why)) => {
+            let body = format!(
+                "{{\"error\":\"invalid_token\",\"reason\":\"{}\"}}",
+                why.reason()
+            );
+            let mut h = json_header(401, body.len())?;
+            h.insert_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")?;
+            return Ok((h, Bytes::from(body)));
+        }
     };
     let h = json_header(status, body.len())?;
     Ok((h, Bytes::from(body)))

@@ -197,6 +197,12 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
             every: config.store.lease_ttl / 3,
         },
     ));
+    server.add_service(pingora::services::background::background_service(
+        "key files",
+        crate::watch::KeyFiles {
+            shared: shared.clone(),
+        },
+    ));
     let watch = StoreWatch { side, metrics };
     server.add_service(pingora::services::background::background_service(
         "store watch",

@@ -93,3 +93,27 @@ impl BackgroundService for LeaseRenewal {
         }
     }
 }
+
+/// How often key files (`jwt.keys_file`) are checked for a change.
+pub const KEY_FILES_EVERY: Duration = Duration::from_secs(1);
+
+/// Re-reads a `jwt` source's `keys_file` when it changes (a key rotation by a secret
+/// manager needs no SIGHUP); a file that does not parse keeps the keys in use.
+pub struct KeyFiles {
+    pub shared: Arc<crate::proxy::Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for KeyFiles {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(KEY_FILES_EVERY) => {}
+            }
+            let decider = self.shared.decider.load_full();
+            // A file read is small and rare; off the async workers all the same.
+            let _ = tokio::task::spawn_blocking(move || decider.refresh_keys()).await;
+        }
+    }
+}

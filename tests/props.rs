@@ -6,6 +6,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
+use sluice::identity::jwt::JwtSettings;
+use sluice::identity::Jwt;
 use sluice::identity::{
     parse_forwarded_ip, query_param, CallerHash, Cidr, IdentityError, IdentityExtractor,
     IdentitySource, TrustedProxies,
@@ -118,6 +120,7 @@ proptest! {
             Ok(None) => prop_assert!(false, "the client IP is always there"),
             Err(IdentityError::TooLong { max_bytes }) => prop_assert_eq!(max_bytes, 16),
             Err(IdentityError::Invalid) => {}
+            Err(IdentityError::Token(why)) => prop_assert!(false, "no token source: {why:?}"),
         }
     }
 
@@ -158,6 +161,24 @@ proptest! {
                     prop_assert_ne!(x, y);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn no_token_bytes_panic_or_pass_as_another_caller(
+        garbage in prop::collection::vec(any::<u8>(), 0..400),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let jwt = hs256_source();
+        prop_assert!(jwt.verify(&garbage).is_err(), "random bytes never verify");
+        // One byte of a valid token changed: refused, or (when the change decodes to the same
+        // bytes, as base64's unused low bits can) still alice, never anyone else.
+        let mut token = alice_token().into_bytes();
+        let i = at.index(token.len());
+        token[i] = byte;
+        if let Ok(claims) = jwt.verify(&token) {
+            prop_assert_eq!(jwt.caller(&claims).ok(), Some(b"alice".to_vec()));
         }
     }
 
@@ -259,4 +280,31 @@ proptest! {
             Err(e) => prop_assert!(e.lines.iter().all(|l| l.starts_with("f.yaml: ")), "{e}"),
         }
     }
+}
+
+const JWT_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn hs256_source() -> Jwt {
+    Jwt::new(JwtSettings {
+        claim: "sub".into(),
+        header: None,
+        secret: Some(JWT_SECRET.to_vec()),
+        keys_file: None,
+        verify: true,
+        issuer: None,
+        audience: None,
+        leeway: std::time::Duration::from_secs(30),
+    })
+    .unwrap()
+}
+
+fn alice_token() -> String {
+    let claims =
+        serde_json::json!({"sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 3600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
+    )
+    .unwrap()
 }

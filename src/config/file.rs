@@ -184,6 +184,27 @@ pub struct IdentityFile {
     pub api_key: Option<ApiKeyFile>,
     /// The token of `Authorization: Bearer ...`.
     pub bearer: Option<bool>,
+    /// A claim of a verified token.
+    pub jwt: Option<JwtFile>,
+}
+
+/// `jwt:`: which claim names the caller, and how the token is verified.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub claim: String,
+    /// The token's header (default: `Authorization: Bearer`).
+    pub header: Option<String>,
+    /// HS256/384/512: the secret in a file, or in an environment variable.
+    pub secret_file: Option<String>,
+    pub secret_env: Option<String>,
+    /// RS/PS/ES/EdDSA: a JWKS or a PEM public key.
+    pub keys_file: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Option<Text>,
+    /// `false`: a trusted hop verified the token already.
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

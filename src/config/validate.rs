@@ -4,7 +4,8 @@
 use super::fields::{bounded, duration, on_error, positive_duration, Problems};
 use super::file::*;
 use super::*;
-use crate::identity::{CallerHash, Cidr, IdentitySource, RequestIds, TrustedProxies};
+use crate::identity::jwt::JwtSettings;
+use crate::identity::{CallerHash, Cidr, IdentitySource, Jwt, RequestIds, TrustedProxies};
 use crate::routes::Route;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -171,7 +172,7 @@ pub(super) fn build(
     let store = store(file.store.as_ref(), &mut p);
     let trusted = trusted_proxies(&file.trusted_proxies, &mut p);
     let request_ids = request_ids(file.request_ids.as_ref(), &mut p);
-    let sources = identity(file.identity.as_deref(), &mut p);
+    let sources = identity(file.identity.as_deref(), &env, &trusted, &mut p);
     let hash = caller_hash(&file, &sources, &env, &mut p);
     let mut routes = super::limits::routes(&file, &mut p);
     for r in &mut routes {
@@ -758,7 +759,12 @@ fn trusted_proxies(list: &[String], p: &mut Problems) -> TrustedProxies {
     TrustedProxies(cidrs)
 }
 
-fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySource> {
+fn identity(
+    list: Option<&[IdentityFile]>,
+    env: &dyn Fn(&str) -> Option<String>,
+    trusted: &TrustedProxies,
+    p: &mut Problems,
+) -> Vec<IdentitySource> {
     let Some(list) = list else {
         return vec![
             IdentitySource::Query("user_id".into()),
@@ -769,12 +775,25 @@ fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySour
     if list.is_empty() {
         p.add(
             "identity",
-            "at least one source is required (query, header, client_ip, api_key or bearer)",
+            "at least one source is required (query, header, client_ip, api_key, bearer or jwt)",
         );
     }
     let mut sources = Vec::new();
     for (i, item) in list.iter().enumerate() {
         let at = format!("identity[{i}]");
+        if let Some(j) = &item.jwt {
+            let others = item.api_key.is_some()
+                || item.bearer.is_some()
+                || item.query.is_some()
+                || item.header.is_some()
+                || item.client_ip.is_some();
+            if others {
+                p.add(&at, ONE_SOURCE);
+            } else if let Some(jwt) = jwt(j, &format!("{at}.jwt"), env, trusted, p) {
+                sources.push(IdentitySource::Jwt(std::sync::Arc::new(jwt)));
+            }
+            continue;
+        }
         let credential = match (&item.api_key, item.bearer) {
             (None, None) => None,
             (Some(key), None) => Some(Err(key)),
@@ -829,7 +848,119 @@ fn identity(list: Option<&[IdentityFile]>, p: &mut Problems) -> Vec<IdentitySour
 }
 
 const ONE_SOURCE: &str =
-    "needs exactly one of \"query\", \"header\", \"client_ip\", \"api_key\" or \"bearer\"";
+    "needs exactly one of \"query\", \"header\", \"client_ip\", \"api_key\", \"bearer\" or \"jwt\"";
+
+/// A `jwt` source: its claim, where the token is, and the keys that verify it.
+fn jwt(
+    j: &JwtFile,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    trusted: &TrustedProxies,
+    p: &mut Problems,
+) -> Option<Jwt> {
+    let before = p.lines.len();
+    if j.claim.is_empty() || j.claim.split('.').any(str::is_empty) {
+        p.add(
+            &format!("{at}.claim"),
+            format!(
+                "invalid claim \"{}\" (e.g. sub, or org.id for a nested claim)",
+                j.claim
+            ),
+        );
+    }
+    let header = j
+        .header
+        .as_ref()
+        .and_then(|h| match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                p.add(
+                    &format!("{at}.header"),
+                    format!("invalid header name \"{h}\""),
+                );
+                None
+            }
+        });
+    let leeway = whole_seconds(
+        j.leeway.as_ref(),
+        Duration::from_secs(30),
+        &format!("{at}.leeway"),
+        p,
+    );
+    let verify = j.verify.unwrap_or(true);
+    let given = [
+        j.secret_file.is_some(),
+        j.secret_env.is_some(),
+        j.keys_file.is_some(),
+    ];
+    let count = given.iter().filter(|g| **g).count();
+    if !verify {
+        if trusted.0.is_empty() {
+            p.add(
+                &format!("{at}.verify"),
+                "false believes any token a client sends: it needs trusted_proxies (the hop that verified the token), and only their tokens are read",
+            );
+        }
+        if count > 0 {
+            p.warn(&format!("{at}.verify"), "false: the keys are never used");
+        }
+    } else if count != 1 {
+        p.add(at, "needs exactly one of secret_file, secret_env (HS256/384/512) or keys_file (RS/PS/ES/EdDSA public keys)");
+    }
+    let secret = match (&j.secret_file, &j.secret_env) {
+        (Some(path), _) => match std::fs::read(path) {
+            Ok(mut k) => {
+                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    k.pop();
+                }
+                Some((k, format!("{at}.secret_file")))
+            }
+            Err(e) => {
+                p.add(
+                    &format!("{at}.secret_file"),
+                    format!("cannot read \"{path}\": {e}"),
+                );
+                None
+            }
+        },
+        (None, Some(var)) => match env(var) {
+            Some(k) => Some((k.into_bytes(), format!("{at}.secret_env"))),
+            None => {
+                p.add(&format!("{at}.secret_env"), format!("{var} is not set"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some((k, path)) = &secret {
+        if k.len() < 32 {
+            p.add(
+                path,
+                "must be at least 32 bytes (HS256 needs 256 bits; e.g. openssl rand -hex 32)",
+            );
+        }
+    }
+    if p.lines.len() > before {
+        return None;
+    }
+    let settings = JwtSettings {
+        claim: j.claim.clone(),
+        header,
+        secret: secret.map(|(k, _)| k),
+        keys_file: j.keys_file.as_ref().map(std::path::PathBuf::from),
+        verify,
+        issuer: j.issuer.clone(),
+        audience: j.audience.clone(),
+        leeway,
+    };
+    match Jwt::new(settings) {
+        Ok(jwt) => Some(jwt),
+        Err(e) => {
+            p.add(&format!("{at}.keys_file"), e);
+            None
+        }
+    }
+}
 
 /// `identity_hash`: one mode for every source, so a clear name and a hash can never be one
 /// caller (a client could otherwise name itself by another caller's hash). The default hashes

@@ -1,12 +1,15 @@
 //! Who is calling: the first identity source present in the request names the caller.
 
 mod hash;
+pub mod jwt;
 
 pub use self::hash::CallerHash;
+pub use self::jwt::{Jwt, TokenError};
 use crate::limiter::Part;
 use http::header::{HeaderMap, HeaderName};
 use percent_encoding::percent_decode;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// One place a caller's identity can come from, tried in the configured order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +24,24 @@ pub enum IdentitySource {
     ApiKey(HeaderName),
     /// The token of `Authorization: Bearer <token>`: a credential (hashed by default).
     Bearer,
+    /// A claim of a verified token (`Authorization: Bearer`, or a header of its own).
+    Jwt(Arc<Jwt>),
 }
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("jwt")
+    }
+}
+
+/// Two `jwt` sources are one when they are the same built source.
+impl PartialEq for Jwt {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Jwt {}
 
 impl IdentitySource {
     /// Whether the value is a credential, which must never be stored as sent.
@@ -207,6 +227,8 @@ pub enum IdentityError {
     TooLong { max_bytes: usize },
     /// A control character (0x00-0x1F, 0x7F) after decoding.
     Invalid,
+    /// A token that is present but not valid (401 `invalid_token`).
+    Token(TokenError),
 }
 
 /// Reads the caller's identity from a request, trying each configured source in order.
@@ -243,12 +265,49 @@ impl IdentityExtractor {
                 }
                 IdentitySource::ClientIp => peer.map(|p| self.client_ip(p, headers)),
                 IdentitySource::Bearer => bearer_token(headers)?,
+                IdentitySource::Jwt(jwt) => self.jwt_caller(jwt, headers, peer)?,
             };
             if let Some(raw) = found {
                 return self.named(raw).map(Some);
             }
         }
         Ok(None)
+    }
+
+    /// The caller a token names, once it is verified; `None` when the request carries no
+    /// token, or (with `verify: false`) one from a peer that is not a trusted proxy.
+    fn jwt_caller(
+        &self,
+        jwt: &Jwt,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Vec<u8>>, IdentityError> {
+        let token = match &jwt.header {
+            None => bearer_token(headers)?,
+            Some(name) => header_value(headers, name)?.map(|v| match strip_bearer(&v) {
+                Some(token) => token.to_vec(),
+                None => v,
+            }),
+        };
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        if jwt.unverified() && !peer.is_some_and(|p| self.trusted.trusts(p)) {
+            return Ok(None);
+        }
+        let claims = jwt.verify(&token).map_err(IdentityError::Token)?;
+        jwt.caller(&claims).map(Some).map_err(IdentityError::Token)
+    }
+
+    /// Re-reads the key files of `jwt` sources that changed; whether any did.
+    pub fn refresh_keys(&self) -> bool {
+        let mut any = false;
+        for source in &self.sources {
+            if let IdentitySource::Jwt(jwt) = source {
+                any |= jwt.refresh();
+            }
+        }
+        any
     }
 
     /// The caller an identity names: its hash when `identity_hash` is on (the raw value goes
@@ -322,11 +381,19 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<Vec<u8>>, IdentityError> {
     let Some(value) = header_value(headers, &http::header::AUTHORIZATION)? else {
         return Ok(None);
     };
-    let token = match value.split_first_chunk::<7>() {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest.trim_ascii(),
-        _ => return Ok(None),
+    let token = match strip_bearer(&value) {
+        Some(token) => token,
+        None => return Ok(None),
     };
     Ok((!token.is_empty()).then(|| token.to_vec()))
+}
+
+/// The token after a `Bearer ` scheme (any case), trimmed.
+fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
+    match value.split_first_chunk::<7>() {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => Some(rest.trim_ascii()),
+        _ => None,
+    }
 }
 
 /// Load-balancer request ids (`request_ids` in the config): what makes a retry exact.
