@@ -1,9 +1,9 @@
 //! The decision for one request, Pingora-free: head checks → path → route → caller → limits →
 //! store → verdict. The proxy hands it a [`RequestHead`] and acts on the [`Verdict`].
 
-mod plan;
+mod limit_set;
 
-use self::plan::{Plan, RoutePlans, Values};
+use self::limit_set::{LimitSet, RouteLimits, Values};
 use crate::access_log::shown_caller;
 use crate::config::{AccessLog, CallerInLog, Config};
 use crate::identity::{IdentityExtractor, OnMissingIdentity, RequestIds};
@@ -78,9 +78,9 @@ pub struct Forward {
 /// a reload builds a new one and swaps it in whole.
 pub struct Decider {
     routes: RouteTable,
-    /// `plans[i]` and `counters[i]` belong to `routes[i]`; `unrouted` counts requests no route
+    /// `limits[i]` and `counters[i]` belong to `routes[i]`; `unrouted` counts requests no route
     /// matched.
-    plans: Vec<RoutePlans>,
+    limits: Vec<RouteLimits>,
     counters: Vec<RouteCounters>,
     unrouted: RouteCounters,
     /// `upstream_errors[i]` belongs to `routes[i]`; the last to requests no route matched.
@@ -109,7 +109,7 @@ impl Decider {
     ) -> Self {
         let routes = config.routes.routes();
         Self {
-            plans: routes.iter().map(RoutePlans::new).collect(),
+            limits: routes.iter().map(RouteLimits::new).collect(),
             counters: routes.iter().map(|r| metrics.route(&r.name)).collect(),
             unrouted: metrics.route(NO_ROUTE),
             upstream_errors: routes
@@ -181,15 +181,15 @@ impl Decider {
         self.routes
             .routes()
             .iter()
-            .zip(&self.plans)
+            .zip(&self.limits)
             .filter(|(r, _)| r.has_limits())
-            .map(|(route, plans)| {
-                let plan = plans.for_caller(Some(user));
+            .map(|(route, sets)| {
+                let set = sets.for_caller(Some(user));
                 let mut values = Values::new(&self.identity, None, &headers, None);
-                let checks = plan
+                let checks = set
                     .checks(&self.key_prefix, Some(user), &mut values)
                     .unwrap_or_default();
-                let shown = plan
+                let shown = set
                     .limits
                     .iter()
                     .zip(checks)
@@ -267,9 +267,9 @@ impl Decider {
         if route.exempt.by_caller(caller.as_deref()) {
             return skip(counters, Outcome::Exempt, rewrite, trace);
         }
-        let plan = self.plans[index].for_caller(caller.as_deref());
+        let set = self.limits[index].for_caller(caller.as_deref());
         let mut values = Values::new(&self.identity, head.query, head.headers, head.peer);
-        let checks = match plan.checks(&self.key_prefix, caller.as_deref(), &mut values) {
+        let checks = match set.checks(&self.key_prefix, caller.as_deref(), &mut values) {
             Ok(checks) => checks,
             Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
         };
@@ -297,7 +297,7 @@ impl Decider {
             cost: route.cost.of(head.method.as_str()),
             retry,
         };
-        let (mut outcome, decided) = self.limit(route, plan, &ask).await;
+        let (mut outcome, decided) = self.limit(route, set, &ask).await;
         let shadowed = route.shadow && matches!(decided, Decided::Refused(_));
         if shadowed {
             outcome = Outcome::ShadowLimited;
@@ -317,8 +317,8 @@ impl Decider {
             Decided::Refused(refused) => refuse(
                 Refusal::Limited {
                     route: &route.name,
-                    limit: &plan.limits[refused.index],
-                    policy: &plan.policy,
+                    limit: &set.limits[refused.index],
+                    policy: &set.policy,
                     refused,
                 },
                 trace,
@@ -331,7 +331,7 @@ impl Decider {
     /// Checks the request's limits: the denial cache, then the store, then (when the store
     /// cannot answer) the route's `on_error` policy. A shadow route's refusals are counted by
     /// the caller of this function, which turns them into forwards.
-    async fn limit(&self, route: &Route, plan: &Plan, ask: &Ask<'_>) -> (Outcome, Decided) {
+    async fn limit(&self, route: &Route, set: &LimitSet, ask: &Ask<'_>) -> (Outcome, Decided) {
         // A request with a trusted request id may be a retry that only the store can recognise.
         let denials = self.side.denials.as_ref();
         if let Some(d) = denials.filter(|_| ask.retry.is_none()) {
@@ -357,7 +357,7 @@ impl Decider {
                     Decision::Admitted { states, permit, .. } => (
                         Outcome::Admitted,
                         Decided::Admitted {
-                            headers: RateLimitHeaders::admitted(&plan.policy, &states),
+                            headers: RateLimitHeaders::admitted(&set.policy, &states),
                             held: permit.map(Held::Store),
                         },
                     ),
@@ -373,13 +373,13 @@ impl Decider {
             }
             Err(e) => {
                 log::debug!("store failed on route {}: {e}", route.name);
-                (Outcome::StoreError, self.without_store(route, plan, ask))
+                (Outcome::StoreError, self.without_store(route, set, ask))
             }
         }
     }
 
     /// The route's `on_error` answer while the store cannot decide.
-    fn without_store(&self, route: &Route, plan: &Plan, ask: &Ask<'_>) -> Decided {
+    fn without_store(&self, route: &Route, set: &LimitSet, ask: &Ask<'_>) -> Decided {
         match route.on_error.unwrap_or(self.on_error) {
             OnError::Allow => Decided::Admitted {
                 headers: None,
@@ -401,7 +401,7 @@ impl Decider {
                 };
                 match self.side.fallback.check(&local) {
                     Ok(Decision::Admitted { states, permit, .. }) => Decided::Admitted {
-                        headers: RateLimitHeaders::admitted(&plan.policy, &states),
+                        headers: RateLimitHeaders::admitted(&set.policy, &states),
                         held: permit.map(Held::Fallback),
                     },
                     Ok(Decision::Limited(refused)) => Decided::Refused(refused),

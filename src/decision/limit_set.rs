@@ -1,6 +1,7 @@
 //! A route's limits as requests meet them, built once when the config loads: each limit's key
-//! owner (the route, or a shared bucket) and its name in the RateLimit headers. Per request,
-//! a plan resolves every limit to its store key from the values the request carries.
+//! owner (the route, a plan on the route, or a shared bucket) and its name in the RateLimit
+//! headers. Per request, a limit set resolves every limit to its store key from the values the
+//! request carries.
 
 use crate::identity::{IdentityError, IdentityExtractor};
 use crate::limiter::keys::{bucket_owner, limit_key};
@@ -11,17 +12,18 @@ use http::HeaderMap;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-/// One list of limits (a route's, or an override's for one caller) ready for requests.
-pub struct Plan {
+/// One list of limits (a route's, a plan's on a route, or an override's for one caller)
+/// ready for requests.
+pub struct LimitSet {
     pub limits: Vec<Limit>,
     /// Whose counts each limit keeps: the route's name, or `@bucket`.
     owners: Vec<String>,
     pub policy: Policy,
 }
 
-impl Plan {
-    fn new(route: &str, limits: &[Limit]) -> Plan {
-        Plan {
+impl LimitSet {
+    fn new(route: &str, limits: &[Limit]) -> LimitSet {
+        LimitSet {
             owners: limits
                 .iter()
                 .map(|l| match &l.bucket {
@@ -71,26 +73,26 @@ impl Plan {
     }
 }
 
-/// A route's plans: its own limits, and each override's.
-pub struct RoutePlans {
-    default: Plan,
-    overrides: HashMap<Vec<u8>, Plan>,
+/// A route's limit sets: its own limits, and each override's.
+pub struct RouteLimits {
+    default: LimitSet,
+    overrides: HashMap<Vec<u8>, LimitSet>,
 }
 
-impl RoutePlans {
-    pub fn new(route: &Route) -> RoutePlans {
-        RoutePlans {
-            default: Plan::new(&route.name, &route.limits),
+impl RouteLimits {
+    pub fn new(route: &Route) -> RouteLimits {
+        RouteLimits {
+            default: LimitSet::new(&route.name, &route.limits),
             overrides: route
                 .overrides
                 .iter()
-                .map(|(who, limits)| (who.clone(), Plan::new(&route.name, limits)))
+                .map(|(who, limits)| (who.clone(), LimitSet::new(&route.name, limits)))
                 .collect(),
         }
     }
 
-    /// The plan for `caller`: an override when one names it, else the route's.
-    pub fn for_caller(&self, caller: Option<&[u8]>) -> &Plan {
+    /// The limits of `caller`: an override when one names it, else the route's.
+    pub fn for_caller(&self, caller: Option<&[u8]>) -> &LimitSet {
         caller
             .and_then(|c| self.overrides.get(c))
             .unwrap_or(&self.default)
