@@ -68,7 +68,8 @@ impl Admin {
         let user = decider.caller_of(user.to_vec());
         let user = user.as_slice();
         let mut routes = Vec::new();
-        for (route, limits) in decider.stats(user) {
+        for stats in decider.stats(user) {
+            let (route, plan, limits) = (stats.route, stats.plan, stats.limits);
             let checks: Vec<_> = limits.iter().map(|(_, c)| c.clone()).collect();
             let usage = match decider.store().peek(&checks).await {
                 Ok(u) => u,
@@ -84,7 +85,11 @@ impl Admin {
                 .zip(usage)
                 .map(|((l, _), u)| limit_usage(l, &u))
                 .collect();
-            routes.push(json!({"route": route, "limits": limits}));
+            let mut entry = json!({"route": route, "limits": limits});
+            if let Some(plan) = plan {
+                entry["plan"] = plan.into();
+            }
+            routes.push(entry);
         }
         let user = String::from_utf8_lossy(user);
         (StatusCode::OK, json!({"user": user, "routes": routes}))

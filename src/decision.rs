@@ -12,6 +12,7 @@ use crate::limiter::{
     Ask, Check, Decision, Limit, OnError, Refused, Retry, Scope, Store, StoreSide,
 };
 use crate::metrics::{Metrics, Outcome, RouteCounters, UpstreamError, UpstreamErrors, NO_ROUTE};
+use crate::plans::{PlanInputs, Plans};
 use crate::response::{RateLimitHeaders, Refusal};
 use crate::routes::{normalize_path, Route, RouteTable};
 use http::{HeaderMap, Method};
@@ -31,6 +32,14 @@ pub struct RequestHead<'a> {
     pub headers: &'a HeaderMap,
     /// The TCP peer (a load balancer, or the client itself).
     pub peer: Option<IpAddr>,
+}
+
+/// One route's part of a `/stats` answer.
+pub struct RouteStats<'a> {
+    pub route: &'a str,
+    /// The caller's plan, on a route with `limits: plan`.
+    pub plan: Option<&'a str>,
+    pub limits: Vec<(&'a Limit, Check)>,
 }
 
 /// What to do with a request, and what the access log says of it.
@@ -86,6 +95,7 @@ pub struct Decider {
     /// `upstream_errors[i]` belongs to `routes[i]`; the last to requests no route matched.
     upstream_errors: Vec<UpstreamErrors>,
     identity: IdentityExtractor,
+    plans: Option<Arc<Plans>>,
     request_ids: Option<RequestIds>,
     side: Arc<StoreSide>,
     metrics: Arc<Metrics>,
@@ -109,7 +119,11 @@ impl Decider {
     ) -> Self {
         let routes = config.routes.routes();
         Self {
-            limits: routes.iter().map(RouteLimits::new).collect(),
+            limits: routes
+                .iter()
+                .map(|r| RouteLimits::new(r, config.plans.as_deref()))
+                .collect(),
+            plans: config.plans.clone(),
             counters: routes.iter().map(|r| metrics.route(&r.name)).collect(),
             unrouted: metrics.route(NO_ROUTE),
             upstream_errors: routes
@@ -174,28 +188,43 @@ impl Decider {
         self.identity.hash.caller(raw)
     }
 
-    /// What `/stats/<user>` reads: for each limited route, the limits that apply to `user`
-    /// and are keyed by the caller alone or by nothing (`global`), each with its key.
-    pub fn stats(&self, user: &[u8]) -> Vec<(&str, Vec<(&Limit, Check)>)> {
+    /// What `/stats/<user>` reads: for each limited route, the caller's plan there (by the
+    /// callers file or the default, as no token or header is at hand) and the limits that
+    /// apply to `user` and are keyed by the caller alone or by nothing (`global`), each with
+    /// its key.
+    pub fn stats(&self, user: &[u8]) -> Vec<RouteStats<'_>> {
         let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::GET,
+            raw_target: b"/",
+            path: "/",
+            query: None,
+            headers: &headers,
+            peer: None,
+        };
         self.routes
             .routes()
             .iter()
             .zip(&self.limits)
             .filter(|(r, _)| r.has_limits())
             .map(|(route, sets)| {
-                let set = sets.for_caller(Some(user));
+                let plan = self.plan_of(route, Some(user), None, &head);
+                let set = sets.for_caller(Some(user), plan.map(|(i, _)| i));
                 let mut values = Values::new(&self.identity, None, &headers, None);
                 let checks = set
                     .checks(&self.key_prefix, Some(user), &mut values)
                     .unwrap_or_default();
-                let shown = set
+                let limits = set
                     .limits
                     .iter()
                     .zip(checks)
                     .filter(|(l, _)| l.per.is_caller() || l.per == Scope::Global)
                     .collect();
-                (route.name.as_str(), shown)
+                RouteStats {
+                    route: route.name.as_str(),
+                    plan: plan.map(|(_, name)| name),
+                    limits,
+                }
             })
             .collect()
     }
@@ -204,7 +233,7 @@ impl Decider {
     pub async fn decide<'s>(&'s self, head: &RequestHead<'_>) -> Verdict<'s> {
         let path = match self.check_head(head) {
             Ok(path) => path,
-            Err(refusal) => return self.reject(refusal, None),
+            Err(refusal) => return self.reject(*refusal, None),
         };
         let rewrite = match &path {
             Cow::Borrowed(_) => None,
@@ -241,33 +270,40 @@ impl Decider {
         {
             return skip(counters, Outcome::Exempt, rewrite, trace);
         }
-        let caller = match self.identity.caller(head.query, head.headers, head.peer) {
-            Ok(Some(caller)) => Some(caller),
-            Ok(None) => match route.on_missing_identity {
-                OnMissingIdentity::Anonymous => None,
-                OnMissingIdentity::ClientIp => match head.peer {
-                    Some(p) => match self
-                        .identity
-                        .named(self.identity.client_ip(p, head.headers))
-                    {
-                        Ok(ip) => Some(ip),
-                        Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
+        let found = self
+            .identity
+            .caller_and_claims(head.query, head.headers, head.peer);
+        let (caller, claims) = match found {
+            Ok(Some((caller, claims))) => (Some(caller), claims),
+            Ok(None) => (
+                match route.on_missing_identity {
+                    OnMissingIdentity::Anonymous => None,
+                    OnMissingIdentity::ClientIp => match head.peer {
+                        Some(p) => match self
+                            .identity
+                            .named(self.identity.client_ip(p, head.headers))
+                        {
+                            Ok(ip) => Some(ip),
+                            Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
+                        },
+                        None => None,
                     },
-                    None => None,
+                    OnMissingIdentity::Reject => {
+                        return self.reject(Refusal::IdentityRequired, Some(&route.name))
+                    }
+                    OnMissingIdentity::Skip => {
+                        return skip(counters, Outcome::Unidentified, rewrite, trace)
+                    }
                 },
-                OnMissingIdentity::Reject => {
-                    return self.reject(Refusal::IdentityRequired, Some(&route.name))
-                }
-                OnMissingIdentity::Skip => {
-                    return skip(counters, Outcome::Unidentified, rewrite, trace)
-                }
-            },
+                None,
+            ),
             Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
         };
         if route.exempt.by_caller(caller.as_deref()) {
             return skip(counters, Outcome::Exempt, rewrite, trace);
         }
-        let set = self.limits[index].for_caller(caller.as_deref());
+        let plan = self.plan_of(route, caller.as_deref(), claims.as_ref(), head);
+        let set = self.limits[index].for_caller(caller.as_deref(), plan.map(|(i, _)| i));
         let mut values = Values::new(&self.identity, head.query, head.headers, head.peer);
         let checks = match set.checks(&self.key_prefix, caller.as_deref(), &mut values) {
             Ok(checks) => checks,
@@ -317,6 +353,7 @@ impl Decider {
             Decided::Refused(refused) => refuse(
                 Refusal::Limited {
                     route: &route.name,
+                    plan: plan.map(|(_, name)| name),
                     limit: &set.limits[refused.index],
                     policy: &set.policy,
                     refused,
@@ -326,6 +363,28 @@ impl Decider {
             Decided::Unavailable if route.shadow => forward(rewrite, None, None, trace),
             Decided::Unavailable => refuse(Refusal::StoreUnavailable { route: &route.name }, trace),
         }
+    }
+
+    /// The plan of a request on a route with `limits: plan` (its index and name); an unknown
+    /// plan name stands for the default and is counted.
+    fn plan_of(
+        &self,
+        route: &Route,
+        caller: Option<&[u8]>,
+        claims: Option<&serde_json::Value>,
+        head: &RequestHead<'_>,
+    ) -> Option<(usize, &str)> {
+        let plans = self.plans.as_deref().filter(|_| route.uses_plan)?;
+        let chosen = plans.choose(&PlanInputs {
+            caller,
+            claims,
+            headers: head.headers,
+            trusted_peer: head.peer.is_some_and(|p| self.identity.trusted.trusts(p)),
+        });
+        if chosen.unknown {
+            self.metrics.unknown_plan.inc();
+        }
+        Some((chosen.plan, plans.names[chosen.plan].as_str()))
     }
 
     /// Checks the request's limits: the denial cache, then the store, then (when the store
@@ -424,12 +483,16 @@ impl Decider {
         refuse(refusal, trace)
     }
 
-    /// Bounds and form of the request head; the path in normal form.
-    fn check_head<'h>(&self, head: &RequestHead<'h>) -> Result<Cow<'h, str>, Refusal<'static>> {
+    /// Bounds and form of the request head; the path in normal form. (The refusal is boxed:
+    /// it is rare, and a `Refusal` is large.)
+    fn check_head<'h>(
+        &self,
+        head: &RequestHead<'h>,
+    ) -> Result<Cow<'h, str>, Box<Refusal<'static>>> {
         if head.raw_target.len() > self.max_uri_bytes {
-            return Err(Refusal::UriTooLong {
+            return Err(Box::new(Refusal::UriTooLong {
                 max_bytes: self.max_uri_bytes,
-            });
+            }));
         }
         let head_bytes = head.method.as_str().len()
             + head.raw_target.len()
@@ -440,9 +503,9 @@ impl Decider {
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
                 .sum::<usize>();
         if head_bytes > self.max_header_bytes {
-            return Err(Refusal::HeadersTooLarge {
+            return Err(Box::new(Refusal::HeadersTooLarge {
                 max_bytes: self.max_header_bytes,
-            });
+            }));
         }
         // Origin form only (`/path?query`), or `*` for OPTIONS: an absolute or authority form
         // names a target sluice would route by a path it did not see.
@@ -450,10 +513,10 @@ impl Decider {
         if !head.raw_target.starts_with(b"/") {
             return match asterisk {
                 true => Ok(Cow::Borrowed("*")),
-                false => Err(Refusal::BadTarget("invalid_target")),
+                false => Err(Box::new(Refusal::BadTarget("invalid_target"))),
             };
         }
-        normalize_path(head.path).map_err(|_| Refusal::BadTarget("invalid_path"))
+        normalize_path(head.path).map_err(|_| Box::new(Refusal::BadTarget("invalid_path")))
     }
 }
 

@@ -29,6 +29,7 @@ pub mod forwarded;
 pub mod identity;
 pub mod limiter;
 pub mod metrics;
+pub mod plans;
 pub mod proxy;
 pub mod redact;
 pub mod reload;

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub proxy_errors: IntCounterVec,
     /// Requests the upstream failed, by route and `kind` (`timeout`, `unavailable`).
     upstream_errors: IntCounterVec,
+    /// Requests whose plan source named a plan that does not exist (the default stood in).
+    pub unknown_plan: IntCounter,
 }
 
 impl Metrics {
@@ -186,6 +188,11 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("valid metric");
+        let unknown_plan = IntCounter::new(
+            "sluice_unknown_plan_total",
+            "Requests whose plan source named a plan that does not exist (the default plan stood in)",
+        )
+        .expect("valid metric");
         store_up.set(1);
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -201,6 +208,7 @@ impl Metrics {
             Box::new(access_log_dropped.clone()),
             Box::new(proxy_errors.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(unknown_plan.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -220,6 +228,7 @@ impl Metrics {
             access_log_dropped,
             proxy_errors,
             upstream_errors,
+            unknown_plan,
         }
     }
 

@@ -30,6 +30,8 @@ pub enum Refusal<'a> {
     /// definition and `policy` the route's headers.
     Limited {
         route: &'a str,
+        /// The caller's plan, on a route with `limits: plan`.
+        plan: Option<&'a str>,
         limit: &'a Limit,
         policy: &'a Policy,
         refused: Refused,
@@ -184,6 +186,7 @@ pub fn retry_after_secs(refusing: &LimitState) -> u64 {
 /// connection stays open for the next request) and the JSON body naming the limit.
 pub fn too_many_requests(
     route: &str,
+    plan: Option<&str>,
     limit: &Limit,
     policy: &Policy,
     refused: &Refused,
@@ -200,8 +203,10 @@ pub fn too_many_requests(
         .bucket
         .as_ref()
         .map_or(String::new(), |b| format!(",\"bucket\":\"{b}\""));
+    // Plan names are [A-Za-z0-9._-] too.
+    let plan = plan.map_or(String::new(), |p| format!(",\"plan\":\"{p}\""));
     let body = format!(
-        "{{\"error\":\"{error}\",\"route\":\"{route}\"{bucket},\"limit\":{}{window},\"per\":{},\"retry_after\":{retry_after}}}",
+        "{{\"error\":\"{error}\",\"route\":\"{route}\"{plan}{bucket},\"limit\":{}{window},\"per\":{},\"retry_after\":{retry_after}}}",
         limit.kind.amount(),
         limit.per.to_json(),
     );
@@ -218,10 +223,11 @@ pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)>
     let (status, body) = match r {
         Refusal::Limited {
             route,
+            plan,
             limit,
             policy,
             refused,
-        } => return too_many_requests(route, limit, policy, refused),
+        } => return too_many_requests(route, *plan, limit, policy, refused),
         Refusal::StoreUnavailable { route } => return store_unavailable(route),
         Refusal::BadTarget(what) => (400, format!("{{\"error\":\"{what}\"}}")),
         Refusal::UriTooLong { max_bytes } => (
@@ -362,7 +368,7 @@ mod tests {
             state: state(&l, 4, 20_000, 20_000),
             index: 1,
         };
-        let (head, body) = too_many_requests("r", &l, &policy, &refused).unwrap();
+        let (head, body) = too_many_requests("r", None, &l, &policy, &refused).unwrap();
         assert_eq!(head.status.as_u16(), 429);
         assert_eq!(head.headers.get("retry-after").unwrap(), "20");
         assert_eq!(
@@ -386,7 +392,7 @@ mod tests {
             index: 0,
         };
         let policy = Policy::new("r", std::slice::from_ref(&slots));
-        let (head, body) = too_many_requests("r", &slots, &policy, &refused).unwrap();
+        let (head, body) = too_many_requests("r", None, &slots, &policy, &refused).unwrap();
         assert_eq!(head.headers.get("retry-after").unwrap(), "1");
         assert!(head.headers.get("ratelimit").is_none());
         assert_eq!(
@@ -403,7 +409,7 @@ mod tests {
             state: state(&l, 1, 1, 1),
             index: 0,
         };
-        let (head, _) = too_many_requests("r", &l, &policy, &refused).unwrap();
+        let (head, _) = too_many_requests("r", None, &l, &policy, &refused).unwrap();
         assert_eq!(head.headers.get("retry-after").unwrap(), "1");
     }
 }

@@ -36,6 +36,8 @@ pub struct Route {
     pub exempt: Exempt,
     /// What a request that names no caller gets.
     pub on_missing_identity: OnMissingIdentity,
+    /// `limits: plan`: the caller's plan's limits come before `limits` (then only buckets').
+    pub uses_plan: bool,
 }
 
 impl Route {
@@ -84,7 +86,7 @@ impl Route {
 
     /// Whether any caller can be limited on this route (stats list only such routes).
     pub fn has_limits(&self) -> bool {
-        !self.limits.is_empty() || self.overrides.values().any(|l| !l.is_empty())
+        !self.limits.is_empty() || self.uses_plan || self.overrides.values().any(|l| !l.is_empty())
     }
 }
 
@@ -234,6 +236,7 @@ mod tests {
             headers: Vec::new(),
             exempt: Exempt::default(),
             on_missing_identity: OnMissingIdentity::default(),
+            uses_plan: false,
         }
     }
 

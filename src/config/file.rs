@@ -33,8 +33,77 @@ pub struct FileConfig {
     /// Limits shared by several routes, by name.
     #[serde(default)]
     pub buckets: BTreeMap<String, BucketFile>,
+    /// Named sets of limits; a route with `limits: plan` uses the caller's.
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanFile>,
+    /// How a request's plan is chosen.
+    pub plan: Option<PlanChoiceFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    #[serde(default)]
+    pub limits: Vec<LimitFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChoiceFile {
+    /// Tried in order: the first that names a plan wins.
+    #[serde(default)]
+    pub from: Vec<PlanSourceFile>,
+    /// The plan of a request no source names.
+    pub default: Option<String>,
+}
+
+/// One plan source: a map with exactly one of these keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSourceFile {
+    pub jwt_claim: Option<String>,
+    pub header: Option<String>,
+    pub callers_file: Option<String>,
+}
+
+/// A route's limits: a list, or `plan` (the caller's plan's).
+#[derive(Debug)]
+pub enum LimitsFile {
+    List(Vec<LimitFile>),
+    Named(String),
+}
+
+/// By hand rather than `untagged`, so a bad limit in a list keeps its own precise message
+/// and field path.
+impl<'de> Deserialize<'de> for LimitsFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct LimitsVisitor;
+        impl<'de> Visitor<'de> for LimitsVisitor {
+            type Value = LimitsFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of limits, or plan")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LimitsFile, E> {
+                Ok(LimitsFile::Named(v.to_string()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<LimitsFile, A::Error> {
+                Vec::<LimitFile>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(LimitsFile::List)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LimitsFile, E> {
+                Ok(LimitsFile::List(Vec::new()))
+            }
+        }
+        d.deserialize_any(LimitsVisitor)
+    }
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile::List(Vec::new())
+    }
 }
 
 /// A shared bucket: limits that every route naming it draws from together.
@@ -228,7 +297,7 @@ pub struct RouteFile {
     #[serde(rename = "match")]
     pub matcher: MatchFile,
     #[serde(default)]
-    pub limits: Vec<LimitFile>,
+    pub limits: LimitsFile,
     /// Shared buckets this route also draws from.
     #[serde(default)]
     pub buckets: Vec<String>,

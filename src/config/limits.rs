@@ -5,8 +5,10 @@ use super::fields::{on_error, positive_duration, Problems};
 use super::file::*;
 use super::format_duration;
 use crate::exempt::Exempt;
+use crate::identity::{CallerHash, IdentitySource, TrustedProxies};
 use crate::identity::{Cidr, OnMissingIdentity};
 use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope};
+use crate::plans::{CallersIndex, PlanSource, Plans};
 use crate::routes::{normalize_path, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Every route, each with its own limits followed by those of the buckets it draws from.
-pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
+pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems) -> Vec<Route> {
     let buckets = buckets(&file.buckets, p);
     let global_exempt = exempt(file.exempt.as_ref(), Exempt::default_global(), "exempt", p);
     let on_missing = file.on_missing_identity.map(on_missing).unwrap_or_default();
@@ -37,13 +39,28 @@ pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
             &format!("{path}.match.headers"),
             p,
         );
-        let own = limits(
-            &r.limits,
-            &format!("{path}.limits"),
-            &Scope::caller(),
-            None,
-            p,
-        );
+        let (own, uses_plan) = match &r.limits {
+            LimitsFile::List(list) => (
+                limits(list, &format!("{path}.limits"), &Scope::caller(), None, p),
+                false,
+            ),
+            LimitsFile::Named(name) if name == "plan" => {
+                if plans.is_none() {
+                    p.add(
+                        &format!("{path}.limits"),
+                        "plan: needs plans (and plan.default) defined",
+                    );
+                }
+                (Vec::new(), true)
+            }
+            LimitsFile::Named(other) => {
+                p.add(
+                    &format!("{path}.limits"),
+                    format!("must be a list of limits, or plan (got \"{other}\")"),
+                );
+                (Vec::new(), false)
+            }
+        };
         let mut shared: Vec<Limit> = Vec::new();
         for (j, b) in r.buckets.iter().enumerate() {
             match buckets.get(b.as_str()) {
@@ -61,6 +78,13 @@ pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
         let mut all = own.clone();
         all.extend(shared.iter().cloned());
         let mut lists = vec![(format!("{path}.limits"), all.clone())];
+        if let Some(plans) = plans.filter(|_| uses_plan) {
+            lists.extend(plans.names.iter().zip(&plans.limits).map(|(name, l)| {
+                let mut with = l.clone();
+                with.extend(shared.iter().cloned());
+                (format!("plans.{name}.limits"), with)
+            }));
+        }
         lists.extend(overrides.iter().map(|(who, l)| {
             (
                 format!("{path}.overrides.{}", String::from_utf8_lossy(who)),
@@ -85,6 +109,7 @@ pub(super) fn routes(file: &FileConfig, p: &mut Problems) -> Vec<Route> {
                 p,
             ),
             on_missing_identity: r.on_missing_identity.map_or(on_missing, self::on_missing),
+            uses_plan,
         });
     }
     for name in file.buckets.keys() {
@@ -395,6 +420,130 @@ fn cost(
         }
     }
     cost
+}
+
+/// `plans` and `plan`: every plan's limits and the sources that choose one. `None` when no
+/// plan is defined (then `plan:` is an error).
+pub(super) fn plans(
+    file: &FileConfig,
+    sources: &[IdentitySource],
+    trusted: &TrustedProxies,
+    hash: &CallerHash,
+    p: &mut Problems,
+) -> Option<Plans> {
+    if file.plans.is_empty() {
+        if file.plan.is_some() {
+            p.add(
+                "plan",
+                "needs plans defined (plans: { free: { limits: [...] } })",
+            );
+        }
+        return None;
+    }
+    let names: Vec<String> = file.plans.keys().cloned().collect();
+    let mut all = Vec::new();
+    for (name, plan) in &file.plans {
+        let at = format!("plans.{name}");
+        name_ok(name, &at, "plan", p);
+        all.push(limits(
+            &plan.limits,
+            &format!("{at}.limits"),
+            &Scope::caller(),
+            None,
+            p,
+        ));
+    }
+    if names.len() > u16::MAX as usize {
+        p.add("plans", format!("at most {} plans", u16::MAX));
+    }
+    let choice = file.plan.as_ref();
+    let default = match choice.and_then(|c| c.default.as_deref()) {
+        Some(d) => match names.iter().position(|n| n == d) {
+            Some(i) => i,
+            None => {
+                p.add(
+                    "plan.default",
+                    format!("unknown plan \"{d}\" (defined: {})", names.join(", ")),
+                );
+                0
+            }
+        },
+        None => {
+            p.add(
+                "plan.default",
+                "required with plans: the plan of a request no source names",
+            );
+            0
+        }
+    };
+    let mut from = Vec::new();
+    for (i, f) in choice.map_or(&[][..], |c| &c.from[..]).iter().enumerate() {
+        let at = format!("plan.from[{i}]");
+        match (&f.jwt_claim, &f.header, &f.callers_file) {
+            (Some(claim), None, None) => {
+                if claim.is_empty() || claim.split('.').any(str::is_empty) {
+                    p.add(
+                        &format!("{at}.jwt_claim"),
+                        format!("invalid claim \"{claim}\""),
+                    );
+                } else if !sources.iter().any(|s| matches!(s, IdentitySource::Jwt(_))) {
+                    p.add(
+                        &format!("{at}.jwt_claim"),
+                        "needs a jwt identity source (the claim is read from its verified token)",
+                    );
+                } else {
+                    from.push(PlanSource::JwtClaim(
+                        claim.split('.').map(str::to_string).collect(),
+                    ));
+                }
+            }
+            (None, Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => {
+                    if trusted.0.is_empty() {
+                        p.warn(
+                            &format!("{at}.header"),
+                            "is believed from trusted_proxies only, and none are listed: it never takes effect",
+                        );
+                    }
+                    from.push(PlanSource::Header(name));
+                }
+                Err(_) => p.add(
+                    &format!("{at}.header"),
+                    format!("invalid header name \"{h}\""),
+                ),
+            },
+            (None, None, Some(path)) => {
+                match CallersIndex::read(std::path::Path::new(path), &names, hash) {
+                    Ok(index) => from.push(PlanSource::Callers(Arc::new(index))),
+                    Err(lines) => {
+                        for line in lines {
+                            p.add(&format!("{at}.callers_file"), format!("{path}: {line}"));
+                        }
+                    }
+                }
+            }
+            _ => p.add(
+                &at,
+                "needs exactly one of \"jwt_claim\", \"header\" or \"callers_file\"",
+            ),
+        }
+    }
+    let used = file
+        .routes
+        .iter()
+        .any(|r| matches!(&r.limits, LimitsFile::Named(n) if n == "plan"));
+    if !used {
+        p.warn(
+            "plans",
+            "no route has limits: plan, so no plan takes effect",
+        );
+    }
+    Some(Plans {
+        names,
+        limits: all,
+        default,
+        from,
+    })
 }
 
 fn on_missing(f: OnMissingFile) -> OnMissingIdentity {

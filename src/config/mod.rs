@@ -29,6 +29,8 @@ pub struct Config {
     /// Load-balancer request ids (idempotent retries); `None` ignores them.
     pub request_ids: Option<RequestIds>,
     pub routes: RouteTable,
+    /// Plans and how a request's plan is chosen; `None` when none is defined.
+    pub plans: Option<std::sync::Arc<crate::plans::Plans>>,
     /// Settings that are valid but can never take effect, one line each (`--check` prints
     /// them and exits 0; a sidecar logs them at start and on reload).
     pub warnings: Vec<String>,

@@ -174,7 +174,8 @@ pub(super) fn build(
     let request_ids = request_ids(file.request_ids.as_ref(), &mut p);
     let sources = identity(file.identity.as_deref(), &env, &trusted, &mut p);
     let hash = caller_hash(&file, &sources, &env, &mut p);
-    let mut routes = super::limits::routes(&file, &mut p);
+    let plans = super::limits::plans(&file, &sources, &trusted, &hash, &mut p);
+    let mut routes = super::limits::routes(&file, plans.as_ref(), &mut p);
     for r in &mut routes {
         r.list_hashed_callers(&hash);
     }
@@ -202,6 +203,7 @@ pub(super) fn build(
         },
         request_ids,
         routes: RouteTable::new(routes),
+        plans: plans.map(std::sync::Arc::new),
         warnings: p.warnings,
         sources: env_sources,
     })

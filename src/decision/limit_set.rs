@@ -6,6 +6,7 @@
 use crate::identity::{IdentityError, IdentityExtractor};
 use crate::limiter::keys::{bucket_owner, limit_key};
 use crate::limiter::{Check, Limit, Part, Scope};
+use crate::plans::Plans;
 use crate::response::Policy;
 use crate::routes::Route;
 use http::HeaderMap;
@@ -22,13 +23,15 @@ pub struct LimitSet {
 }
 
 impl LimitSet {
-    fn new(route: &str, limits: &[Limit]) -> LimitSet {
+    /// `own` owns the limits that are not a bucket's: the route, or `route+plan` for a plan's
+    /// limits on a route (so a caller's count on one plan is never another plan's).
+    fn new(route: &str, own: &str, limits: &[Limit]) -> LimitSet {
         LimitSet {
             owners: limits
                 .iter()
                 .map(|l| match &l.bucket {
                     Some(b) => bucket_owner(b),
-                    None => route.to_string(),
+                    None => own.to_string(),
                 })
                 .collect(),
             policy: Policy::new(route, limits),
@@ -76,27 +79,53 @@ impl LimitSet {
 /// A route's limit sets: its own limits, and each override's.
 pub struct RouteLimits {
     default: LimitSet,
+    /// `limits: plan`: one set per plan (the plan's limits, then the buckets'), by plan index.
+    by_plan: Vec<LimitSet>,
     overrides: HashMap<Vec<u8>, LimitSet>,
 }
 
 impl RouteLimits {
-    pub fn new(route: &Route) -> RouteLimits {
+    pub fn new(route: &Route, plans: Option<&Plans>) -> RouteLimits {
+        let name = route.name.as_str();
+        let by_plan = match plans.filter(|_| route.uses_plan) {
+            Some(plans) => plans
+                .names
+                .iter()
+                .zip(&plans.limits)
+                .map(|(plan, limits)| {
+                    let mut all = limits.clone();
+                    all.extend(route.limits.iter().cloned());
+                    LimitSet::new(name, &plan_owner(name, plan), &all)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         RouteLimits {
-            default: LimitSet::new(&route.name, &route.limits),
+            default: LimitSet::new(name, name, &route.limits),
+            by_plan,
             overrides: route
                 .overrides
                 .iter()
-                .map(|(who, limits)| (who.clone(), LimitSet::new(&route.name, limits)))
+                .map(|(who, limits)| (who.clone(), LimitSet::new(name, name, limits)))
                 .collect(),
         }
     }
 
-    /// The limits of `caller`: an override when one names it, else the route's.
-    pub fn for_caller(&self, caller: Option<&[u8]>) -> &LimitSet {
-        caller
-            .and_then(|c| self.overrides.get(c))
+    /// The limits of `caller`: an override when one names it, else its plan's (on a route
+    /// with `limits: plan`), else the route's.
+    pub fn for_caller(&self, caller: Option<&[u8]>, plan: Option<usize>) -> &LimitSet {
+        if let Some(set) = caller.and_then(|c| self.overrides.get(c)) {
+            return set;
+        }
+        plan.and_then(|p| self.by_plan.get(p))
             .unwrap_or(&self.default)
     }
+}
+
+/// The key owner of a plan's limits on a route: `api+pro` (route and plan names are
+/// `[A-Za-z0-9._-]`, so this meets neither a route nor a bucket).
+pub fn plan_owner(route: &str, plan: &str) -> String {
+    format!("{route}+{plan}")
 }
 
 /// The values of one request that scopes other than the caller are keyed by, read on first use.

@@ -350,3 +350,60 @@ async fn a_header_splits_one_path_into_two_routes() {
         ["sluice:{acme:bob}:60000", "sluice:{tenants:bob}:60000"]
     );
 }
+
+const PLANS: &str = r#"
+upstream: { addrs: ["127.0.0.1:9"] }
+identity: [{ header: x-user-id }]
+trusted_proxies: ["10.0.0.1/32"]
+buckets:
+  account: { limits: [{ requests: 100, window: 1h }] }
+plans:
+  free: { limits: [{ requests: 1, window: 60s }] }
+  pro: { limits: [{ requests: 3, window: 60s }, { concurrency: 2 }] }
+plan: { from: [{ header: x-plan }], default: free }
+routes:
+  - name: api
+    match: { path_prefix: / }
+    limits: plan
+    buckets: [account]
+    overrides:
+      boss: { limits: [{ requests: 50, window: 60s }] }
+"#;
+
+#[tokio::test]
+async fn a_plans_limits_are_keyed_by_route_and_plan_beside_the_buckets() {
+    let w = world_of(PLANS);
+    let pro = [("x-user-id", "bob"), ("x-plan", "pro")];
+    assert_eq!(ask(&w, "/x", &pro, "10.0.0.1").await, ("admitted", 0));
+    let free = [("x-user-id", "bob")];
+    assert_eq!(ask(&w, "/x", &free, "10.0.0.1").await, ("admitted", 0));
+    assert_eq!(ask(&w, "/x", &free, "10.0.0.1").await, ("limited", 429));
+    let boss = [("x-user-id", "boss"), ("x-plan", "pro")];
+    assert_eq!(ask(&w, "/x", &boss, "10.0.0.1").await, ("admitted", 0));
+    let keys: Vec<Vec<String>> = w.double.asked().iter().map(|a| a.keys.clone()).collect();
+    assert_eq!(
+        keys[0],
+        [
+            "sluice:{api+pro:bob}:60000",
+            "sluice:{api+pro:bob}:cc",
+            "sluice:{@account:bob}:3600000"
+        ]
+    );
+    assert_eq!(
+        keys[1],
+        [
+            "sluice:{api+free:bob}:60000",
+            "sluice:{@account:bob}:3600000"
+        ]
+    );
+    // An override replaces the plan's limits for its caller; the buckets still apply.
+    assert_eq!(
+        keys[3],
+        ["sluice:{api:boss}:60000", "sluice:{@account:boss}:3600000"]
+    );
+    // From an untrusted peer the header is ignored: the default plan.
+    let sneaky = [("x-user-id", "eve"), ("x-plan", "pro")];
+    ask(&w, "/x", &sneaky, "192.0.2.1").await;
+    let last = w.double.asked().last().unwrap().keys.clone();
+    assert_eq!(last[0], "sluice:{api+free:eve}:60000");
+}

@@ -206,6 +206,9 @@ pub fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
     (port_ok && bracketed_v6).then(|| canonical(ip))
 }
 
+/// A caller, and the verified claims of the token that named it (when a `jwt` source did).
+pub type CallerAndClaims = (Vec<u8>, Option<serde_json::Value>);
+
 /// What a route does with a request that names no caller (`on_missing_identity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnMissingIdentity {
@@ -257,7 +260,20 @@ impl IdentityExtractor {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Option<Vec<u8>>, IdentityError> {
+        self.caller_and_claims(query, headers, peer)
+            .map(|found| found.map(|(caller, _)| caller))
+    }
+
+    /// Like [`IdentityExtractor::caller`], with the verified claims of the token when a `jwt`
+    /// source named the caller (a plan may be chosen by one of them).
+    pub fn caller_and_claims(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<CallerAndClaims>, IdentityError> {
         for source in &self.sources {
+            let mut claims = None;
             let found = match source {
                 IdentitySource::Query(name) => query.and_then(|q| query_param(q, name)),
                 IdentitySource::Header(name) | IdentitySource::ApiKey(name) => {
@@ -265,10 +281,16 @@ impl IdentityExtractor {
                 }
                 IdentitySource::ClientIp => peer.map(|p| self.client_ip(p, headers)),
                 IdentitySource::Bearer => bearer_token(headers)?,
-                IdentitySource::Jwt(jwt) => self.jwt_caller(jwt, headers, peer)?,
+                IdentitySource::Jwt(jwt) => {
+                    self.jwt_caller(jwt, headers, peer)?
+                        .map(|(caller, verified)| {
+                            claims = Some(verified);
+                            caller
+                        })
+                }
             };
             if let Some(raw) = found {
-                return self.named(raw).map(Some);
+                return Ok(Some((self.named(raw)?, claims)));
             }
         }
         Ok(None)
@@ -281,7 +303,7 @@ impl IdentityExtractor {
         jwt: &Jwt,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
-    ) -> Result<Option<Vec<u8>>, IdentityError> {
+    ) -> Result<Option<(Vec<u8>, serde_json::Value)>, IdentityError> {
         let token = match &jwt.header {
             None => bearer_token(headers)?,
             Some(name) => header_value(headers, name)?.map(|v| match strip_bearer(&v) {
@@ -296,7 +318,8 @@ impl IdentityExtractor {
             return Ok(None);
         }
         let claims = jwt.verify(&token).map_err(IdentityError::Token)?;
-        jwt.caller(&claims).map(Some).map_err(IdentityError::Token)
+        let caller = jwt.caller(&claims).map_err(IdentityError::Token)?;
+        Ok(Some((caller, claims)))
     }
 
     /// Re-reads the key files of `jwt` sources that changed; whether any did.

@@ -722,11 +722,14 @@ impl RedisCluster {
 }
 
 /// The value of the first sample of metric `name` whose labels contain `labels`
-/// (in the order Prometheus prints them, by name: `decision="exempt",route="api"`) in a
-/// Prometheus text page; 0 when there is none.
+/// (in the order Prometheus prints them, by name: `decision="exempt",route="api"`; `""` for
+/// a metric without labels) in a Prometheus text page; 0 when there is none.
 pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .find(|l| {
+            (l.starts_with(&format!("{name}{{")) && l.contains(labels))
+                || (labels.is_empty() && l.starts_with(&format!("{name} ")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
