@@ -5,7 +5,6 @@ use crate::identity::CallerHash;
 use crate::limiter::Limit;
 use http::{HeaderMap, HeaderName};
 use serde_json::Value;
-use std::collections::HashMap;
 
 /// Every plan, and the rules that pick one for a request.
 #[derive(Debug, Clone)]
@@ -109,11 +108,13 @@ fn claim<'v>(claims: &'v Value, path: &[String]) -> Option<&'v str> {
     at.as_str().filter(|s| !s.is_empty())
 }
 
-/// Callers and their plans, from a callers file. With hashed identities the callers are kept
-/// as the 32 bytes of their digest, so a million of them fit in tens of megabytes.
+/// Callers and their plans, from a callers file: sorted arrays searched by bisection, so a
+/// million callers cost what their bytes cost (a hash table's empty slots and growth would
+/// more than double it). With hashed identities the callers are kept as the 32 bytes of their
+/// digest.
 pub enum CallersIndex {
-    Clear(HashMap<Box<[u8]>, u16>),
-    Hashed(HashMap<[u8; 32], u16>),
+    Clear(Vec<(Box<[u8]>, u16)>),
+    Hashed(Vec<([u8; 32], u16)>),
 }
 
 impl std::fmt::Debug for CallersIndex {
@@ -125,8 +126,8 @@ impl std::fmt::Debug for CallersIndex {
 impl CallersIndex {
     pub fn len(&self) -> usize {
         match self {
-            CallersIndex::Clear(m) => m.len(),
-            CallersIndex::Hashed(m) => m.len(),
+            CallersIndex::Clear(v) => v.len(),
+            CallersIndex::Hashed(v) => v.len(),
         }
     }
 
@@ -137,8 +138,16 @@ impl CallersIndex {
     /// The plan of `caller` (as a request names it: the hex digest when hashing is on).
     pub fn plan(&self, caller: &[u8]) -> Option<usize> {
         match self {
-            CallersIndex::Clear(m) => m.get(caller).map(|&p| p as usize),
-            CallersIndex::Hashed(m) => m.get(&unhex32(caller)?).map(|&p| p as usize),
+            CallersIndex::Clear(v) => v
+                .binary_search_by(|(c, _)| c.as_ref().cmp(caller))
+                .ok()
+                .map(|i| v[i].1 as usize),
+            CallersIndex::Hashed(v) => {
+                let key = unhex32(caller)?;
+                v.binary_search_by(|(c, _)| c.cmp(&key))
+                    .ok()
+                    .map(|i| v[i].1 as usize)
+            }
         }
     }
 
@@ -151,7 +160,7 @@ impl CallersIndex {
         plans: &[String],
         hash: &CallerHash,
     ) -> Result<CallersIndex, Vec<String>> {
-        Self::parse_lines(text.lines().map(Ok), plans, hash)
+        Self::parse_lines(text.lines().map(Ok), plans, hash, 0)
     }
 
     /// Reads the callers file at `path` line by line (a million callers never sit in memory
@@ -163,19 +172,26 @@ impl CallersIndex {
     ) -> Result<CallersIndex, Vec<String>> {
         use std::io::BufRead;
         let file = std::fs::File::open(path).map_err(|e| vec![format!("cannot read: {e}")])?;
+        // A hashed caller's line is about 70 bytes: room for every line at once, no regrowth.
+        let size = file.metadata().map_or(0, |m| m.len() as usize);
         let lines = std::io::BufReader::with_capacity(1 << 16, file).lines();
-        Self::parse_lines(lines, plans, hash)
+        Self::parse_lines(lines, plans, hash, size / 64)
     }
 
     fn parse_lines<L: AsRef<str>>(
         lines: impl Iterator<Item = std::io::Result<L>>,
         plans: &[String],
         hash: &CallerHash,
+        capacity: usize,
     ) -> Result<CallersIndex, Vec<String>> {
         let mut problems = Vec::new();
         let plan_of = |name: &str| plans.iter().position(|p| p == name);
-        let mut clear: HashMap<Box<[u8]>, u16> = HashMap::new();
-        let mut hashed: HashMap<[u8; 32], u16> = HashMap::new();
+        let (hashed_cap, clear_cap) = match hash.is_on() {
+            true => (capacity, 0),
+            false => (0, capacity),
+        };
+        let mut clear: Vec<(Box<[u8]>, u16)> = Vec::with_capacity(clear_cap);
+        let mut hashed: Vec<([u8; 32], u16)> = Vec::with_capacity(hashed_cap);
         for (n, line) in lines.enumerate() {
             let line = match line {
                 Ok(line) => line,
@@ -212,9 +228,9 @@ impl CallersIndex {
                         None => continue,
                     },
                 };
-                hashed.insert(digest, plan);
+                hashed.push((digest, plan));
             } else {
-                clear.insert(who.as_bytes().into(), plan);
+                clear.push((who.as_bytes().into(), plan));
             }
             if problems.len() > 20 {
                 problems.push("... (more problems not shown)".into());
@@ -225,10 +241,24 @@ impl CallersIndex {
             return Err(problems);
         }
         Ok(match hash.is_on() {
-            true => CallersIndex::Hashed(hashed),
-            false => CallersIndex::Clear(clear),
+            true => CallersIndex::Hashed(sorted(hashed)),
+            false => CallersIndex::Clear(sorted(clear)),
         })
     }
+}
+
+/// Sorted by caller; a caller listed twice keeps its last line's plan, as a YAML mapping
+/// read top to bottom would.
+fn sorted<K: Ord>(mut entries: Vec<(K, u16)>) -> Vec<(K, u16)> {
+    // Stable: equal callers stay in file order. Reversed, the last of each run comes first,
+    // which `dedup_by` keeps; reversed again, ascending. All in place: a million callers are
+    // never held twice.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.reverse();
+    entries.dedup_by(|later, kept| later.0 == kept.0);
+    entries.reverse();
+    entries.shrink_to_fit();
+    entries
 }
 
 /// One `key: value` line: plain or quoted (`"..."`, `'...'`) scalars, an optional `# comment`.
@@ -297,6 +327,13 @@ mod tests {
             "a hashed index holds no raw id"
         );
         assert_eq!(hashed.len(), 2);
+        // Listed twice: the last line wins, as in a YAML mapping read top to bottom.
+        let twice = CallersIndex::parse("a: pro\nb: free\na: free\n", &names(), &CallerHash::None);
+        let twice = twice.unwrap();
+        assert_eq!(
+            (twice.plan(b"a"), twice.plan(b"b"), twice.len()),
+            (Some(0), Some(0), 2)
+        );
     }
 
     #[test]
