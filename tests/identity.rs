@@ -228,3 +228,57 @@ routes:
         }
     }
 }
+
+/// The same identities on the memory store: a hashed API key on a plan from a callers file,
+/// a bearer token, an exemption by hash, and no raw key in what the sidecar shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_plans_and_exemptions_work_on_the_memory_store() {
+    let dir = scratch_dir();
+    let up = Upstream::start(&dir).await;
+    let callers = dir.join("plans.yaml");
+    let monitor =
+        String::from_utf8(sluice::identity::CallerHash::Sha256.caller(b"sk_monitor".to_vec()))
+            .unwrap();
+    std::fs::write(&callers, "sk_pro: pro\n").unwrap();
+    let body = format!(
+        "store: {{ backend: memory }}
+identity: [{{ api_key: {{ header: x-api-key }} }}, {{ bearer: true }}]
+exempt: {{ callers: [\"{monitor}\"] }}
+plans:
+  free: {{ limits: [{{ requests: 2, window: 60s }}] }}
+  pro: {{ limits: [{{ requests: 4, window: 60s }}] }}
+plan: {{ from: [{{ callers_file: \"{}\" }}], default: free }}
+routes:
+  - name: api
+    match: {{ path_prefix: / }}
+    limits: plan
+",
+        callers.display()
+    );
+    let mut s = Sidecar::start(&dir, "s1", up.port, &body).await;
+    let count = async |h: (&str, &str)| {
+        let mut ok = 0;
+        for _ in 0..6 {
+            ok += (status(s.port, "/x", &[h]).await == 200) as usize;
+        }
+        ok
+    };
+    assert_eq!(count(("x-api-key", "sk_pro")).await, 4);
+    assert_eq!(count(("x-api-key", "sk_other")).await, 2);
+    assert_eq!(count(("authorization", "Bearer tok_1")).await, 2);
+    assert_eq!(count(("x-api-key", "sk_monitor")).await, 6);
+    let stats = get(s.admin_port, "/stats/sk_pro").await.unwrap();
+    assert_eq!(stats.json()["routes"][0]["plan"], "pro", "{stats:?}");
+    assert_eq!(
+        stats.json()["routes"][0]["limits"][0]["used"],
+        4,
+        "{stats:?}"
+    );
+    let metrics = get(s.admin_port, "/metrics").await.unwrap().body;
+    s.proc.kill();
+    for text in [stats.body, metrics, s.proc.log_text()] {
+        for raw in ["sk_pro", "sk_other", "tok_1", "sk_monitor"] {
+            assert!(!text.contains(raw), "{raw} in {text}");
+        }
+    }
+}

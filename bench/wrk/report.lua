@@ -6,7 +6,25 @@ local users = tonumber(os.getenv("USERS") or "0")
 local path = os.getenv("WRK_PATH") or "/api/data"
 local threads = {}
 
-if users > 0 then
+-- With $HEADERS_FILE, every request instead carries one line of that file, at random, as a
+-- header ("authorization: Bearer ..."): one caller per line.
+local headers_file = os.getenv("HEADERS_FILE")
+if headers_file then
+  local lines = {}
+  for line in io.lines(headers_file) do
+    local name, value = line:match("^([^:]+):%s*(.*)$")
+    table.insert(lines, { [name] = value })
+  end
+  local requests = {}
+  init = function(args)
+    for i, h in ipairs(lines) do
+      requests[i] = wrk.format(nil, path, h)
+    end
+  end
+  request = function()
+    return requests[math.random(#requests)]
+  end
+elseif users > 0 then
   request = function()
     return wrk.format(nil, path .. "?user_id=u" .. math.random(users))
   end
