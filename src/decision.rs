@@ -302,7 +302,7 @@ impl Decider {
         if route.exempt.by_caller(caller.as_deref()) {
             return skip(counters, Outcome::Exempt, rewrite, trace);
         }
-        let plan = self.plan_of(route, caller.as_deref(), claims.as_ref(), head);
+        let plan = self.plan_of(route, caller.as_deref(), claims.as_deref(), head);
         let set = self.limits[index].for_caller(caller.as_deref(), plan.map(|(i, _)| i));
         let mut values = Values::new(&self.identity, head.query, head.headers, head.peer);
         let checks = match set.checks(&self.key_prefix, caller.as_deref(), &mut values) {

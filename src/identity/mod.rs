@@ -207,7 +207,7 @@ pub fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
 }
 
 /// A caller, and the verified claims of the token that named it (when a `jwt` source did).
-pub type CallerAndClaims = (Vec<u8>, Option<serde_json::Value>);
+pub type CallerAndClaims = (Vec<u8>, Option<Arc<serde_json::Value>>);
 
 /// What a route does with a request that names no caller (`on_missing_identity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -303,7 +303,7 @@ impl IdentityExtractor {
         jwt: &Jwt,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
-    ) -> Result<Option<(Vec<u8>, serde_json::Value)>, IdentityError> {
+    ) -> Result<Option<jwt::Claimed>, IdentityError> {
         let token = match &jwt.header {
             None => bearer_token(headers)?,
             Some(name) => header_value(headers, name)?.map(|v| match strip_bearer(&v) {
@@ -317,9 +317,7 @@ impl IdentityExtractor {
         if jwt.unverified() && !peer.is_some_and(|p| self.trusted.trusts(p)) {
             return Ok(None);
         }
-        let claims = jwt.verify(&token).map_err(IdentityError::Token)?;
-        let caller = jwt.caller(&claims).map_err(IdentityError::Token)?;
-        Ok(Some((caller, claims)))
+        jwt.verified(&token).map(Some).map_err(IdentityError::Token)
     }
 
     /// Re-reads the key files of `jwt` sources that changed; whether any did.

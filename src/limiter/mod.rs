@@ -15,7 +15,7 @@ pub mod leases;
 pub mod limit;
 pub mod memory;
 pub mod redis;
-mod shards;
+pub(crate) mod shards;
 pub mod side;
 
 #[cfg(test)]
