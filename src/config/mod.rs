@@ -281,6 +281,60 @@ routes:
     }
 
     #[test]
+    fn identity_policies_have_global_defaults_that_routes_override() {
+        use crate::identity::OnMissingIdentity;
+        let text = r#"
+upstream: { addrs: ["h:1"] }
+identity:
+  - jwt: { claim: sub, secret_env: SLUICE_TEST_JWT_SECRET, header: x-id-token }
+on_missing_identity: reject
+exempt: { preflight: false, callers: [ops] }
+routes:
+  - name: a
+    match: { path_prefix: /a/ }
+    limits: [{ requests: 1, window: 1s }]
+  - name: b
+    match: { path_prefix: / }
+    on_missing_identity: skip
+    exempt: { preflight: true }
+    limits: [{ requests: 1, window: 1s }]
+"#;
+        let env = |k: &str| {
+            (k == "SLUICE_TEST_JWT_SECRET").then(|| "0123456789abcdef0123456789abcdef".into())
+        };
+        let c = parse("x.yaml", text, &env).unwrap();
+        let (a, b) = (&c.routes.routes()[0], &c.routes.routes()[1]);
+        assert_eq!(a.on_missing_identity, OnMissingIdentity::Reject);
+        assert_eq!(b.on_missing_identity, OnMissingIdentity::Skip);
+        assert!(!a.exempt.preflight && b.exempt.preflight);
+        assert!(a.exempt.callers.contains(&b"ops".to_vec()));
+        assert!(
+            b.exempt.callers.contains(&b"ops".to_vec()),
+            "a route's list adds to the global"
+        );
+        // The secret came from the environment: a token signed with it names its caller, read
+        // from the configured header (with or without a Bearer scheme).
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "zed", "exp": jsonwebtoken::get_current_timestamp() + 60}),
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        for value in [token.clone(), format!("Bearer {token}")] {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-id-token", value.parse().unwrap());
+            assert_eq!(c.identity.caller(None, &h, None), Ok(Some(b"zed".to_vec())));
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        assert_eq!(
+            c.identity.caller(None, &h, None),
+            Ok(None),
+            "only the configured header"
+        );
+    }
+
+    #[test]
     fn a_file_without_store_uses_memory_and_defaults() {
         let c = parse("x.yaml", "upstream: { addrs: [\"h:1\"] }", &no_env).unwrap();
         assert_eq!(c.store.backend, Backend::Memory);
