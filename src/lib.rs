@@ -2,9 +2,12 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML file model and the validated runtime model (`--check` lives here).
-//! - [`identity`]: who is calling (query parameter, header, client IP via trusted proxies), and
-//!   the request values other scopes are keyed by.
-//! - [`routes`]: the ordered route table (method + path → route); it only matches requests.
+//! - [`identity`]: who is calling (query parameter, header, client IP via trusted proxies, API
+//!   key, bearer token, verified JWT claim; hashed when configured), and the request values
+//!   other scopes are keyed by; [`plans`]: which plan's limits a caller gets; [`exempt`]:
+//!   requests that spend no quota.
+//! - [`routes`]: the ordered route table (method + path + headers → route); it only matches
+//!   requests.
 //! - [`limiter`]: the limit model ([`limiter::Limit`]: a kind and a scope), keys, and one engine
 //!   in two stores: `check.lua` in Redis (one server or a cluster) and its twin in memory,
 //!   checked against each other; the denial cache, the circuit breaker, leases of in-flight
