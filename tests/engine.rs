@@ -1,5 +1,5 @@
 //! One engine, checked against itself: random traces (mixed kinds and algorithms, costs, request
-//! ids, releases, renewals, undone counts, clock steps across window edges) run through the
+//! ids, releases, renewals, counts settled at another cost (or undone), clock steps across window edges) run through the
 //! memory store and through `check.lua` on a real redis-server, on one clock, and every answer
 //! must be the same: admitted or not, which limit refuses, and each limit's used, remaining,
 //! reset and retry.
@@ -63,7 +63,9 @@ enum Step {
     Advance(u64),
     Release(usize),
     Renew,
-    Undo(usize),
+    /// Settles a counted request at another cost (0 undoes it): what the settlement after a
+    /// response does, with more or less than was reserved.
+    Settle(usize, u32),
 }
 
 fn limits() -> impl Strategy<Value = Vec<usize>> {
@@ -91,7 +93,7 @@ fn step() -> impl Strategy<Value = Step> {
         .prop_map(Step::Advance),
         1 => any::<usize>().prop_map(Step::Release),
         1 => Just(Step::Renew),
-        1 => any::<usize>().prop_map(Step::Undo),
+        2 => (any::<usize>(), prop_oneof![Just(0u32), 1..12u32]).prop_map(|(k, c)| Step::Settle(k, c)),
     ]
 }
 
@@ -227,13 +229,18 @@ fn run(start: u64, steps: &[Step]) -> Result<(), TestCaseError> {
                 memory.renew();
                 w.runtime.block_on(w.store.renew());
             }
-            Step::Undo(k) if !counted.is_empty() => {
+            Step::Settle(k, to) if !counted.is_empty() => {
                 let (checks, cost, m, r) = counted.remove(k % counted.len());
-                memory.adjust(&checks, m.member, (cost, 0), m.at, None);
-                let undone = w.store.adjust(&checks, r.member, (cost, 0), r.at, None);
-                w.runtime.block_on(undone).unwrap();
+                // As the proxy settles: rate limits only (a slot is not a count).
+                let rates: Vec<Check> = checks
+                    .into_iter()
+                    .filter(|c| c.kind.rate().is_some())
+                    .collect();
+                memory.adjust(&rates, m.member, (cost, *to), m.at, None);
+                let settled = w.store.adjust(&rates, r.member, (cost, *to), r.at, None);
+                w.runtime.block_on(settled).unwrap();
             }
-            Step::Release(_) | Step::Undo(_) => {}
+            Step::Release(_) | Step::Settle(..) => {}
         }
         // Every key of both stores, after every step: a difference shows where it began.
         for subject in 0..2 {

@@ -99,6 +99,9 @@ pub enum Decision {
 pub struct Receipt {
     pub member: u64,
     pub at: u64,
+    /// A retry of a request counted before (a request id within its budget): it passed the
+    /// rate limits uncounted, so there is nothing of its own to adjust.
+    pub replayed: bool,
 }
 
 /// A refused request: the limit that refuses longest (whose retry time the 429 reports) and

@@ -268,7 +268,11 @@ impl MemoryLimiter {
                 return Err(StoreError::Full(self.max_keys));
             }
         };
-        let receipt = Receipt { member, at: now };
+        let receipt = Receipt {
+            member,
+            at: now,
+            replayed: replay && admitted,
+        };
         Ok(Decision::from_parts(
             admitted, checks, parts, permit, receipt,
         ))
@@ -310,7 +314,11 @@ impl MemoryLimiter {
         } else if ends <= now {
             shard.remove(&c.key);
         }
-        let receipt = Receipt { member, at: now };
+        let receipt = Receipt {
+            member,
+            at: now,
+            replayed: false,
+        };
         let checks = std::slice::from_ref(c);
         Ok(Decision::from_parts(
             admitted,

@@ -171,6 +171,34 @@ impl Store {
         }
     }
 
+    /// Settles what an admitted request counted on its rate limits `checks` (`counted` units,
+    /// as `receipt` says) at `cost` units instead: 0 undoes the count, more charges the
+    /// difference. A replayed retry counted nothing of its own and is left alone.
+    pub async fn adjust(
+        &self,
+        checks: &[Check],
+        receipt: Receipt,
+        counted: u32,
+        cost: u32,
+    ) -> Result<(), StoreError> {
+        if receipt.replayed || counted == cost || checks.is_empty() {
+            return Ok(());
+        }
+        let (member, at) = (receipt.member, receipt.at);
+        match self {
+            Store::Memory(m) => {
+                m.adjust(checks, member, (counted, cost), at, None);
+                Ok(())
+            }
+            Store::Redis(r) => Box::pin(r.adjust(checks, member, (counted, cost), at, None)).await,
+            #[cfg(test)]
+            Store::Double(d) => {
+                d.memory.adjust(checks, member, (counted, cost), at, None);
+                Ok(())
+            }
+        }
+    }
+
     /// Gives back the slots of a request that has ended. A failure is logged, not returned:
     /// the request is over either way, and its lease runs out by itself.
     pub async fn release(&self, permit: Permit) {

@@ -350,7 +350,11 @@ impl RedisLimiter {
             done.push((g, at, mark));
         }
         let at = done.first().map_or(0, |d| d.1);
-        let receipt = Receipt { member, at };
+        let receipt = Receipt {
+            member,
+            at,
+            replayed,
+        };
         Ok((
             Decision::from_parts(true, ask.checks, parts, None, receipt),
             at,
@@ -374,7 +378,11 @@ impl RedisLimiter {
         let op = Op::check(ask.checks, self.lease, member, retry, false, ask.cost);
         match self.run(op, ask.cost > 0).await? {
             Reply::Checked { status, parts, at } => {
-                let receipt = Receipt { member, at };
+                let receipt = Receipt {
+                    member,
+                    at,
+                    replayed: status == 2,
+                };
                 let decision = Decision::from_parts(status != 0, ask.checks, parts, None, receipt);
                 Ok((decision, at))
             }
