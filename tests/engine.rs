@@ -1,6 +1,6 @@
 //! One engine, checked against itself: random traces (mixed kinds and algorithms, costs, request
-//! ids, releases, renewals, counts settled at another cost (or undone), clock steps across window edges) run through the
-//! memory store and through `check.lua` on a real redis-server, on one clock, and every answer
+//! ids, releases, renewals, counts settled at another cost or undone, clock steps across window
+//! edges) run through the memory store and through `check.lua` on a real redis-server, on one clock, and every answer
 //! must be the same: admitted or not, which limit refuses, and each limit's used, remaining,
 //! reset and retry.
 
