@@ -9,7 +9,8 @@ use crate::config::{AccessLog, CallerInLog, Config};
 use crate::identity::{IdentityExtractor, OnMissingIdentity, RequestIds};
 use crate::limiter::side::Held;
 use crate::limiter::{
-    Ask, Check, Decision, Limit, OnError, Refused, Retry, Scope, Store, StoreSide,
+    Ask, Check, Decision, Limit, OnError, Receipt, Refused, Retry, Scope, StatusMatch, Store,
+    StoreSide,
 };
 use crate::metrics::{Metrics, Outcome, RouteCounters, UpstreamError, UpstreamErrors, NO_ROUTE};
 use crate::plans::{PlanInputs, Plans};
@@ -81,6 +82,22 @@ pub struct Forward {
     pub rate_headers: Option<RateLimitHeaders>,
     /// The in-flight slots the request holds until it ends (see [`StoreSide::release`]).
     pub held: Option<Held>,
+    /// What to settle once the response is known (limits that count by outcome).
+    pub settle: Option<Box<Settle>>,
+}
+
+/// An admitted request's counts that its response decides: each rate limit with
+/// `count: { status }` keeps the request only when the response's status matches; the rest
+/// stay as counted.
+#[derive(Debug)]
+pub struct Settle {
+    /// The request's rate checks that count by outcome, each with the statuses that keep it.
+    by_status: Vec<(Check, StatusMatch)>,
+    receipt: Receipt,
+    /// What the request counted on each (its cost).
+    reserved: u32,
+    /// Counted by the local fallback store (`on_error: local`), not the shared one.
+    fallback: bool,
 }
 
 /// Everything a decision needs, built once from the config and shared by every worker;
@@ -181,6 +198,41 @@ impl Decider {
     /// Re-reads the `jwt` key files that changed since they were read.
     pub fn refresh_keys(&self) -> bool {
         self.identity.refresh_keys()
+    }
+
+    /// Settles an admitted request once its response status is known (0: no response): each
+    /// limit that counts by outcome keeps the request only when the status matches. A failure
+    /// to reach the store is logged: the count then stays, as a reservation that its window
+    /// ends.
+    pub async fn settle(&self, settle: Box<Settle>, status: u16) {
+        let given_back: Vec<Check> = settle
+            .by_status
+            .into_iter()
+            .filter(|(_, keep)| !keep.matches(status))
+            .map(|(c, _)| c)
+            .collect();
+        if given_back.is_empty() {
+            return;
+        }
+        let (receipt, reserved) = (settle.receipt, settle.reserved);
+        if settle.fallback {
+            let scaled: Vec<Check> = given_back
+                .into_iter()
+                .map(|c| Check {
+                    kind: c.kind.scaled(self.fallback_share),
+                    key: c.key,
+                })
+                .collect();
+            let member = receipt.member;
+            self.side
+                .fallback
+                .adjust(&scaled, member, (reserved, 0), receipt.at, None);
+            return;
+        }
+        let adjusted = self.side.store.adjust(&given_back, receipt, reserved, 0);
+        if let Err(e) = adjusted.await {
+            log::debug!("settling a response failed (its count stays until its window ends): {e}");
+        }
     }
 
     /// The caller a raw identity names (its hash, when identities are hashed).
@@ -333,7 +385,24 @@ impl Decider {
             cost: route.cost.of(head.method.as_str()),
             retry,
         };
-        let (mut outcome, decided) = self.limit(route, set, &ask).await;
+        let (mut outcome, mut decided) = self.limit(route, set, &ask).await;
+        let settle = match &mut decided {
+            Decided::Admitted {
+                receipt: Some((receipt, fallback)),
+                ..
+            } if set.settles => Some(Box::new(Settle {
+                by_status: set
+                    .limits
+                    .iter()
+                    .zip(&checks)
+                    .filter_map(|(l, c)| Some((c.clone(), l.count.clone()?)))
+                    .collect(),
+                receipt: *receipt,
+                reserved: ask.cost.max(1),
+                fallback: *fallback,
+            })),
+            _ => None,
+        };
         let shadowed = route.shadow && matches!(decided, Decided::Refused(_));
         if shadowed {
             outcome = Outcome::ShadowLimited;
@@ -342,8 +411,12 @@ impl Decider {
         trace.decision = outcome.label();
         match decided {
             // A shadow route is a dry run: it counts, and clients see nothing of it.
-            Decided::Admitted { held, .. } if route.shadow => forward(rewrite, None, held, trace),
-            Decided::Admitted { headers, held } => forward(rewrite, headers, held, trace),
+            Decided::Admitted { held, .. } if route.shadow => {
+                forward_settled(rewrite, None, held, settle, trace)
+            }
+            Decided::Admitted { headers, held, .. } => {
+                forward_settled(rewrite, headers, held, settle, trace)
+            }
             Decided::Refused(refused) if shadowed => {
                 let who = shown_caller(shown.as_deref(), self.access_log.1);
                 log::info!(target: "sluice::shadow", "shadow route {}: would refuse caller {who}", route.name);
@@ -413,15 +486,22 @@ impl Decider {
                     .store_seconds
                     .observe((received - sent).as_secs_f64());
                 match decision {
-                    Decision::Admitted { states, permit, .. } => (
+                    Decision::Admitted {
+                        states,
+                        permit,
+                        receipt,
+                    } => (
                         Outcome::Admitted,
                         Decided::Admitted {
                             headers: RateLimitHeaders::admitted(&set.policy, &states),
                             held: permit.map(Held::Store),
+                            receipt: Some((receipt, false)),
                         },
                     ),
                     Decision::Limited(refused) => {
-                        if let Some(d) = denials {
+                        // A refusal by counts that responses may still give back is not
+                        // certain until its window passes: it is not cached.
+                        if let Some(d) = denials.filter(|_| !set.settles) {
                             let key = &ask.checks[refused.index].key;
                             let at = (sent, received);
                             d.insert(key, &refused.state, ask.cost, at, self.generation);
@@ -443,6 +523,7 @@ impl Decider {
             OnError::Allow => Decided::Admitted {
                 headers: None,
                 held: None,
+                receipt: None,
             },
             OnError::Deny => Decided::Unavailable,
             OnError::Local => {
@@ -459,9 +540,14 @@ impl Decider {
                     ..*ask
                 };
                 match self.side.fallback.check(&local) {
-                    Ok(Decision::Admitted { states, permit, .. }) => Decided::Admitted {
+                    Ok(Decision::Admitted {
+                        states,
+                        permit,
+                        receipt,
+                    }) => Decided::Admitted {
                         headers: RateLimitHeaders::admitted(&set.policy, &states),
                         held: permit.map(Held::Fallback),
+                        receipt: Some((receipt, true)),
                     },
                     Ok(Decision::Limited(refused)) => Decided::Refused(refused),
                     Err(_) => Decided::Unavailable,
@@ -525,6 +611,8 @@ enum Decided {
     Admitted {
         headers: Option<RateLimitHeaders>,
         held: Option<Held>,
+        /// What the store counted (and whether it was the local fallback), for settling.
+        receipt: Option<(Receipt, bool)>,
     },
     Refused(Refused),
     /// No decision could be made and the policy refuses: 503.
@@ -537,11 +625,22 @@ fn forward(
     held: Option<Held>,
     trace: Trace<'_>,
 ) -> Verdict<'_> {
+    forward_settled(rewrite, rate_headers, held, None, trace)
+}
+
+fn forward_settled(
+    rewrite: Option<http::Uri>,
+    rate_headers: Option<RateLimitHeaders>,
+    held: Option<Held>,
+    settle: Option<Box<Settle>>,
+    trace: Trace<'_>,
+) -> Verdict<'_> {
     Verdict {
         action: Action::Forward(Forward {
             rewrite,
             rate_headers,
             held,
+            settle,
         }),
         trace,
     }

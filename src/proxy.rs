@@ -3,7 +3,7 @@
 
 use crate::access_log::{self, Entry};
 use crate::config::{AccessLog, CallerInLog};
-use crate::decision::{Action, Decider, RequestHead};
+use crate::decision::{Action, Decider, RequestHead, Settle};
 use crate::forwarded;
 use crate::limiter::side::Held;
 use crate::limiter::StoreSide;
@@ -54,6 +54,13 @@ impl Worker {
         }
     }
 
+    /// Settles the request's outcome-dependent counts by `status`, once.
+    async fn settle(&self, ctx: &mut RequestCtx, status: u16) {
+        if let (Some(settle), Some((decider, _))) = (ctx.settle.take(), &ctx.decided) {
+            decider.settle(settle, status).await;
+        }
+    }
+
     /// Writes a complete response sluice made itself and keeps the connection.
     async fn respond(
         &self,
@@ -85,6 +92,9 @@ pub struct RequestCtx {
     /// request: answered here, proxied, failed upstream, or left by its client).
     held: Option<Held>,
     rewrite: Option<http::Uri>,
+    /// Counts the response decides (limits that count by outcome), settled as soon as its
+    /// status is known and before the client sees it.
+    settle: Option<Box<Settle>>,
     upstream_tries: usize,
     /// The rules this request was decided on and its route, for counting an upstream failure.
     decided: Option<(Arc<Decider>, Option<usize>)>,
@@ -168,6 +178,7 @@ impl ProxyHttp for Worker {
                 ctx.rate_headers = forward.rate_headers;
                 ctx.rewrite = forward.rewrite;
                 ctx.held = forward.held;
+                ctx.settle = forward.settle;
                 // Moved, not cloned: the request already holds this reference.
                 ctx.decided = Some((decider, route_index));
                 return Ok(false);
@@ -214,6 +225,7 @@ impl ProxyHttp for Worker {
             Some(kind) if code == 502 => kind.answer().0,
             _ => code,
         };
+        self.settle(ctx, code).await;
         // Nothing can be sent once the response has begun (or the client has gone).
         if code > 0 && session.response_written().is_none() {
             if let Ok((reason, response)) = response::proxy_error(code) {
@@ -297,6 +309,7 @@ impl ProxyHttp for Worker {
         if let Some(log) = &mut ctx.log {
             log.entry.upstream = log.upstream_sent.map(|t| t.elapsed());
         }
+        self.settle(ctx, upstream.status.as_u16()).await;
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }
@@ -313,6 +326,9 @@ impl ProxyHttp for Worker {
         if let Some(held) = ctx.held.take() {
             self.shared.side.release(held).await;
         }
+        // No response reached the settlement (the client left first): no status matched.
+        let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        self.settle(ctx, status).await;
         let Some(mut log) = ctx.log.take() else {
             return;
         };

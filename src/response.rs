@@ -384,6 +384,7 @@ mod tests {
             br#"{"error":"rate_limited","route":"r","bucket":"account","limit":5,"window_s":60,"per":"caller","retry_after":20}"#
         );
         let slots = Limit {
+            count: None,
             per: Scope::Global,
             ..Limit::per_caller(Kind::Concurrency(NonZeroU32::new(10).unwrap()))
         };

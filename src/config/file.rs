@@ -339,6 +339,23 @@ pub struct LimitFile {
     pub concurrency: Option<i64>,
     /// Whose requests it counts together (default caller).
     pub per: Option<PerFile>,
+    /// Only requests whose response status matches stay counted.
+    pub count: Option<CountFile>,
+}
+
+/// `count: { status: [401, 403] }` or `count: { status: 5xx }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountFile {
+    pub status: StatusesFile,
+}
+
+/// One status or class, or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StatusesFile {
+    One(Text),
+    Many(Vec<Text>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

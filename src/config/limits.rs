@@ -7,7 +7,7 @@ use super::format_duration;
 use crate::exempt::Exempt;
 use crate::identity::{CallerHash, IdentitySource, TrustedProxies};
 use crate::identity::{Cidr, OnMissingIdentity};
-use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope};
+use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope, StatusMatch};
 use crate::plans::{CallersIndex, PlanSource, Plans};
 use crate::routes::{normalize_path, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
@@ -235,6 +235,26 @@ fn limits(
             Some(f) => per(f, &format!("{at}.per"), p),
             None => Some(default_per.clone()),
         };
+        let count = l.count.as_ref().and_then(|c| {
+            let items: Vec<&str> = match &c.status {
+                StatusesFile::One(t) => vec![t.0.as_str()],
+                StatusesFile::Many(ts) => ts.iter().map(|t| t.0.as_str()).collect(),
+            };
+            if items.is_empty() {
+                p.add(&format!("{at}.count.status"), "must list at least one status");
+                return None;
+            }
+            if l.concurrency.is_some() {
+                p.add(
+                    &format!("{at}.count"),
+                    "applies to rates only (an in-flight slot is held until the response ends anyway)",
+                );
+                return None;
+            }
+            StatusMatch::parse(items)
+                .map_err(|e| p.add(&format!("{at}.count.status"), e))
+                .ok()
+        });
         let (Some(kind), Some(per)) = (kind(l, &at, p), scope) else {
             continue;
         };
@@ -258,6 +278,7 @@ fn limits(
                 kind,
                 per,
                 bucket: bucket.clone(),
+                count,
             },
         ));
     }

@@ -20,6 +20,8 @@ pub struct LimitSet {
     /// Whose counts each limit keeps: the route's name, or `@bucket`.
     owners: Vec<String>,
     pub policy: Policy,
+    /// Some limit counts by outcome: an admitted request is settled once its response is known.
+    pub settles: bool,
 }
 
 impl LimitSet {
@@ -35,6 +37,7 @@ impl LimitSet {
                 })
                 .collect(),
             policy: Policy::new(route, limits),
+            settles: limits.iter().any(|l| l.count.is_some()),
             limits: limits.to_vec(),
         }
     }

@@ -407,3 +407,64 @@ async fn a_plans_limits_are_keyed_by_route_and_plan_beside_the_buckets() {
     let last = w.double.asked().last().unwrap().keys.clone();
     assert_eq!(last[0], "sluice:{api+free:eve}:60000");
 }
+
+const OUTCOMES: &str = r#"
+upstream: { addrs: ["127.0.0.1:9"] }
+store: { on_error: local, fallback_share: 1 }
+routes:
+  - name: login
+    match: { path_prefix: / }
+    limits: [{ requests: 2, window: 60s, count: { status: ["4xx", 500] } }]
+"#;
+
+/// Admits one request for `user` and settles it with `status`; the admission's outcome.
+async fn admit_and_settle(w: &World, user: &str, status: u16) -> &'static str {
+    let target = format!("/x?user_id={user}");
+    let uri: http::Uri = target.parse().unwrap();
+    let headers = HeaderMap::new();
+    let head = RequestHead {
+        method: &Method::POST,
+        raw_target: target.as_bytes(),
+        path: uri.path(),
+        query: uri.query(),
+        headers: &headers,
+        peer: None,
+    };
+    let verdict = w.decider.decide(&head).await;
+    if let Action::Forward(f) = verdict.action {
+        w.decider
+            .settle(f.settle.expect("a count to settle"), status)
+            .await;
+    }
+    verdict.trace.decision
+}
+
+#[tokio::test]
+async fn a_response_that_does_not_match_gives_its_count_back_on_either_store() {
+    for mode in [Mode::Works, Mode::Fails] {
+        let w = world_of(OUTCOMES);
+        w.double.set(mode);
+        let admitted = if mode == Mode::Works {
+            "admitted"
+        } else {
+            "store_error"
+        };
+        for status in [200, 201, 302, 200, 503] {
+            assert_eq!(
+                admit_and_settle(&w, "a", status).await,
+                admitted,
+                "{mode:?}"
+            );
+        }
+        assert_eq!(admit_and_settle(&w, "a", 404).await, admitted);
+        assert_eq!(admit_and_settle(&w, "a", 500).await, admitted);
+        let target = "/x?user_id=a";
+        let (decision, status) = ask_method(&w, Method::POST, target, &[], "192.0.2.1").await;
+        let limited = if mode == Mode::Works {
+            "limited"
+        } else {
+            "store_error"
+        };
+        assert_eq!((decision, status), (limited, 429), "{mode:?}");
+    }
+}

@@ -200,6 +200,9 @@ pub struct Limit {
     /// The shared bucket this limit belongs to (`None`: the route's own). A bucket's limits
     /// are counted under the bucket's name, so every route that draws from it shares them.
     pub bucket: Option<Arc<str>>,
+    /// `count: { status: ... }`: only requests whose response status matches stay counted
+    /// (each is counted at admission and given back when its response does not match).
+    pub count: Option<StatusMatch>,
 }
 
 impl Limit {
@@ -209,11 +212,60 @@ impl Limit {
             kind,
             per: Scope::caller(),
             bucket: None,
+            count: None,
         }
     }
 
     pub fn rate(&self) -> Option<&Rate> {
         self.kind.rate()
+    }
+}
+
+/// Response statuses, by class (`4xx`) and by code (`401`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct StatusMatch {
+    /// Bit `n` set: every status `n00`-`n99` (n in 1..=5).
+    classes: u8,
+    codes: Box<[u16]>,
+}
+
+impl StatusMatch {
+    /// From `401`, `"4xx"`, `"5XX"`; `None` for anything else.
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<StatusMatch, String> {
+        let mut m = StatusMatch::default();
+        let mut codes = Vec::new();
+        for item in items {
+            let t = item.trim();
+            let b = t.as_bytes();
+            if b.len() == 3 && b[1..].eq_ignore_ascii_case(b"xx") && (b'1'..=b'5').contains(&b[0]) {
+                m.classes |= 1 << (b[0] - b'0');
+            } else {
+                match t.parse::<u16>() {
+                    Ok(code) if (100..=599).contains(&code) => codes.push(code),
+                    _ => return Err(format!(
+                        "invalid status \"{t}\" (a code from 100 to 599, or a class such as 5xx)"
+                    )),
+                }
+            }
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        m.codes = codes.into_boxed_slice();
+        Ok(m)
+    }
+
+    pub fn matches(&self, status: u16) -> bool {
+        let class = status / 100;
+        (class < 8 && self.classes & (1 << class) != 0) || self.codes.contains(&status)
+    }
+
+    /// As the config writes it: `[401, 403]`, `["5xx"]`.
+    pub fn label(&self) -> String {
+        let classes = (1..=5u8)
+            .filter(|c| self.classes & (1 << c) != 0)
+            .map(|c| format!("\"{c}xx\""));
+        let codes = self.codes.iter().map(|c| c.to_string());
+        format!("[{}]", classes.chain(codes).collect::<Vec<_>>().join(", "))
     }
 }
 

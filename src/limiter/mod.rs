@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::ask::{Ask, Check, Decision, LimitState, Parts, Permit, Receipt, Refused, Retry};
-pub use self::limit::{Algorithm, Cost, Kind, Limit, OnError, Part, Rate, Scope};
+pub use self::limit::{Algorithm, Cost, Kind, Limit, OnError, Part, Rate, Scope, StatusMatch};
 pub use self::side::StoreSide;
 
 pub use self::memory::MemoryLimiter;
