@@ -17,6 +17,7 @@ use crate::plans::{PlanInputs, Plans};
 use crate::response::{RateLimitHeaders, Refusal};
 use crate::routes::{normalize_path, Route, RouteTable};
 use http::{HeaderMap, Method};
+use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -87,12 +88,15 @@ pub struct Forward {
 }
 
 /// An admitted request's counts that its response decides: each rate limit with
-/// `count: { status }` keeps the request only when the response's status matches; the rest
-/// stay as counted.
+/// `count: { status }` keeps the request only when the response's status matches, and on a
+/// route with `cost_from` every rate limit is settled at the cost the response reports.
 #[derive(Debug)]
 pub struct Settle {
-    /// The request's rate checks that count by outcome, each with the statuses that keep it.
-    by_status: Vec<(Check, StatusMatch)>,
+    /// The request's rate checks to settle, each with the statuses that keep it (`None`:
+    /// kept whatever the status).
+    checks: Vec<(Check, Option<StatusMatch>)>,
+    /// The route's index (its `cost_from`, its counters).
+    route: usize,
     receipt: Receipt,
     /// What the request counted on each (its cost).
     reserved: u32,
@@ -111,6 +115,8 @@ pub struct Decider {
     unrouted: RouteCounters,
     /// `upstream_errors[i]` belongs to `routes[i]`; the last to requests no route matched.
     upstream_errors: Vec<UpstreamErrors>,
+    /// `cost_counters[i]`: route i's responses that reported no cost, and more than max_cost.
+    cost_counters: Vec<(IntCounter, IntCounter)>,
     identity: IdentityExtractor,
     plans: Option<Arc<Plans>>,
     request_ids: Option<RequestIds>,
@@ -148,6 +154,10 @@ impl Decider {
                 .map(|r| r.name.as_str())
                 .chain([NO_ROUTE])
                 .map(|name| metrics.upstream_errors(name))
+                .collect(),
+            cost_counters: routes
+                .iter()
+                .map(|r| metrics.cost_counters(&r.name))
                 .collect(),
             routes: config.routes.clone(),
             identity: config.identity.clone(),
@@ -200,23 +210,62 @@ impl Decider {
         self.identity.refresh_keys()
     }
 
-    /// Settles an admitted request once its response status is known (0: no response): each
-    /// limit that counts by outcome keeps the request only when the status matches. A failure
-    /// to reach the store is logged: the count then stays, as a reservation that its window
-    /// ends.
-    pub async fn settle(&self, settle: Box<Settle>, status: u16) {
-        let given_back: Vec<Check> = settle
-            .by_status
-            .into_iter()
-            .filter(|(_, keep)| !keep.matches(status))
-            .map(|(c, _)| c)
-            .collect();
-        if given_back.is_empty() {
-            return;
+    /// Settles an admitted request once its response is known: `status` (0: none came) and
+    /// its `headers` (`None`: no response from the upstream). A limit that counts by outcome
+    /// keeps the request only when the status matches; on a route with `cost_from`, what is
+    /// kept is the cost the response reports (the reservation when it reports none, or
+    /// nothing readable, counted in `sluice_cost_unreported_total`; `max_cost` when it
+    /// reports more, counted in `sluice_cost_clamped_total`). A failure to reach the store is
+    /// logged: the reservation then stays until its window ends.
+    pub async fn settle(&self, settle: Box<Settle>, status: u16, headers: Option<&HeaderMap>) {
+        let reserved = settle.reserved;
+        let route = &self.routes.routes()[settle.route];
+        let cost = match &route.cost_from {
+            None => reserved,
+            Some(from) => match headers.map(|h| from.reported(h)) {
+                Some(Ok((cost, clamped))) => {
+                    if clamped {
+                        self.cost_counters[settle.route].1.inc();
+                    }
+                    cost
+                }
+                _ => {
+                    self.cost_counters[settle.route].0.inc();
+                    reserved
+                }
+            },
+        };
+        let (mut at_cost, mut given_back) = (Vec::new(), Vec::new());
+        for (check, keep) in settle.checks {
+            match keep {
+                Some(keep) if !keep.matches(status) => given_back.push(check),
+                _ => at_cost.push(check),
+            }
         }
-        let (receipt, reserved) = (settle.receipt, settle.reserved);
-        if settle.fallback {
-            let scaled: Vec<Check> = given_back
+        for (checks, to) in [(given_back, 0), (at_cost, cost)] {
+            if checks.is_empty() || to == reserved {
+                continue;
+            }
+            self.adjust(checks, settle.receipt, settle.fallback, reserved, to)
+                .await;
+        }
+    }
+
+    /// Replaces what an admitted request counted on `checks` by `to` units, in the store that
+    /// counted it.
+    async fn adjust(
+        &self,
+        checks: Vec<Check>,
+        receipt: Receipt,
+        fallback: bool,
+        reserved: u32,
+        to: u32,
+    ) {
+        if fallback {
+            if receipt.replayed {
+                return;
+            }
+            let scaled: Vec<Check> = checks
                 .into_iter()
                 .map(|c| Check {
                     kind: c.kind.scaled(self.fallback_share),
@@ -226,12 +275,14 @@ impl Decider {
             let member = receipt.member;
             self.side
                 .fallback
-                .adjust(&scaled, member, (reserved, 0), receipt.at, None);
+                .adjust(&scaled, member, (reserved, to), receipt.at, None);
             return;
         }
-        let adjusted = self.side.store.adjust(&given_back, receipt, reserved, 0);
+        let adjusted = self.side.store.adjust(&checks, receipt, reserved, to);
         if let Err(e) = adjusted.await {
-            log::debug!("settling a response failed (its count stays until its window ends): {e}");
+            log::debug!(
+                "settling a response failed (its reservation stays until its window ends): {e}"
+            );
         }
     }
 
@@ -390,13 +441,17 @@ impl Decider {
             Decided::Admitted {
                 receipt: Some((receipt, fallback)),
                 ..
-            } if set.settles => Some(Box::new(Settle {
-                by_status: set
+            } if set.settles || route.cost_from.is_some() => Some(Box::new(Settle {
+                checks: set
                     .limits
                     .iter()
                     .zip(&checks)
-                    .filter_map(|(l, c)| Some((c.clone(), l.count.clone()?)))
+                    .filter(|(l, _)| {
+                        l.rate().is_some() && (l.count.is_some() || route.cost_from.is_some())
+                    })
+                    .map(|(l, c)| (c.clone(), l.count.clone()))
                     .collect(),
+                route: index,
                 receipt: *receipt,
                 reserved: ask.cost.max(1),
                 fallback: *fallback,

@@ -89,6 +89,10 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// Requests whose plan source named a plan that does not exist (the default stood in).
     pub unknown_plan: IntCounter,
+    /// Responses on a `cost_from` route that reported no readable cost, and more than
+    /// `max_cost`, by route.
+    cost_unreported: IntCounterVec,
+    cost_clamped: IntCounterVec,
 }
 
 impl Metrics {
@@ -193,6 +197,22 @@ impl Metrics {
             "Requests whose plan source named a plan that does not exist (the default plan stood in)",
         )
         .expect("valid metric");
+        let cost_unreported = IntCounterVec::new(
+            Opts::new(
+                "sluice_cost_unreported_total",
+                "Responses on a cost_from route without a readable cost: settled at the reservation",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let cost_clamped = IntCounterVec::new(
+            Opts::new(
+                "sluice_cost_clamped_total",
+                "Responses on a cost_from route that reported more than max_cost: settled at max_cost",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         store_up.set(1);
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -209,6 +229,8 @@ impl Metrics {
             Box::new(proxy_errors.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(unknown_plan.clone()),
+            Box::new(cost_unreported.clone()),
+            Box::new(cost_clamped.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -229,7 +251,17 @@ impl Metrics {
             proxy_errors,
             upstream_errors,
             unknown_plan,
+            cost_unreported,
+            cost_clamped,
         }
+    }
+
+    /// A route's `[unreported, clamped]` cost counters, resolved once.
+    pub fn cost_counters(&self, route: &str) -> (IntCounter, IntCounter) {
+        (
+            self.cost_unreported.with_label_values(&[route]),
+            self.cost_clamped.with_label_values(&[route]),
+        )
     }
 
     /// Brings counts kept elsewhere into the registry (read when `/metrics` is scraped, so the

@@ -54,10 +54,11 @@ impl Worker {
         }
     }
 
-    /// Settles the request's outcome-dependent counts by `status`, once.
-    async fn settle(&self, ctx: &mut RequestCtx, status: u16) {
+    /// Settles the request's response-dependent counts by `status` and the response's
+    /// `headers` (`None`: the upstream sent none), once.
+    async fn settle(&self, ctx: &mut RequestCtx, status: u16, headers: Option<&http::HeaderMap>) {
         if let (Some(settle), Some((decider, _))) = (ctx.settle.take(), &ctx.decided) {
-            decider.settle(settle, status).await;
+            decider.settle(settle, status, headers).await;
         }
     }
 
@@ -225,7 +226,7 @@ impl ProxyHttp for Worker {
             Some(kind) if code == 502 => kind.answer().0,
             _ => code,
         };
-        self.settle(ctx, code).await;
+        self.settle(ctx, code, None).await;
         // Nothing can be sent once the response has begun (or the client has gone).
         if code > 0 && session.response_written().is_none() {
             if let Ok((reason, response)) = response::proxy_error(code) {
@@ -309,7 +310,8 @@ impl ProxyHttp for Worker {
         if let Some(log) = &mut ctx.log {
             log.entry.upstream = log.upstream_sent.map(|t| t.elapsed());
         }
-        self.settle(ctx, upstream.status.as_u16()).await;
+        self.settle(ctx, upstream.status.as_u16(), Some(&upstream.headers))
+            .await;
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }
@@ -328,7 +330,7 @@ impl ProxyHttp for Worker {
         }
         // No response reached the settlement (the client left first): no status matched.
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
-        self.settle(ctx, status).await;
+        self.settle(ctx, status, None).await;
         let Some(mut log) = ctx.log.take() else {
             return;
         };

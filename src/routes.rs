@@ -32,6 +32,8 @@ pub struct Route {
     pub shadow: bool,
     /// What each request counts for against every limit of the route.
     pub cost: Cost,
+    /// The cost is what the response reports (`cost` is reserved at admission).
+    pub cost_from: Option<CostFrom>,
     /// Requests this route forwards uncounted (the global list with the route's added).
     pub exempt: Exempt,
     /// What a request that names no caller gets.
@@ -87,6 +89,36 @@ impl Route {
     /// Whether any caller can be limited on this route (stats list only such routes).
     pub fn has_limits(&self) -> bool {
         !self.limits.is_empty() || self.uses_plan || self.overrides.values().any(|l| !l.is_empty())
+    }
+}
+
+/// `cost_from`: the response header that reports what a request cost, and the most it may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostFrom {
+    pub header: HeaderName,
+    pub max_cost: u32,
+}
+
+impl CostFrom {
+    /// What a response reports: `Ok(cost)` (clamped to `max_cost`, and whether it was), or
+    /// `Err(())` when the header is missing, repeated or not a whole number.
+    pub fn reported(&self, headers: &HeaderMap) -> Result<(u32, bool), ()> {
+        let mut lines = headers.get_all(&self.header).iter();
+        let (Some(v), None) = (lines.next(), lines.next()) else {
+            return Err(());
+        };
+        let digits = v.as_bytes().trim_ascii();
+        if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(());
+        }
+        let n: u64 = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or(())?;
+        Ok(match n > self.max_cost as u64 {
+            true => (self.max_cost, true),
+            false => (n as u32, false),
+        })
     }
 }
 
@@ -233,6 +265,7 @@ mod tests {
             on_error: None,
             shadow: false,
             cost: Cost::default(),
+            cost_from: None,
             headers: Vec::new(),
             exempt: Exempt::default(),
             on_missing_identity: OnMissingIdentity::default(),

@@ -310,6 +310,8 @@ pub struct RouteFile {
     pub shadow: bool,
     /// What one request counts for against every limit (default 1).
     pub cost: Option<CostFile>,
+    /// The cost is what the response reports; `cost` is reserved at admission.
+    pub cost_from: Option<CostFromFile>,
     /// Overrides the global `on_missing_identity` on this route.
     pub on_missing_identity: Option<OnMissingFile>,
     /// Added to the global `exempt`.
@@ -364,6 +366,15 @@ pub enum AlgorithmFile {
     SlidingLog,
     SlidingWindow,
     Gcra,
+}
+
+/// `cost_from: { response_header: x-usage-tokens, max_cost: 100000 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostFromFile {
+    pub response_header: Option<String>,
+    pub response_trailer: Option<String>,
+    pub max_cost: Option<i64>,
 }
 
 /// `cost: 5`, or per method: `cost: { GET: 1, POST: 5 }`.

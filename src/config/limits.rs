@@ -9,7 +9,7 @@ use crate::identity::{CallerHash, IdentitySource, TrustedProxies};
 use crate::identity::{Cidr, OnMissingIdentity};
 use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope, StatusMatch};
 use crate::plans::{CallersIndex, PlanSource, Plans};
-use crate::routes::{normalize_path, PathMatch, Route};
+use crate::routes::{normalize_path, CostFrom, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -92,6 +92,10 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
             )
         }));
         let cost = cost(r.cost.as_ref(), &lists, &path, p);
+        let cost_from = r
+            .cost_from
+            .as_ref()
+            .and_then(|c| cost_from(c, &format!("{path}.cost_from"), p));
         routes.push(Route {
             name: r.name.clone(),
             path: path_match,
@@ -101,6 +105,7 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
             on_error: r.on_error.map(on_error),
             shadow: r.shadow,
             cost,
+            cost_from,
             headers,
             exempt: exempt(
                 r.exempt.as_ref(),
@@ -565,6 +570,48 @@ pub(super) fn plans(
         default,
         from,
     })
+}
+
+/// `cost_from`: a response header and the most a response may report (default 1,000,000).
+fn cost_from(c: &CostFromFile, path: &str, p: &mut Problems) -> Option<CostFrom> {
+    if c.response_trailer.is_some() {
+        p.add(
+            &format!("{path}.response_trailer"),
+            "not supported yet: Pingora 0.9 drops the trailers of an HTTP/1.1 upstream response, and sluice speaks HTTP/1.1 upstream (use response_header)",
+        );
+        return None;
+    }
+    let Some(name) = &c.response_header else {
+        p.add(
+            path,
+            "needs response_header (the header that reports the cost)",
+        );
+        return None;
+    };
+    let header = match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            p.add(
+                &format!("{path}.response_header"),
+                format!("invalid header name \"{name}\""),
+            );
+            return None;
+        }
+    };
+    let max_cost = match c.max_cost {
+        None => 1_000_000,
+        Some(v) => match u32::try_from(v) {
+            Ok(m) if m >= 1 => m,
+            _ => {
+                p.add(
+                    &format!("{path}.max_cost"),
+                    format!("must be between 1 and {}", u32::MAX),
+                );
+                return None;
+            }
+        },
+    };
+    Some(CostFrom { header, max_cost })
 }
 
 fn on_missing(f: OnMissingFile) -> OnMissingIdentity {

@@ -433,7 +433,7 @@ async fn admit_and_settle(w: &World, user: &str, status: u16) -> &'static str {
     let verdict = w.decider.decide(&head).await;
     if let Action::Forward(f) = verdict.action {
         w.decider
-            .settle(f.settle.expect("a count to settle"), status)
+            .settle(f.settle.expect("a count to settle"), status, None)
             .await;
     }
     verdict.trace.decision

@@ -242,9 +242,11 @@ impl StatusMatch {
             } else {
                 match t.parse::<u16>() {
                     Ok(code) if (100..=599).contains(&code) => codes.push(code),
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "invalid status \"{t}\" (a code from 100 to 599, or a class such as 5xx)"
-                    )),
+                    ))
+                    }
                 }
             }
         }

@@ -7,6 +7,9 @@
 //! reports how many requests are being answered now and the most there ever were at once
 //! (`POST /__inflight` resets that), so tests can see what a limiter let through.
 //! `GET /sse?events=N&every_ms=M` streams N server-sent events, one every M ms.
+//! `x-usage-tokens: N` is answered with the same header, as a metered API reports what a
+//! request consumed, and N is added to the total that `GET /__usage` reports (`POST` resets
+//! it), so tests can compare what sluice settled with what the upstream charged.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -28,6 +31,8 @@ use tokio::net::TcpListener;
 /// Requests being answered now, and the most there were at once.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// The sum of every `x-usage-tokens` this process has answered with.
+static USAGE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Counts a request in flight for as long as it lives.
 struct InFlight;
@@ -198,6 +203,15 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         });
         return Ok(json_response(200, body));
     }
+    if req.uri().path() == "/__usage" {
+        if req.method() == hyper::Method::POST {
+            USAGE.store(0, Ordering::SeqCst);
+        }
+        return Ok(json_response(
+            200,
+            json!({"tokens": USAGE.load(Ordering::SeqCst)}),
+        ));
+    }
     let _in_flight = InFlight::enter();
     let (parts, body) = req.into_parts();
     if let Some(ms) = header_number(&parts, "x-hold-ms") {
@@ -240,5 +254,18 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         out.insert("headers".into(), Value::Object(headers));
         out.insert("body_bytes".into(), body_len.into());
     }
-    Ok(json_response(status, Value::Object(out)))
+    let mut response = json_response(status, Value::Object(out));
+    if let Some(usage) = parts.headers.get("x-usage-tokens") {
+        if let Some(n) = usage
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            USAGE.fetch_add(n, Ordering::SeqCst);
+        }
+        response
+            .headers_mut()
+            .insert("x-usage-tokens", usage.clone());
+    }
+    Ok(response)
 }
