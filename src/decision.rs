@@ -222,8 +222,8 @@ impl Decider {
         let route = &self.routes.routes()[settle.route];
         let cost = match &route.cost_from {
             None => reserved,
-            Some(from) => match headers.map(|h| from.reported(h)) {
-                Some(Ok((cost, clamped))) => {
+            Some(from) => match headers.and_then(|h| from.reported(h)) {
+                Some((cost, clamped)) => {
                     if clamped {
                         self.cost_counters[settle.route].1.inc();
                     }

@@ -100,22 +100,19 @@ pub struct CostFrom {
 }
 
 impl CostFrom {
-    /// What a response reports: `Ok(cost)` (clamped to `max_cost`, and whether it was), or
-    /// `Err(())` when the header is missing, repeated or not a whole number.
-    pub fn reported(&self, headers: &HeaderMap) -> Result<(u32, bool), ()> {
+    /// What a response reports: the cost (clamped to `max_cost`, and whether it was), or
+    /// `None` when the header is missing, repeated or not a whole number.
+    pub fn reported(&self, headers: &HeaderMap) -> Option<(u32, bool)> {
         let mut lines = headers.get_all(&self.header).iter();
         let (Some(v), None) = (lines.next(), lines.next()) else {
-            return Err(());
+            return None;
         };
         let digits = v.as_bytes().trim_ascii();
         if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(());
+            return None;
         }
-        let n: u64 = std::str::from_utf8(digits)
-            .ok()
-            .and_then(|d| d.parse().ok())
-            .ok_or(())?;
-        Ok(match n > self.max_cost as u64 {
+        let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        Some(match n > self.max_cost as u64 {
             true => (self.max_cost, true),
             false => (n as u32, false),
         })
