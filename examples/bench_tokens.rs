@@ -1,4 +1,4 @@
-//! Makes what bench/identity.sh sends: for N callers, one header line per caller and identity
+//! Makes what bench/features.sh sends: for N callers, one header line per caller and identity
 //! kind (a plain header, an API key, HS256, ES256 and EdDSA tokens), and the keys that verify
 //! the tokens. Usage: bench_tokens OUT_DIR N
 use base64::Engine;

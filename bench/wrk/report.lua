@@ -18,7 +18,12 @@ if headers_file then
   local requests = {}
   init = function(args)
     for i, h in ipairs(lines) do
-      requests[i] = wrk.format(nil, path, h)
+      -- With $USERS too, line i is sent by user u<i> (names the caller by the query).
+      local target = path
+      if users > 0 then
+        target = path .. "?user_id=u" .. ((i - 1) % users + 1)
+      end
+      requests[i] = wrk.format(nil, target, h)
     end
   end
   request = function()

@@ -96,6 +96,12 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
             .cost_from
             .as_ref()
             .and_then(|c| cost_from(c, &format!("{path}.cost_from"), p));
+        if cost_from.is_some() && !uses_plan && !all.iter().any(|l| l.rate().is_some()) {
+            p.warn(
+                &format!("{path}.cost_from"),
+                "the route has no rate limit to settle, so it never takes effect",
+            );
+        }
         routes.push(Route {
             name: r.name.clone(),
             path: path_match,

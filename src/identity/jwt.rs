@@ -208,7 +208,7 @@ pub struct Jwt {
     /// One validation per algorithm the keys can verify (built once).
     validations: Vec<(Algorithm, Validation)>,
     /// Tokens that verified, by their SHA-256, until they expire: an ES256 or EdDSA check costs
-    /// ~55 µs of CPU, a lookup ~1 µs (bench/IDENTITY.md). Emptied when the keys change.
+    /// ~55 µs of CPU, a lookup ~1 µs (bench/FEATURES.md). Emptied when the keys change.
     cache: Shards<Verified>,
     leeway: u64,
 }
