@@ -254,7 +254,14 @@ impl ProxyHttp for Worker {
         ctx.upstream_tries += 1;
         let peers = &self.shared.peers;
         let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % peers.len();
-        Ok(Box::new(peers[i].clone()))
+        let mut peer = Box::new(peers[i].clone());
+        // A route's own deadline replaces the upstream's read timeout for its requests.
+        if let Some((decider, Some(route))) = &ctx.decided {
+            if let Some(timeout) = decider.routes().routes()[*route].timeout {
+                peer.options.read_timeout = Some(timeout);
+            }
+        }
+        Ok(peer)
     }
 
     fn fail_to_connect(

@@ -34,6 +34,9 @@ pub struct Route {
     pub cost: Cost,
     /// The cost is what the response reports (`cost` is reserved at admission).
     pub cost_from: Option<CostFrom>,
+    /// The upstream's deadline on this route: for the response head, then for each further
+    /// read of the body (replaces `upstream.read_timeout`).
+    pub timeout: Option<std::time::Duration>,
     /// Requests this route forwards uncounted (the global list with the route's added).
     pub exempt: Exempt,
     /// What a request that names no caller gets.
@@ -263,6 +266,7 @@ mod tests {
             shadow: false,
             cost: Cost::default(),
             cost_from: None,
+            timeout: None,
             headers: Vec::new(),
             exempt: Exempt::default(),
             on_missing_identity: OnMissingIdentity::default(),

@@ -568,3 +568,42 @@ async fn an_upstream_that_hangs_gets_504_within_the_read_timeout() {
     let labels = [("route", "api"), ("kind", "timeout")];
     assert_eq!(value(&m, "sluice_upstream_errors_total", &labels), 1.0);
 }
+
+/// A route's `timeout` replaces the upstream's read timeout for that route alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_timeout_bounds_its_upstream_and_no_other_route() {
+    let dir = scratch_dir();
+    let up = Upstream::start(&dir).await;
+    let body = "store: { backend: memory }
+routes:
+  - name: quick
+    match: { path_prefix: /quick/ }
+    timeout: 500ms
+  - name: rest
+    match: { path_prefix: / }
+";
+    let s = Sidecar::start(&dir, "s1", up.port, body).await;
+    let start = Instant::now();
+    let r = request(s.port, "GET", "/quick/x", &[("x-hold-ms", "3000")], b"")
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.json(), serde_json::json!({"error": "upstream_timeout"}));
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+    let r = request(s.port, "GET", "/quick/x", &[("x-hold-ms", "100")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // The other route keeps the upstream's 60 s.
+    let r = request(s.port, "GET", "/other", &[("x-hold-ms", "1200")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let m = scrape(s.admin_port, None).await;
+    let labels = [("route", "quick"), ("kind", "timeout")];
+    assert_eq!(value(&m, "sluice_upstream_errors_total", &labels), 1.0);
+}

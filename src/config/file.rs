@@ -312,6 +312,8 @@ pub struct RouteFile {
     pub cost: Option<CostFile>,
     /// The cost is what the response reports; `cost` is reserved at admission.
     pub cost_from: Option<CostFromFile>,
+    /// How long this route's upstream may take to answer (replaces upstream.read_timeout).
+    pub timeout: Option<Text>,
     /// Overrides the global `on_missing_identity` on this route.
     pub on_missing_identity: Option<OnMissingFile>,
     /// Added to the global `exempt`.

@@ -112,6 +112,9 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
             shadow: r.shadow,
             cost,
             cost_from,
+            timeout: r.timeout.as_ref().and_then(|t| {
+                positive_duration(Some(t), Duration::ZERO, &format!("{path}.timeout"), p)
+            }),
             headers,
             exempt: exempt(
                 r.exempt.as_ref(),
