@@ -412,6 +412,8 @@ impl Decider {
             Ok(checks) => checks,
             Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
         };
+        // A refusal body template may name the caller.
+        let for_template = route.refusal.body.as_ref().and(caller.clone());
         // The caller's identity is kept only while an access log is written.
         let shown = (self.access_log.0 != AccessLog::Off || route.shadow)
             .then(|| caller.clone())
@@ -485,11 +487,19 @@ impl Decider {
                     limit: &set.limits[refused.index],
                     policy: &set.policy,
                     refused,
+                    style: &route.refusal,
+                    caller: for_template,
                 },
                 trace,
             ),
             Decided::Unavailable if route.shadow => forward(rewrite, None, None, trace),
-            Decided::Unavailable => refuse(Refusal::StoreUnavailable { route: &route.name }, trace),
+            Decided::Unavailable => refuse(
+                Refusal::StoreUnavailable {
+                    route: &route.name,
+                    format: route.refusal.format,
+                },
+                trace,
+            ),
         }
     }
 

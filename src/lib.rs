@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod plans;
 pub mod proxy;
 pub mod redact;
+pub mod refusal;
 pub mod reload;
 pub mod response;
 pub mod routes;

@@ -229,7 +229,11 @@ impl ProxyHttp for Worker {
         self.settle(ctx, code, None).await;
         // Nothing can be sent once the response has begun (or the client has gone).
         if code > 0 && session.response_written().is_none() {
-            if let Ok((reason, response)) = response::proxy_error(code) {
+            let format = match &ctx.decided {
+                Some((decider, Some(route))) => decider.routes().routes()[*route].refusal.format,
+                _ => crate::refusal::Format::Json,
+            };
+            if let Ok((reason, response)) = response::proxy_error(code, format) {
                 if upstream.is_none() {
                     self.shared
                         .metrics

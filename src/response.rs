@@ -6,6 +6,7 @@
 use crate::config::format_duration;
 use crate::identity::IdentityError;
 use crate::limiter::{Kind, Limit, LimitState, Refused};
+use crate::refusal::{problem, Format, RefusalStyle, Values};
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
@@ -35,9 +36,12 @@ pub enum Refusal<'a> {
         limit: &'a Limit,
         policy: &'a Policy,
         refused: Refused,
+        /// The route's `refusal:` style, and the caller (kept only for a body template).
+        style: &'a RefusalStyle,
+        caller: Option<Vec<u8>>,
     },
     /// 503: the store could not answer and the policy is `deny`.
-    StoreUnavailable { route: &'a str },
+    StoreUnavailable { route: &'a str, format: Format },
 }
 
 impl Refusal<'_> {
@@ -182,17 +186,27 @@ pub fn retry_after_secs(refusing: &LimitState) -> u64 {
     ceil_secs(refusing.retry).max(1)
 }
 
-/// A complete 429 for a refused request: headers (Content-Length included, so the
-/// connection stays open for the next request) and the JSON body naming the limit.
+/// What a limit's refusal is about: `plan`, the limit, and the caller for a body template.
+pub struct Refused429<'a> {
+    pub plan: Option<&'a str>,
+    pub limit: &'a Limit,
+    pub policy: &'a Policy,
+    pub refused: &'a Refused,
+    pub caller: Option<&'a [u8]>,
+}
+
+/// A complete refusal for a request over its limit (429 unless the route's `refusal:` says
+/// otherwise): headers (Content-Length included, so the connection stays open for the next
+/// request) and a body naming the limit, in the route's format or from its template.
 pub fn too_many_requests(
     route: &str,
-    plan: Option<&str>,
-    limit: &Limit,
-    policy: &Policy,
-    refused: &Refused,
+    r: &Refused429<'_>,
+    style: &RefusalStyle,
 ) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
+    let (plan, limit, policy, refused) = (r.plan, r.limit, r.policy, r.refused);
     let state = &refused.state;
     let retry_after = retry_after_secs(state);
+    let window_s = limit.rate().map_or(0, |r| r.window_secs());
     let (error, window) = match limit.rate() {
         Some(r) => ("rate_limited", format!(",\"window_s\":{}", r.window_secs())),
         None => ("too_many_in_flight", String::new()),
@@ -205,12 +219,37 @@ pub fn too_many_requests(
         .map_or(String::new(), |b| format!(",\"bucket\":\"{b}\""));
     // Plan names are [A-Za-z0-9._-] too.
     let plan = plan.map_or(String::new(), |p| format!(",\"plan\":\"{p}\""));
-    let body = format!(
+    let json = format!(
         "{{\"error\":\"{error}\",\"route\":\"{route}\"{plan}{bucket},\"limit\":{}{window},\"per\":{},\"retry_after\":{retry_after}}}",
         limit.kind.amount(),
         limit.per.to_json(),
     );
-    let mut h = json_header(429, body.len())?;
+    let amount = limit.kind.amount();
+    let body = match (&style.body, style.format) {
+        (Some(t), format) => {
+            let values = Values {
+                route,
+                limit: amount,
+                window_s,
+                retry_after,
+                caller: r.caller.unwrap_or_default(),
+            };
+            t.render(format, &values)
+        }
+        (None, Format::Json) => json,
+        (None, Format::Problem) => {
+            let fields: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            let detail = match limit.rate() {
+                Some(_) => format!("over the limit of {amount} per {window_s} s on route {route}; retry in {retry_after} s"),
+                None => format!("over the limit of {amount} requests in flight on route {route}; retry in {retry_after} s"),
+            };
+            problem(style.status, "Too Many Requests", &detail, &fields)
+        }
+        (None, Format::Text) => {
+            format!("{error} on route {route}: limit {amount}, retry in {retry_after} s\n")
+        }
+    };
+    let mut h = typed_header(style.status, style.format, body.len())?;
     h.insert_header("Retry-After", retry_after.to_string())?;
     if let Some(headers) = RateLimitHeaders::refused(policy, refused) {
         headers.apply(&mut h)?;
@@ -227,8 +266,19 @@ pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)>
             limit,
             policy,
             refused,
-        } => return too_many_requests(route, *plan, limit, policy, refused),
-        Refusal::StoreUnavailable { route } => return store_unavailable(route),
+            style,
+            caller,
+        } => {
+            let r = Refused429 {
+                plan: *plan,
+                limit,
+                policy,
+                refused,
+                caller: caller.as_deref(),
+            };
+            return too_many_requests(route, &r, style);
+        }
+        Refusal::StoreUnavailable { route, format } => return store_unavailable(route, *format),
         Refusal::BadTarget(what) => (400, format!("{{\"error\":\"{what}\"}}")),
         Refusal::UriTooLong { max_bytes } => (
             414,
@@ -260,27 +310,72 @@ pub fn refusal(r: &Refusal<'_>) -> pingora::Result<(Box<ResponseHeader>, Bytes)>
     Ok((h, Bytes::from(body)))
 }
 
-/// A 503 for `on_error: deny` while the store cannot answer.
-pub fn store_unavailable(route: &str) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
-    let body = format!("{{\"error\":\"store_unavailable\",\"route\":\"{route}\"}}");
-    let mut h = json_header(503, body.len())?;
+/// A 503 for `on_error: deny` while the store cannot answer, in the route's format.
+pub fn store_unavailable(
+    route: &str,
+    format: Format,
+) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
+    let json = format!("{{\"error\":\"store_unavailable\",\"route\":\"{route}\"}}");
+    let detail = format!("the rate-limit store cannot answer and route {route} refuses meanwhile");
+    let body = in_format(format, 503, "Service Unavailable", &detail, json);
+    let mut h = typed_header(503, format, body.len())?;
     h.insert_header("Retry-After", "1")?;
     Ok((h, Bytes::from(body)))
 }
 
 /// sluice's answer when a request it let through fails (Pingora's own is an empty body with
 /// `Server: Pingora`): the status, and the JSON error that is also the metric's `reason`.
-pub fn proxy_error(status: u16) -> pingora::Result<(&'static str, (Box<ResponseHeader>, Bytes))> {
-    let reason = match status {
-        502 => "upstream_unavailable",
-        504 => "upstream_timeout",
-        400 => "bad_request",
-        _ if status >= 500 => "internal_error",
-        _ => "bad_request",
+pub fn proxy_error(
+    status: u16,
+    format: Format,
+) -> pingora::Result<(&'static str, (Box<ResponseHeader>, Bytes))> {
+    let (reason, title, detail) = match status {
+        502 => (
+            "upstream_unavailable",
+            "Bad Gateway",
+            "the upstream could not be reached",
+        ),
+        504 => (
+            "upstream_timeout",
+            "Gateway Timeout",
+            "the upstream did not answer in time",
+        ),
+        _ if status >= 500 => (
+            "internal_error",
+            "Internal Server Error",
+            "the proxy failed",
+        ),
+        _ => (
+            "bad_request",
+            "Bad Request",
+            "the request could not be read",
+        ),
     };
-    let body = format!("{{\"error\":\"{reason}\"}}");
-    let h = json_header(status, body.len())?;
+    let json = format!("{{\"error\":\"{reason}\"}}");
+    let body = in_format(format, status, title, detail, json);
+    let h = typed_header(status, format, body.len())?;
     Ok((reason, (h, Bytes::from(body))))
+}
+
+/// A body sluice writes in `format`: its JSON as is, as a problem's extension members, or
+/// one line of text.
+fn in_format(format: Format, status: u16, title: &str, detail: &str, json: String) -> String {
+    match format {
+        Format::Json => json,
+        Format::Problem => {
+            let fields: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            problem(status, title, detail, &fields)
+        }
+        Format::Text => format!("{title}: {detail}\n"),
+    }
+}
+
+fn typed_header(status: u16, format: Format, len: usize) -> pingora::Result<Box<ResponseHeader>> {
+    let mut h = ResponseHeader::build(status, Some(6))?;
+    h.insert_header("Content-Type", format.content_type())?;
+    h.insert_header("Content-Length", len.to_string())?;
+    h.insert_header("Cache-Control", "no-store")?;
+    Ok(Box::new(h))
 }
 
 fn json_header(status: u16, len: usize) -> pingora::Result<Box<ResponseHeader>> {
@@ -313,6 +408,21 @@ mod tests {
             reset: Duration::from_millis(reset_ms),
             retry: Duration::from_millis(retry_ms),
         }
+    }
+
+    fn plain_429(
+        limit: &Limit,
+        policy: &Policy,
+        refused: &Refused,
+    ) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
+        let r = Refused429 {
+            plan: None,
+            limit,
+            policy,
+            refused,
+            caller: None,
+        };
+        too_many_requests("r", &r, &RefusalStyle::default())
     }
 
     #[test]
@@ -368,7 +478,7 @@ mod tests {
             state: state(&l, 4, 20_000, 20_000),
             index: 1,
         };
-        let (head, body) = too_many_requests("r", None, &l, &policy, &refused).unwrap();
+        let (head, body) = plain_429(&l, &policy, &refused).unwrap();
         assert_eq!(head.status.as_u16(), 429);
         assert_eq!(head.headers.get("retry-after").unwrap(), "20");
         assert_eq!(
@@ -393,7 +503,7 @@ mod tests {
             index: 0,
         };
         let policy = Policy::new("r", std::slice::from_ref(&slots));
-        let (head, body) = too_many_requests("r", None, &slots, &policy, &refused).unwrap();
+        let (head, body) = plain_429(&slots, &policy, &refused).unwrap();
         assert_eq!(head.headers.get("retry-after").unwrap(), "1");
         assert!(head.headers.get("ratelimit").is_none());
         assert_eq!(
@@ -410,7 +520,7 @@ mod tests {
             state: state(&l, 1, 1, 1),
             index: 0,
         };
-        let (head, _) = too_many_requests("r", None, &l, &policy, &refused).unwrap();
+        let (head, _) = plain_429(&l, &policy, &refused).unwrap();
         assert_eq!(head.headers.get("retry-after").unwrap(), "1");
     }
 }

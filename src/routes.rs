@@ -3,6 +3,7 @@
 use crate::exempt::Exempt;
 use crate::identity::{CallerHash, OnMissingIdentity};
 use crate::limiter::{Cost, Limit, OnError};
+use crate::refusal::RefusalStyle;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub struct Route {
     pub on_missing_identity: OnMissingIdentity,
     /// `limits: plan`: the caller's plan's limits come before `limits` (then only buckets').
     pub uses_plan: bool,
+    /// How this route's refusals (and sluice's own 502/503/504 on it) look.
+    pub refusal: std::sync::Arc<RefusalStyle>,
 }
 
 impl Route {
@@ -271,6 +274,7 @@ mod tests {
             exempt: Exempt::default(),
             on_missing_identity: OnMissingIdentity::default(),
             uses_plan: false,
+            refusal: Default::default(),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub on_missing_identity: Option<OnMissingFile>,
     /// Requests that never spend a quota, on every route.
     pub exempt: Option<ExemptFile>,
+    /// How refusals look, on every route that does not say otherwise.
+    pub refusal: Option<RefusalFile>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// Absent: request ids are ignored (forwarded untouched, never believed).
@@ -314,6 +316,8 @@ pub struct RouteFile {
     pub cost_from: Option<CostFromFile>,
     /// How long this route's upstream may take to answer (replaces upstream.read_timeout).
     pub timeout: Option<Text>,
+    /// How this route's refusals look (replaces the global `refusal`).
+    pub refusal: Option<RefusalFile>,
     /// Overrides the global `on_missing_identity` on this route.
     pub on_missing_identity: Option<OnMissingFile>,
     /// Added to the global `exempt`.
@@ -368,6 +372,15 @@ pub enum AlgorithmFile {
     SlidingLog,
     SlidingWindow,
     Gcra,
+}
+
+/// `refusal: { status, content_type, body }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalFile {
+    pub status: Option<i64>,
+    pub content_type: Option<String>,
+    pub body: Option<String>,
 }
 
 /// `cost_from: { response_header: x-usage-tokens, max_cost: 100000 }`.

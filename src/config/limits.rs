@@ -9,6 +9,7 @@ use crate::identity::{CallerHash, IdentitySource, TrustedProxies};
 use crate::identity::{Cidr, OnMissingIdentity};
 use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope, StatusMatch};
 use crate::plans::{CallersIndex, PlanSource, Plans};
+use crate::refusal::{Format, RefusalStyle, Template, Values as RenderValues};
 use crate::routes::{normalize_path, CostFrom, PathMatch, Route};
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -20,6 +21,11 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
     let buckets = buckets(&file.buckets, p);
     let global_exempt = exempt(file.exempt.as_ref(), Exempt::default_global(), "exempt", p);
     let on_missing = file.on_missing_identity.map(on_missing).unwrap_or_default();
+    let global_refusal = Arc::new(
+        file.refusal
+            .as_ref()
+            .map_or_else(RefusalStyle::default, |r| refusal(r, "refusal", p)),
+    );
     let mut used: Vec<&str> = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut routes = Vec::new();
@@ -124,6 +130,10 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
             ),
             on_missing_identity: r.on_missing_identity.map_or(on_missing, self::on_missing),
             uses_plan,
+            refusal: match &r.refusal {
+                Some(f) => Arc::new(refusal(f, &format!("{path}.refusal"), p)),
+                None => global_refusal.clone(),
+            },
         });
     }
     for name in file.buckets.keys() {
@@ -579,6 +589,59 @@ pub(super) fn plans(
         default,
         from,
     })
+}
+
+/// `refusal`: a status from 400 to 599 (default 429), a content type sluice can write, and
+/// a body template whose placeholders are known and which, for the JSON types, renders JSON.
+fn refusal(f: &RefusalFile, path: &str, p: &mut Problems) -> RefusalStyle {
+    let mut style = RefusalStyle::default();
+    if let Some(s) = f.status {
+        match u16::try_from(s) {
+            Ok(s) if (400..=599).contains(&s) => style.status = s,
+            _ => p.add(
+                &format!("{path}.status"),
+                format!("must be from 400 to 599 (got {s})"),
+            ),
+        }
+    }
+    if let Some(t) = &f.content_type {
+        style.format = match t.as_str() {
+            "application/json" => Format::Json,
+            "application/problem+json" => Format::Problem,
+            "text/plain" => Format::Text,
+            other => {
+                p.add(
+                    &format!("{path}.content_type"),
+                    format!("\"{other}\" is not one of application/json, application/problem+json, text/plain"),
+                );
+                Format::Json
+            }
+        };
+    }
+    if let Some(body) = &f.body {
+        match Template::parse(body) {
+            Ok(t) => {
+                let sample = RenderValues {
+                    route: "route",
+                    limit: 100,
+                    window_s: 60,
+                    retry_after: 41,
+                    caller: b"caller \"x\"",
+                };
+                let json = matches!(style.format, Format::Json | Format::Problem);
+                let rendered = t.render(style.format, &sample);
+                if json && serde_json::from_str::<serde_json::Value>(&rendered).is_err() {
+                    p.add(
+                        &format!("{path}.body"),
+                        format!("is not JSON once filled in (e.g. {rendered}); put string placeholders inside quotes"),
+                    );
+                }
+                style.body = Some(t);
+            }
+            Err(e) => p.add(&format!("{path}.body"), e),
+        }
+    }
+    style
 }
 
 /// `cost_from`: a response header and the most a response may report (default 1,000,000).
