@@ -413,7 +413,7 @@ impl Decider {
             Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
         };
         // A refusal body template may name the caller.
-        let for_template = route.refusal.body.as_ref().and(caller.clone());
+        let for_template = route.refusal.body.as_ref().and_then(|_| caller.clone());
         // The caller's identity is kept only while an access log is written.
         let shown = (self.access_log.0 != AccessLog::Off || route.shadow)
             .then(|| caller.clone())
