@@ -220,7 +220,11 @@ mod tests {
             Template::parse("{user}").unwrap_err(),
             "unknown placeholder {user} (known: {route}, {limit}, {window_s}, {retry_after}, {caller})"
         );
-        let literal = |t: &str| Template::parse(t).unwrap().render(Format::Text, &values(b""));
+        let literal = |t: &str| {
+            Template::parse(t)
+                .unwrap()
+                .render(Format::Text, &values(b""))
+        };
         assert_eq!(literal("{route"), "{route");
         assert_eq!(literal("a } b {} {Route}"), "a } b {} {Route}");
         assert_eq!(literal("{{route}"), "{route}");

@@ -163,11 +163,7 @@ async fn settled_costs_are_exact_on_a_redis_cluster() {
     let dir = scratch_dir();
     let cluster = RedisCluster::start(&dir).await;
     let up = Upstream::start(&dir).await;
-    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    let store = format!(
-        "store:\n  backend: redis_cluster\n  nodes: [{}]\n",
-        nodes.join(", ")
-    );
+    let store = cluster.store();
     let limits = "[{ requests: 100000000, window: 1h }, { requests: 100000000, window: 2h, per: global, algorithm: sliding_window }]";
     let s = sidecars(&dir, &up, &store, &route(limits, 1000), 3).await;
     let ports: Vec<u16> = s.iter().map(|s| s.port).collect();

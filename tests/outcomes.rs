@@ -97,11 +97,7 @@ async fn only_failed_logins_count_on_a_redis_cluster() {
     let dir = scratch_dir();
     let cluster = RedisCluster::start(&dir).await;
     let up = Upstream::start(&dir).await;
-    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    let store = format!(
-        "store:\n  backend: redis_cluster\n  nodes: [{}]\n",
-        nodes.join(", ")
-    );
+    let store = cluster.store();
     let sidecars = three(&dir, &up, &store).await;
     let ports: Vec<u16> = sidecars.iter().map(|s| s.port).collect();
     failed_logins_are_limited_and_good_ones_never(&ports).await;

@@ -703,6 +703,15 @@ impl RedisCluster {
         }
     }
 
+    /// The `store:` section of a config for this cluster (every node a seed).
+    pub fn store(&self) -> String {
+        let nodes: Vec<String> = self.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            "store:\n  backend: redis_cluster\n  nodes: [{}]\n",
+            nodes.join(", ")
+        )
+    }
+
     /// `redis://` URLs of every node (seeds).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.url()).collect()
