@@ -3,10 +3,11 @@
 Usage: model_report.py WORK OUT.json OUT.md MODE PREVIOUS_REV
 """
 
-import glob
 import json
 import statistics
 import sys
+
+import rounds
 
 work, out_json, out_md, mode, previous = sys.argv[1:6]
 NAMES = [
@@ -24,20 +25,7 @@ NAMES = [
 
 
 def runs(name):
-    out = []
-    for sat in sorted(glob.glob(f"{work}/{name}.sat.*.json")):
-        i = sat.rsplit(".", 2)[1]
-        with open(sat) as f:
-            s = json.load(f)
-        try:
-            with open(f"{work}/{name}.cpu.{i}.json") as f:
-                c = json.load(f)
-        except OSError:
-            c = {"roles": {}}
-        n = max(s["requests"], 1)
-        cpu = {role: secs / n * 1e6 for role, secs in c["roles"].items()}
-        out.append({"rps": s["rps"], "p99_ms": s["p99_ms"], "non2xx": s["non2xx"], "cpu_us": cpu})
-    return out
+    return rounds.runs(work, name)
 
 
 def median(values):
