@@ -118,6 +118,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         server.admin_listen,
         server.threads,
         server.instance,
+        server.h2c,
         server.grace_period,
         server.drain_timeout,
         server.admin_token,

@@ -179,6 +179,12 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
         let mut proxy =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, worker, &name);
         proxy.threads = Some(1);
+        // HTTP/2 with prior knowledge beside HTTP/1.1 on the same plaintext listener.
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = config.server.h2c;
+            app.server_options = Some(options);
+        }
         proxy.add_tcp_with_settings(&config.server.listen, reuseport.clone());
         server.add_service(proxy);
     }

@@ -158,6 +158,8 @@ pub struct ServerFile {
     pub admin_token_file: Option<String>,
     pub access_log: Option<AccessLogFile>,
     pub access_log_caller: Option<CallerInLogFile>,
+    /// HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 on the proxy listener (default true).
+    pub h2c: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub access_log: AccessLog,
     /// Whether the access log shows callers as they are or hashed.
     pub access_log_caller: CallerInLog,
+    /// Clients may speak HTTP/2 with prior knowledge (h2c) on the proxy listener.
+    pub h2c: bool,
 }
 
 /// `server.access_log`: off (the default, for speed), `text` or `json`, one line per request.

@@ -480,6 +480,7 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
             None | Some(CallerInLogFile::Hashed) => CallerInLog::Hashed,
             Some(CallerInLogFile::Plain) => CallerInLog::Plain,
         },
+        h2c: s.h2c.unwrap_or(true),
     }
 }
 
