@@ -99,3 +99,31 @@ pub(super) fn on_error(f: OnErrorFile) -> OnError {
         OnErrorFile::Local => OnError::Local,
     }
 }
+
+/// A header name at `path` (`x-user-id`), lower-cased; `None` (and a problem) when it is not one.
+pub(super) fn header_name(name: &str, path: &str, p: &mut Problems) -> Option<http::HeaderName> {
+    match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            p.add(path, format!("invalid header name \"{name}\""));
+            None
+        }
+    }
+}
+
+/// The contents of a secret's file at `path` (a mounted secret), its trailing newline dropped;
+/// `None` (and a problem naming `at`) when it cannot be read.
+pub(super) fn secret_file(file: &str, at: &str, p: &mut Problems) -> Option<Vec<u8>> {
+    match std::fs::read(file) {
+        Ok(mut k) => {
+            while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                k.pop();
+            }
+            Some(k)
+        }
+        Err(e) => {
+            p.add(at, format!("cannot read \"{file}\": {e}"));
+            None
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The limits of the config: shared buckets, routes and their limits, scopes (`per`), costs
 //! and per-caller overrides, validated into [`Route`]s whose limits are ready to count.
 
-use super::fields::{on_error, positive_duration, Problems};
+use super::fields::{header_name, on_error, positive_duration, Problems};
 use super::file::*;
 use super::format_duration;
 use crate::exempt::Exempt;
@@ -200,13 +200,7 @@ fn per(f: &PerFile, path: &str, p: &mut Problems) -> Option<Scope> {
         let part = match text.split_once(':') {
             None if text == "caller" => Part::Caller,
             None if text == "client_ip" => Part::ClientIp,
-            Some(("header", name)) => match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => Part::Header(h),
-                Err(_) => {
-                    p.add(path, format!("invalid header name \"{name}\""));
-                    return None;
-                }
-            },
+            Some(("header", name)) => Part::Header(header_name(name, path, p)?),
             Some(("query", name)) if !name.is_empty() => Part::Query(name.into()),
             _ => {
                 p.add(path, format!("unknown scope \"{text}\" ({HINT})"));
@@ -440,7 +434,7 @@ fn cost(
             map.iter()
                 .map(|(m, v)| {
                     let upper = m.to_ascii_uppercase();
-                    if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_uppercase()) {
+                    if method(m).is_none() {
                         p.add(&format!("{at}.{m}"), format!("invalid method \"{m}\""));
                     }
                     (upper, one(*v, &format!("{at}.{m}"), p))
@@ -542,8 +536,8 @@ pub(super) fn plans(
                     ));
                 }
             }
-            (None, Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => {
+            (None, Some(h), None) => {
+                if let Some(name) = header_name(h, &format!("{at}.header"), p) {
                     if trusted.0.is_empty() {
                         p.warn(
                             &format!("{at}.header"),
@@ -552,11 +546,7 @@ pub(super) fn plans(
                     }
                     from.push(PlanSource::Header(name));
                 }
-                Err(_) => p.add(
-                    &format!("{at}.header"),
-                    format!("invalid header name \"{h}\""),
-                ),
-            },
+            }
             (None, None, Some(path)) => {
                 match CallersIndex::read(std::path::Path::new(path), &names, hash) {
                     Ok(index) => from.push(PlanSource::Callers(Arc::new(index))),
@@ -660,16 +650,7 @@ fn cost_from(c: &CostFromFile, path: &str, p: &mut Problems) -> Option<CostFrom>
         );
         return None;
     };
-    let header = match http::HeaderName::from_bytes(name.as_bytes()) {
-        Ok(h) => h,
-        Err(_) => {
-            p.add(
-                &format!("{path}.response_header"),
-                format!("invalid header name \"{name}\""),
-            );
-            return None;
-        }
-    };
+    let header = header_name(name, &format!("{path}.response_header"), p)?;
     let max_cost = match c.max_cost {
         None => 1_000_000,
         Some(v) => match u32::try_from(v) {
@@ -761,8 +742,7 @@ fn match_headers(
     let mut out = Vec::new();
     for (name, value) in f {
         let at = format!("{path}.{name}");
-        let Ok(h) = http::HeaderName::from_bytes(name.as_bytes()) else {
-            p.add(&at, format!("invalid header name \"{name}\""));
+        let Some(h) = header_name(name, &at, p) else {
             continue;
         };
         match http::HeaderValue::from_str(value) {

@@ -1,7 +1,9 @@
 //! The conversion from the file model to the runtime model: the server, upstream, store,
 //! identity and request-id rules (routes and limits: [`super::limits`]).
 
-use super::fields::{bounded, duration, on_error, positive_duration, Problems};
+use super::fields::{
+    bounded, duration, header_name, on_error, positive_duration, secret_file, Problems,
+};
 use super::file::*;
 use super::*;
 use crate::identity::jwt::JwtSettings;
@@ -714,16 +716,8 @@ fn tls_ca_file(s: Option<&StoreFile>, p: &mut Problems) -> Option<std::path::Pat
 fn request_ids(r: Option<&RequestIdsFile>, p: &mut Problems) -> Option<RequestIds> {
     let r = r?;
     let name = r.header.as_deref().unwrap_or(defaults::REQUEST_ID_HEADER);
-    let header = match http::HeaderName::from_bytes(name.as_bytes()) {
-        Ok(h) => h,
-        Err(_) => {
-            p.add(
-                "request_ids.header",
-                format!("invalid header name \"{name}\""),
-            );
-            http::HeaderName::from_static(defaults::REQUEST_ID_HEADER)
-        }
-    };
+    let header = header_name(name, "request_ids.header", p)
+        .unwrap_or(http::HeaderName::from_static(defaults::REQUEST_ID_HEADER));
     let retry_window = positive_duration(
         r.retry_window.as_ref(),
         defaults::RETRY_WINDOW,
@@ -812,13 +806,12 @@ fn identity(
                 continue;
             }
             match credential {
-                Err(key) => match http::HeaderName::from_bytes(key.header.as_bytes()) {
-                    Ok(h) => sources.push(IdentitySource::ApiKey(h)),
-                    Err(_) => p.add(
-                        &format!("{at}.api_key.header"),
-                        format!("invalid header name \"{}\"", key.header),
-                    ),
-                },
+                Err(key) => {
+                    let path = format!("{at}.api_key.header");
+                    if let Some(h) = header_name(&key.header, &path, p) {
+                        sources.push(IdentitySource::ApiKey(h));
+                    }
+                }
                 Ok(true) => sources.push(IdentitySource::Bearer),
                 Ok(false) => p.add(
                     &format!("{at}.bearer"),
@@ -832,13 +825,11 @@ fn identity(
                 p.add(&format!("{at}.query"), "must name a query parameter")
             }
             (Some(name), None, None) => sources.push(IdentitySource::Query(name.clone())),
-            (None, Some(name), None) => match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) => sources.push(IdentitySource::Header(h)),
-                Err(_) => p.add(
-                    &format!("{at}.header"),
-                    format!("invalid header name \"{name}\""),
-                ),
-            },
+            (None, Some(name), None) => {
+                if let Some(h) = header_name(name, &format!("{at}.header"), p) {
+                    sources.push(IdentitySource::Header(h));
+                }
+            }
             (None, None, Some(true)) => sources.push(IdentitySource::ClientIp),
             (None, None, Some(false)) => p.add(
                 &format!("{at}.client_ip"),
@@ -874,16 +865,7 @@ fn jwt(
     let header = j
         .header
         .as_ref()
-        .and_then(|h| match http::HeaderName::from_bytes(h.as_bytes()) {
-            Ok(h) => Some(h),
-            Err(_) => {
-                p.add(
-                    &format!("{at}.header"),
-                    format!("invalid header name \"{h}\""),
-                );
-                None
-            }
-        });
+        .and_then(|h| header_name(h, &format!("{at}.header"), p));
     let leeway = whole_seconds(
         j.leeway.as_ref(),
         Duration::from_secs(30),
@@ -911,21 +893,10 @@ fn jwt(
         p.add(at, "needs exactly one of secret_file, secret_env (HS256/384/512) or keys_file (RS/PS/ES/EdDSA public keys)");
     }
     let secret = match (&j.secret_file, &j.secret_env) {
-        (Some(path), _) => match std::fs::read(path) {
-            Ok(mut k) => {
-                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    k.pop();
-                }
-                Some((k, format!("{at}.secret_file")))
-            }
-            Err(e) => {
-                p.add(
-                    &format!("{at}.secret_file"),
-                    format!("cannot read \"{path}\": {e}"),
-                );
-                None
-            }
-        },
+        (Some(path), _) => {
+            let at = format!("{at}.secret_file");
+            secret_file(path, &at, p).map(|k| (k, at))
+        }
         (None, Some(var)) => match env(var) {
             Some(k) => Some((k.into_bytes(), format!("{at}.secret_env"))),
             None => {
@@ -981,20 +952,9 @@ fn caller_hash(
     });
     let key = match (env("SLUICE_IDENTITY_KEY"), &file.identity_hash_key_file) {
         (Some(k), _) => Some((k.into_bytes(), "identity_hash_key")),
-        (None, Some(path)) => match std::fs::read(path) {
-            Ok(mut k) => {
-                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    k.pop();
-                }
-                Some((k, "identity_hash_key_file"))
-            }
-            Err(e) => {
-                p.add(
-                    "identity_hash_key_file",
-                    format!("cannot read \"{path}\": {e}"),
-                );
-                return CallerHash::None;
-            }
+        (None, Some(path)) => match secret_file(path, "identity_hash_key_file", p) {
+            Some(k) => Some((k, "identity_hash_key_file")),
+            None => return CallerHash::None,
         },
         (None, None) => None,
     };
