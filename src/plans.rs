@@ -1,6 +1,7 @@
 //! Plans: named sets of limits (`plans:`), and how a request's plan is chosen (`plan.from`:
 //! a verified token's claim, a header from a trusted proxy, a callers file; else the default).
 
+use crate::identity::jwt::ClaimPath;
 use crate::identity::CallerHash;
 use crate::limiter::Limit;
 use http::{HeaderMap, HeaderName};
@@ -23,7 +24,7 @@ pub struct Plans {
 #[derive(Debug, Clone)]
 pub enum PlanSource {
     /// A claim of the token that named the caller (`jwt_claim: plan`, `org.plan`).
-    JwtClaim(Vec<String>),
+    JwtClaim(ClaimPath),
     /// A header, believed from trusted proxies only.
     Header(HeaderName),
     /// Caller → plan, from a file (re-read on reload).
@@ -100,12 +101,8 @@ impl Plans {
 }
 
 /// A string claim at `path` (`plan`, or `org.plan` for a nested one).
-fn claim<'v>(claims: &'v Value, path: &[String]) -> Option<&'v str> {
-    let mut at = claims;
-    for part in path {
-        at = at.get(part)?;
-    }
-    at.as_str().filter(|s| !s.is_empty())
+fn claim<'v>(claims: &'v Value, path: &ClaimPath) -> Option<&'v str> {
+    path.get(claims)?.as_str().filter(|s| !s.is_empty())
 }
 
 /// Callers and their plans, from a callers file: sorted arrays searched by bisection, so a
@@ -361,7 +358,7 @@ mod tests {
             limits: vec![Vec::new(), Vec::new()],
             default: 0,
             from: vec![
-                PlanSource::JwtClaim(vec!["plan".into()]),
+                PlanSource::JwtClaim(ClaimPath::parse("plan").unwrap()),
                 PlanSource::Header(HeaderName::from_static("x-plan")),
                 PlanSource::Callers(std::sync::Arc::new(
                     CallersIndex::parse("vip: pro\n", &names(), &CallerHash::None).unwrap(),

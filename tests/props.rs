@@ -286,7 +286,7 @@ const JWT_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn hs256_source() -> Jwt {
     Jwt::new(JwtSettings {
-        claim: "sub".into(),
+        claim: sluice::identity::jwt::ClaimPath::parse("sub").unwrap(),
         header: None,
         secret: Some(JWT_SECRET.to_vec()),
         keys_file: None,

@@ -5,6 +5,7 @@ use super::fields::{header_name, on_error, positive_duration, Problems};
 use super::file::*;
 use super::format_duration;
 use crate::exempt::Exempt;
+use crate::identity::jwt::ClaimPath;
 use crate::identity::{CallerHash, IdentitySource, TrustedProxies};
 use crate::identity::{Cidr, OnMissingIdentity};
 use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope, StatusMatch};
@@ -519,23 +520,17 @@ pub(super) fn plans(
     for (i, f) in choice.map_or(&[][..], |c| &c.from[..]).iter().enumerate() {
         let at = format!("plan.from[{i}]");
         match (&f.jwt_claim, &f.header, &f.callers_file) {
-            (Some(claim), None, None) => {
-                if claim.is_empty() || claim.split('.').any(str::is_empty) {
-                    p.add(
-                        &format!("{at}.jwt_claim"),
-                        format!("invalid claim \"{claim}\""),
-                    );
-                } else if !sources.iter().any(|s| matches!(s, IdentitySource::Jwt(_))) {
-                    p.add(
-                        &format!("{at}.jwt_claim"),
-                        "needs a jwt identity source (the claim is read from its verified token)",
-                    );
-                } else {
-                    from.push(PlanSource::JwtClaim(
-                        claim.split('.').map(str::to_string).collect(),
-                    ));
-                }
-            }
+            (Some(claim), None, None) => match ClaimPath::parse(claim) {
+                None => p.add(
+                    &format!("{at}.jwt_claim"),
+                    format!("invalid claim \"{claim}\""),
+                ),
+                Some(_) if !sources.iter().any(|s| matches!(s, IdentitySource::Jwt(_))) => p.add(
+                    &format!("{at}.jwt_claim"),
+                    "needs a jwt identity source (the claim is read from its verified token)",
+                ),
+                Some(path) => from.push(PlanSource::JwtClaim(path)),
+            },
             (None, Some(h), None) => {
                 if let Some(name) = header_name(h, &format!("{at}.header"), p) {
                     if trusted.0.is_empty() {

@@ -6,7 +6,7 @@ use super::fields::{
 };
 use super::file::*;
 use super::*;
-use crate::identity::jwt::JwtSettings;
+use crate::identity::jwt::{ClaimPath, JwtSettings};
 use crate::identity::{CallerHash, Cidr, IdentitySource, Jwt, RequestIds, TrustedProxies};
 use crate::routes::Route;
 use std::collections::HashMap;
@@ -853,7 +853,8 @@ fn jwt(
     p: &mut Problems,
 ) -> Option<Jwt> {
     let before = p.lines.len();
-    if j.claim.is_empty() || j.claim.split('.').any(str::is_empty) {
+    let claim = ClaimPath::parse(&j.claim);
+    if claim.is_none() {
         p.add(
             &format!("{at}.claim"),
             format!(
@@ -918,7 +919,7 @@ fn jwt(
         return None;
     }
     let settings = JwtSettings {
-        claim: j.claim.clone(),
+        claim: claim?,
         header,
         secret: secret.map(|(k, _)| k),
         keys_file: j.keys_file.as_ref().map(std::path::PathBuf::from),

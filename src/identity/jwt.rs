@@ -183,6 +183,23 @@ enum Source {
     Unverified,
 }
 
+/// Where a claim is in a token's payload: `sub`, or `org.id` for a nested one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath(Vec<String>);
+
+impl ClaimPath {
+    /// Dot-separated names, none of them empty; `None` for anything else (`""`, `org.`).
+    pub fn parse(text: &str) -> Option<ClaimPath> {
+        let valid = !text.is_empty() && !text.split('.').any(str::is_empty);
+        valid.then(|| ClaimPath(text.split('.').map(str::to_string).collect()))
+    }
+
+    /// The claim's value in `claims`, if it is there.
+    pub fn get<'v>(&self, claims: &'v Value) -> Option<&'v Value> {
+        self.0.iter().try_fold(claims, |at, name| at.get(name))
+    }
+}
+
 /// The caller a verified token names, and its claims.
 pub type Claimed = (Vec<u8>, Arc<Value>);
 
@@ -200,8 +217,8 @@ struct Verified {
 
 /// One `jwt` identity source.
 pub struct Jwt {
-    /// The claim's path: `sub`, or `org.id` for a nested claim.
-    claim: Vec<String>,
+    /// The claim that names the caller.
+    claim: ClaimPath,
     /// Where the token is: `None` for `Authorization: Bearer`.
     pub header: Option<http::HeaderName>,
     source: Source,
@@ -215,7 +232,7 @@ pub struct Jwt {
 
 /// What the config says of a `jwt` source.
 pub struct JwtSettings {
-    pub claim: String,
+    pub claim: ClaimPath,
     pub header: Option<http::HeaderName>,
     pub secret: Option<Vec<u8>>,
     pub keys_file: Option<PathBuf>,
@@ -280,7 +297,7 @@ impl Jwt {
             })
             .collect();
         Ok(Jwt {
-            claim: s.claim.split('.').map(str::to_string).collect(),
+            claim: s.claim,
             header: s.header,
             source,
             validations,
@@ -380,11 +397,7 @@ impl Jwt {
 
     /// The caller a verified token names: the claim's string, or a number's digits.
     pub fn caller(&self, claims: &Value) -> Result<Vec<u8>, TokenError> {
-        let mut at = claims;
-        for part in &self.claim {
-            at = at.get(part).ok_or(TokenError::ClaimMissing)?;
-        }
-        match at {
+        match self.claim.get(claims).ok_or(TokenError::ClaimMissing)? {
             Value::String(s) if !s.is_empty() => Ok(s.as_bytes().to_vec()),
             Value::Number(n) => Ok(n.to_string().into_bytes()),
             _ => Err(TokenError::ClaimMissing),
@@ -512,7 +525,7 @@ mod tests {
 
     fn settings() -> JwtSettings {
         JwtSettings {
-            claim: "sub".into(),
+            claim: ClaimPath::parse("sub").unwrap(),
             header: None,
             secret: Some(SECRET.to_vec()),
             keys_file: None,
@@ -627,7 +640,7 @@ mod tests {
             Ok("42".into())
         );
         let nested = Jwt::new(JwtSettings {
-            claim: "org.id".into(),
+            claim: ClaimPath::parse("org.id").unwrap(),
             ..settings()
         })
         .unwrap();
