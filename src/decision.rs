@@ -262,16 +262,7 @@ impl Decider {
         to: u32,
     ) {
         if fallback {
-            if receipt.replayed {
-                return;
-            }
-            let scaled: Vec<Check> = checks
-                .into_iter()
-                .map(|c| Check {
-                    kind: c.kind.scaled(self.fallback_share),
-                    key: c.key,
-                })
-                .collect();
+            let scaled: Vec<Check> = checks.iter().map(|c| self.scaled(c)).collect();
             let member = receipt.member;
             self.side
                 .fallback
@@ -297,21 +288,13 @@ impl Decider {
     /// its key.
     pub fn stats(&self, user: &[u8]) -> Vec<RouteStats<'_>> {
         let headers = HeaderMap::new();
-        let head = RequestHead {
-            method: &Method::GET,
-            raw_target: b"/",
-            path: "/",
-            query: None,
-            headers: &headers,
-            peer: None,
-        };
         self.routes
             .routes()
             .iter()
             .zip(&self.limits)
             .filter(|(r, _)| r.has_limits())
             .map(|(route, sets)| {
-                let plan = self.plan_of(route, Some(user), None, &head);
+                let plan = self.plan_of(route, Some(user), None, &headers, None);
                 let set = sets.for_caller(Some(user), plan.map(|(i, _)| i));
                 let mut values = Values::new(&self.identity, None, &headers, None);
                 let checks = set
@@ -381,16 +364,12 @@ impl Decider {
             Ok(None) => (
                 match route.on_missing_identity {
                     OnMissingIdentity::Anonymous => None,
-                    OnMissingIdentity::ClientIp => match head.peer {
-                        Some(p) => match self
-                            .identity
-                            .named(self.identity.client_ip(p, head.headers))
-                        {
-                            Ok(ip) => Some(ip),
+                    OnMissingIdentity::ClientIp => {
+                        match self.identity.client_caller(head.peer, head.headers) {
+                            Ok(ip) => ip,
                             Err(e) => return self.reject(Refusal::Identity(e), Some(&route.name)),
-                        },
-                        None => None,
-                    },
+                        }
+                    }
                     OnMissingIdentity::Reject => {
                         return self.reject(Refusal::IdentityRequired, Some(&route.name))
                     }
@@ -405,7 +384,13 @@ impl Decider {
         if route.exempt.by_caller(caller.as_deref()) {
             return skip(counters, Outcome::Exempt, rewrite, trace);
         }
-        let plan = self.plan_of(route, caller.as_deref(), claims.as_deref(), head);
+        let plan = self.plan_of(
+            route,
+            caller.as_deref(),
+            claims.as_deref(),
+            head.headers,
+            head.peer,
+        );
         let set = self.limits[index].for_caller(caller.as_deref(), plan.map(|(i, _)| i));
         let mut values = Values::new(&self.identity, head.query, head.headers, head.peer);
         let checks = match set.checks(&self.key_prefix, caller.as_deref(), &mut values) {
@@ -438,26 +423,29 @@ impl Decider {
             cost: route.cost.of(head.method.as_str()),
             retry,
         };
-        let (mut outcome, mut decided) = self.limit(route, set, &ask).await;
-        let settle = match &mut decided {
+        let (mut outcome, decided) = self.limit(route, set, &ask).await;
+        // A replayed retry counted nothing of its own: there is nothing to settle.
+        let settle = match &decided {
             Decided::Admitted {
                 receipt: Some((receipt, fallback)),
                 ..
-            } if set.settles || route.cost_from.is_some() => Some(Box::new(Settle {
-                checks: set
-                    .limits
-                    .iter()
-                    .zip(&checks)
-                    .filter(|(l, _)| {
-                        l.rate().is_some() && (l.count.is_some() || route.cost_from.is_some())
-                    })
-                    .map(|(l, c)| (c.clone(), l.count.clone()))
-                    .collect(),
-                route: index,
-                receipt: *receipt,
-                reserved: ask.cost.max(1),
-                fallback: *fallback,
-            })),
+            } if !receipt.replayed && (set.settles || route.cost_from.is_some()) => {
+                Some(Box::new(Settle {
+                    checks: set
+                        .limits
+                        .iter()
+                        .zip(&checks)
+                        .filter(|(l, _)| {
+                            l.rate().is_some() && (l.count.is_some() || route.cost_from.is_some())
+                        })
+                        .map(|(l, c)| (c.clone(), l.count.clone()))
+                        .collect(),
+                    route: index,
+                    receipt: *receipt,
+                    reserved: ask.cost.max(1),
+                    fallback: *fallback,
+                }))
+            }
             _ => None,
         };
         let shadowed = route.shadow && matches!(decided, Decided::Refused(_));
@@ -510,14 +498,15 @@ impl Decider {
         route: &Route,
         caller: Option<&[u8]>,
         claims: Option<&serde_json::Value>,
-        head: &RequestHead<'_>,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
     ) -> Option<(usize, &str)> {
         let plans = self.plans.as_deref().filter(|_| route.uses_plan)?;
         let chosen = plans.choose(&PlanInputs {
             caller,
             claims,
-            headers: head.headers,
-            trusted_peer: head.peer.is_some_and(|p| self.identity.trusted.trusts(p)),
+            headers,
+            trusted_peer: peer.is_some_and(|p| self.identity.trusted.trusts(p)),
         });
         if chosen.unknown {
             self.metrics.unknown_plan.inc();
@@ -592,14 +581,7 @@ impl Decider {
             },
             OnError::Deny => Decided::Unavailable,
             OnError::Local => {
-                let scaled: Vec<Check> = ask
-                    .checks
-                    .iter()
-                    .map(|c| Check {
-                        key: c.key.clone(),
-                        kind: c.kind.scaled(self.fallback_share),
-                    })
-                    .collect();
+                let scaled: Vec<Check> = ask.checks.iter().map(|c| self.scaled(c)).collect();
                 let local = Ask {
                     checks: &scaled,
                     ..*ask
@@ -618,6 +600,14 @@ impl Decider {
                     Err(_) => Decided::Unavailable,
                 }
             }
+        }
+    }
+
+    /// A check as the local fallback enforces it: the limit × `fallback_share`.
+    fn scaled(&self, c: &Check) -> Check {
+        Check {
+            key: c.key.clone(),
+            kind: c.kind.scaled(self.fallback_share),
         }
     }
 

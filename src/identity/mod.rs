@@ -361,6 +361,17 @@ impl IdentityExtractor {
         self.bounded(found)
     }
 
+    /// The caller the client IP names (`on_missing_identity: client_ip`): hashed and bounded
+    /// as any identity; `None` without a peer.
+    pub fn client_caller(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Vec<u8>>, IdentityError> {
+        peer.map(|p| self.named(self.client_ip(p, headers)))
+            .transpose()
+    }
+
     /// The client IP as a caller names it (after the trusted-proxy rules).
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Vec<u8> {
         self.trusted
