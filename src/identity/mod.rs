@@ -337,7 +337,7 @@ impl IdentityExtractor {
         if !self.hash.is_on() {
             return self.bounded(Some(raw)).map(Option::unwrap_or_default);
         }
-        if raw.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        if has_control(&raw) {
             return Err(IdentityError::Invalid);
         }
         Ok(self.hash.caller(raw))
@@ -387,10 +387,15 @@ impl IdentityExtractor {
             Some(id) if id.len() > self.max_bytes => Err(IdentityError::TooLong {
                 max_bytes: self.max_bytes,
             }),
-            Some(id) if id.iter().any(|&b| b < 0x20 || b == 0x7f) => Err(IdentityError::Invalid),
+            Some(id) if has_control(&id) => Err(IdentityError::Invalid),
             other => Ok(other),
         }
     }
+}
+
+/// Whether `bytes` hold a control character (0x00-0x1F, 0x7F): never part of an identity.
+fn has_control(bytes: &[u8]) -> bool {
+    bytes.iter().any(|&b| b < 0x20 || b == 0x7f)
 }
 
 /// A header's value, trimmed; empty counts as absent. Two lines of it are refused: which one
@@ -413,11 +418,9 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<Vec<u8>>, IdentityError> {
     let Some(value) = header_value(headers, &http::header::AUTHORIZATION)? else {
         return Ok(None);
     };
-    let token = match strip_bearer(&value) {
-        Some(token) => token,
-        None => return Ok(None),
-    };
-    Ok((!token.is_empty()).then(|| token.to_vec()))
+    Ok(strip_bearer(&value)
+        .filter(|token| !token.is_empty())
+        .map(<[u8]>::to_vec))
 }
 
 /// The token after a `Bearer ` scheme (any case), trimmed.
