@@ -208,7 +208,7 @@ pub fn too_many_requests(
     let retry_after = retry_after_secs(state);
     let window_s = limit.rate().map_or(0, |r| r.window_secs());
     let (error, window) = match limit.rate() {
-        Some(r) => ("rate_limited", format!(",\"window_s\":{}", r.window_secs())),
+        Some(_) => ("rate_limited", format!(",\"window_s\":{window_s}")),
         None => ("too_many_in_flight", String::new()),
     };
     // Route and bucket names are [A-Za-z0-9._-]: nothing to escape; a scope may name a query
@@ -238,12 +238,17 @@ pub fn too_many_requests(
         }
         (None, Format::Json) => json,
         (None, Format::Problem) => {
-            let fields: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
             let detail = match limit.rate() {
                 Some(_) => format!("over the limit of {amount} per {window_s} s on route {route}; retry in {retry_after} s"),
                 None => format!("over the limit of {amount} requests in flight on route {route}; retry in {retry_after} s"),
             };
-            problem(style.status, "Too Many Requests", &detail, &fields)
+            in_format(
+                Format::Problem,
+                style.status,
+                "Too Many Requests",
+                &detail,
+                json,
+            )
         }
         (None, Format::Text) => {
             format!("{error} on route {route}: limit {amount}, retry in {retry_after} s\n")
