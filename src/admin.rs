@@ -167,6 +167,11 @@ fn limit_usage(l: &Limit, u: &LimitState) -> Value {
             v
         }
         Kind::Concurrency(n) => json!({ "concurrency": n.get() }),
+        Kind::Quota(q) => json!({
+            "requests": q.requests.get(),
+            "period": q.period.name(),
+            "timezone": q.tz.name(),
+        }),
     };
     limit["per"] = l.per.to_json();
     if let Some(bucket) = &l.bucket {
@@ -175,7 +180,23 @@ fn limit_usage(l: &Limit, u: &LimitState) -> Value {
     limit["used"] = u.used.into();
     limit["remaining"] = u.remaining.into();
     limit["reset_s"] = ceil_secs(u.reset).into();
+    if let Kind::Quota(q) = l.kind {
+        limit["reset_at"] = reset_at(u.reset, q.tz).into();
+    }
     limit
+}
+
+/// When a quota's period ends, in its own zone (RFC 3339, to the second: periods end on whole
+/// minutes, and the store's clock and this one differ by far less than a second).
+fn reset_at(reset: std::time::Duration, tz: chrono_tz::Tz) -> String {
+    let at = std::time::SystemTime::now() + reset + std::time::Duration::from_millis(500);
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .with_timezone(&tz)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// One admin response.

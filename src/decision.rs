@@ -436,7 +436,7 @@ impl Decider {
                         .iter()
                         .zip(&checks)
                         .filter(|(l, _)| {
-                            l.rate().is_some() && (l.count.is_some() || route.cost_from.is_some())
+                            l.kind.counts() && (l.count.is_some() || route.cost_from.is_some())
                         })
                         .map(|(l, c)| (c.clone(), l.count.clone()))
                         .collect(),
@@ -523,7 +523,9 @@ impl Decider {
         if let Some(d) = denials.filter(|_| ask.retry.is_none()) {
             let now = Instant::now();
             let cached = ask.checks.iter().enumerate().find_map(|(index, c)| {
-                c.kind.rate()?;
+                if !c.kind.counts() {
+                    return None;
+                }
                 let state = d.get(&c.key, ask.cost, now, self.generation)?;
                 Some(Refused { state, index })
             });

@@ -5,7 +5,7 @@
 
 use crate::config::format_duration;
 use crate::identity::IdentityError;
-use crate::limiter::{Kind, Limit, LimitState, Refused};
+use crate::limiter::{Kind, Limit, LimitState, Quota, Refused};
 use crate::refusal::{problem, Format, RefusalStyle, Values};
 use bytes::Bytes;
 use http::HeaderValue;
@@ -66,7 +66,8 @@ pub fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// What a route's limits look like in the RateLimit headers, built once when the config
-/// loads: each limit's policy name and the whole `RateLimit-Policy` value.
+/// loads: each limit's policy name and the whole `RateLimit-Policy` value (for a route with a
+/// calendar quota, whose `w` is the current period's length, its parts, joined per response).
 #[derive(Debug, Clone)]
 pub struct Policy {
     names: Vec<String>,
@@ -74,39 +75,47 @@ pub struct Policy {
     amounts: Vec<(u32, HeaderValue)>,
     /// `None` when the route has no rate limit (in-flight caps have no window to report).
     header: Option<HeaderValue>,
+    /// With a quota: each counted limit's item, a quota's to be completed with its `w`.
+    items: Option<Vec<(String, Option<Quota>)>>,
 }
 
 impl Policy {
     /// Names: the route's (or bucket's) name when there is one rate limit; with several,
-    /// `name-window`, and `-per` when that is not the caller (`api-1m-client_ip`).
+    /// `name-window` (`name-month` for a quota), and `-per` when that is not the caller
+    /// (`api-1m-client_ip`).
     pub fn new(route: &str, limits: &[Limit]) -> Policy {
-        let rates = limits.iter().filter(|l| l.rate().is_some()).count();
+        let counted = limits.iter().filter(|l| l.kind.counts()).count();
         let names: Vec<String> = limits
             .iter()
             .map(|l| {
                 let base = l.bucket.as_deref().unwrap_or(route);
-                match (l.kind, rates) {
-                    (Kind::Rate(_), 1) => base.to_string(),
-                    (Kind::Rate(r), _) if l.per.is_caller() => {
-                        format!("{base}-{}", format_duration(r.window))
-                    }
-                    (Kind::Rate(r), _) => {
-                        format!("{base}-{}-{}", format_duration(r.window), l.per.label())
-                    }
-                    (Kind::Concurrency(_), _) => format!("{base}-inflight"),
+                let span = match l.kind {
+                    Kind::Concurrency(_) => return format!("{base}-inflight"),
+                    _ if counted == 1 => return base.to_string(),
+                    Kind::Rate(r) => format_duration(r.window),
+                    Kind::Quota(q) => q.period.name().to_string(),
+                };
+                match l.per.is_caller() {
+                    true => format!("{base}-{span}"),
+                    false => format!("{base}-{span}-{}", l.per.label()),
                 }
             })
             .collect();
-        let items: Vec<String> = limits
+        let items: Vec<(String, Option<Quota>)> = limits
             .iter()
             .zip(&names)
-            .filter_map(|(l, name)| {
-                let r = l.rate()?;
-                Some(format!("\"{name}\";q={};w={}", r.requests, r.window_secs()))
+            .filter_map(|(l, name)| match l.kind {
+                Kind::Rate(r) => Some((
+                    format!("\"{name}\";q={};w={}", r.requests, r.window_secs()),
+                    None,
+                )),
+                Kind::Quota(q) => Some((format!("\"{name}\";q={};w=", q.requests), Some(q))),
+                Kind::Concurrency(_) => None,
             })
             .collect();
+        let quotas = items.iter().any(|(_, q)| q.is_some());
         let header = (!items.is_empty())
-            .then(|| HeaderValue::from_str(&items.join(", ")).ok())
+            .then(|| HeaderValue::from_str(&Self::join(&items, 0)).ok())
             .flatten();
         let amounts = limits
             .iter()
@@ -116,12 +125,40 @@ impl Policy {
             names,
             amounts,
             header,
+            items: quotas.then_some(items),
+        }
+    }
+
+    /// The items as one header value, each quota's `w` its period at `now` (µs).
+    fn join(items: &[(String, Option<Quota>)], now: u64) -> String {
+        let parts: Vec<String> = items
+            .iter()
+            .map(|(item, quota)| match quota {
+                Some(q) => format!("{item}{}", q.bounds(now).secs()),
+                None => item.clone(),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
+    /// `RateLimit-Policy` now.
+    fn header(&self) -> Option<HeaderValue> {
+        match &self.items {
+            None => self.header.clone(),
+            Some(items) => HeaderValue::from_str(&Self::join(items, now_us())).ok(),
         }
     }
 
     pub fn name(&self, index: usize) -> &str {
         self.names.get(index).map_or("", String::as_str)
     }
+}
+
+/// This machine's time in µs since the epoch (a quota's period in the headers and the body).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The header values of one decision, computed once and applied to whichever response goes out.
@@ -142,9 +179,8 @@ impl RateLimitHeaders {
         let (index, reported) = states
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| Some((i, s, s.kind.rate()?)))
-            .min_by_key(|(_, s, r)| (s.remaining, Reverse(r.window)))
-            .map(|(i, s, _)| (i, s))?;
+            .filter(|(_, s)| s.kind.counts())
+            .min_by_key(|(_, s)| (s.remaining, Reverse(s.kind.max_window())))?;
         Self::build(policy, index, reported, ceil_secs(reported.reset))
     }
 
@@ -152,14 +188,16 @@ impl RateLimitHeaders {
     /// an in-flight cap refused: it has no window to report).
     pub fn refused(policy: &Policy, refused: &Refused) -> Option<Self> {
         let state = &refused.state;
-        state.kind.rate()?;
+        if !state.kind.counts() {
+            return None;
+        }
         Self::build(policy, refused.index, state, retry_after_secs(state))
     }
 
     fn build(policy: &Policy, index: usize, s: &LimitState, reset: u64) -> Option<Self> {
         Some(Self {
             ratelimit: format!("\"{}\";r={};t={reset}", policy.name(index), s.remaining),
-            policy: policy.header.clone()?,
+            policy: policy.header()?,
             // The configured number, or the share of it a sidecar enforces alone while the
             // store is away (on_error: local).
             limit: match policy.amounts.get(index) {
@@ -206,10 +244,22 @@ pub fn too_many_requests(
     let (plan, limit, policy, refused) = (r.plan, r.limit, r.policy, r.refused);
     let state = &refused.state;
     let retry_after = retry_after_secs(state);
-    let window_s = limit.rate().map_or(0, |r| r.window_secs());
-    let (error, window) = match limit.rate() {
-        Some(_) => ("rate_limited", format!(",\"window_s\":{window_s}")),
-        None => ("too_many_in_flight", String::new()),
+    let window_s = match limit.kind {
+        Kind::Rate(r) => r.window_secs(),
+        Kind::Quota(q) => q.bounds(now_us()).secs(),
+        Kind::Concurrency(_) => 0,
+    };
+    let (error, window) = match limit.kind {
+        Kind::Rate(_) => ("rate_limited", format!(",\"window_s\":{window_s}")),
+        Kind::Quota(q) => (
+            "quota_exceeded",
+            format!(
+                ",\"window_s\":{window_s},\"period\":\"{}\",\"timezone\":\"{}\"",
+                q.period.name(),
+                q.tz.name()
+            ),
+        ),
+        Kind::Concurrency(_) => ("too_many_in_flight", String::new()),
     };
     // Route and bucket names are [A-Za-z0-9._-]: nothing to escape; a scope may name a query
     // parameter, so it goes through the JSON encoder.
@@ -238,9 +288,10 @@ pub fn too_many_requests(
         }
         (None, Format::Json) => json,
         (None, Format::Problem) => {
-            let detail = match limit.rate() {
-                Some(_) => format!("over the limit of {amount} per {window_s} s on route {route}; retry in {retry_after} s"),
-                None => format!("over the limit of {amount} requests in flight on route {route}; retry in {retry_after} s"),
+            let detail = match limit.kind {
+                Kind::Rate(_) => format!("over the limit of {amount} per {window_s} s on route {route}; retry in {retry_after} s"),
+                Kind::Quota(q) => format!("over the quota of {amount} per {} on route {route}; it resets in {retry_after} s", q.label()),
+                Kind::Concurrency(_) => format!("over the limit of {amount} requests in flight on route {route}; retry in {retry_after} s"),
             };
             in_format(
                 Format::Problem,

@@ -1,6 +1,6 @@
 //! One engine, checked against itself: random traces (mixed kinds and algorithms, costs, request
 //! ids, releases, renewals, counts settled at another cost or undone, clock steps across window
-//! edges) run through the memory store and through `check.lua` on a real redis-server, on one clock, and every answer
+//! edges and calendar periods) run through the memory store and through `check.lua` on a real redis-server, on one clock, and every answer
 //! must be the same: admitted or not, which limit refuses, and each limit's used, remaining,
 //! reset and retry.
 
@@ -12,8 +12,8 @@ use sluice::config::{Backend, OnError, StoreConfig};
 use sluice::limiter::keys::limit_key;
 use sluice::limiter::memory::{Clock, ManualClock};
 use sluice::limiter::{
-    Algorithm, Ask, Check, Decision, Kind, LimitState, MemoryLimiter, Permit, Rate, Receipt,
-    RedisLimiter, Refused, Retry, Scope,
+    Algorithm, Ask, Check, Decision, Kind, LimitState, MemoryLimiter, Period, Permit, Quota, Rate,
+    Receipt, RedisLimiter, Refused, Retry, Scope,
 };
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -45,7 +45,18 @@ fn palette() -> Vec<Kind> {
         rate(Algorithm::SlidingWindow, 3, 333, 3),
         Kind::Concurrency(NonZeroU32::new(2).unwrap()),
         Kind::Concurrency(NonZeroU32::new(1).unwrap()),
+        quota(6, Period::Day, "Asia/Shanghai"),
+        quota(4, Period::Week, "UTC"),
+        quota(9, Period::Month, "America/New_York"),
     ]
+}
+
+fn quota(requests: u32, period: Period, tz: &str) -> Kind {
+    Kind::Quota(Quota {
+        requests: NonZeroU32::new(requests).unwrap(),
+        period,
+        tz: tz.parse().unwrap(),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +99,9 @@ fn step() -> impl Strategy<Value = Step> {
             Just(1_000_000),
             Just(3_000_000),
             Just(11_000_000),
+            // An hour and a day: across quota periods.
+            Just(3_600_000_000),
+            Just(86_400_000_000),
             0..2_000_000u64,
         ]
         .prop_map(Step::Advance),
@@ -231,11 +245,8 @@ fn run(start: u64, steps: &[Step]) -> Result<(), TestCaseError> {
             }
             Step::Settle(k, to) if !counted.is_empty() => {
                 let (checks, cost, m, r) = counted.remove(k % counted.len());
-                // As the proxy settles: rate limits only (a slot is not a count).
-                let rates: Vec<Check> = checks
-                    .into_iter()
-                    .filter(|c| c.kind.rate().is_some())
-                    .collect();
+                // As the proxy settles: rates and quotas only (a slot is not a count).
+                let rates: Vec<Check> = checks.into_iter().filter(|c| c.kind.counts()).collect();
                 memory.adjust(&rates, m.member, (cost, *to), m.at, None);
                 let settled = w.store.adjust(&rates, r.member, (cost, *to), r.at, None);
                 w.runtime.block_on(settled).unwrap();
@@ -264,6 +275,8 @@ proptest! {
         offset in 0..2_000_000u64,
         steps in prop::collection::vec(step(), 1..60),
     ) {
-        run(1_764_000_000_000_000 + offset, &steps)?;
+        // From 4 s before midnight in Shanghai (2025-11-25 00:00 +08:00), so that the day
+        // quota's period ends within most traces.
+        run(1_764_000_000_000_000 - 4_000_000 + offset, &steps)?;
     }
 }

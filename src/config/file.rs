@@ -336,7 +336,8 @@ pub struct MatchFile {
     pub headers: Option<BTreeMap<String, String>>,
 }
 
-/// One limit: a rate (`requests` per `window`) or an in-flight cap (`concurrency`).
+/// One limit: a rate (`requests` per `window`), a calendar quota (`requests` per `period`) or
+/// an in-flight cap (`concurrency`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitFile {
@@ -347,6 +348,10 @@ pub struct LimitFile {
     pub burst: Option<i64>,
     /// Requests in flight at once.
     pub concurrency: Option<i64>,
+    /// A calendar quota: `requests` per `day`, `week` or `month` (instead of a window).
+    pub period: Option<Text>,
+    /// The quota's time zone (IANA name, default UTC).
+    pub timezone: Option<Text>,
     /// Whose requests it counts together (default caller).
     pub per: Option<PerFile>,
     /// Only requests whose response status matches stay counted.

@@ -8,7 +8,7 @@ use crate::exempt::Exempt;
 use crate::identity::jwt::ClaimPath;
 use crate::identity::{CallerHash, IdentitySource, TrustedProxies};
 use crate::identity::{Cidr, OnMissingIdentity};
-use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Rate, Scope, StatusMatch};
+use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Period, Quota, Rate, Scope, StatusMatch};
 use crate::plans::{CallersIndex, PlanSource, Plans};
 use crate::refusal::{Format, RefusalStyle, Template, Values as RenderValues};
 use crate::routes::{normalize_path, CostFrom, PathMatch, Route};
@@ -103,7 +103,7 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
             .cost_from
             .as_ref()
             .and_then(|c| cost_from(c, &format!("{path}.cost_from"), p));
-        if cost_from.is_some() && !uses_plan && !all.iter().any(|l| l.rate().is_some()) {
+        if cost_from.is_some() && !uses_plan && !all.iter().any(|l| l.kind.counts()) {
             p.warn(
                 &format!("{path}.cost_from"),
                 "the route has no rate limit to settle, so it never takes effect",
@@ -266,7 +266,7 @@ fn limits(
             if l.concurrency.is_some() {
                 p.add(
                     &format!("{at}.count"),
-                    "applies to rates only (an in-flight slot is held until the response ends anyway)",
+                    "applies to rates and quotas only (an in-flight slot is held until the response ends anyway)",
                 );
                 return None;
             }
@@ -284,10 +284,11 @@ fn limits(
             let what = match kind {
                 Kind::Rate(r) => format!("window {}", format_duration(r.window)),
                 Kind::Concurrency(_) => "concurrency".into(),
+                Kind::Quota(q) => format!("period {}", q.label()),
             };
             p.add(
                 &at,
-                format!("duplicate limit: the same {what} and per {} as {path}[{first}] (give each its own window or per)", per.label()),
+                format!("duplicate limit: the same {what} and per {} as {path}[{first}] (give each its own window, period or per)", per.label()),
             );
             continue;
         }
@@ -304,11 +305,13 @@ fn limits(
     out.into_iter().map(|(_, l)| l).collect()
 }
 
-/// Two limits that would count under one key: rates with one window, or two in-flight caps.
+/// Two limits that would count under one key: rates with one window, quotas with one period
+/// in one zone, or two in-flight caps.
 fn same_slot(a: &Kind, b: &Kind) -> bool {
     match (a, b) {
         (Kind::Rate(x), Kind::Rate(y)) => x.window == y.window,
         (Kind::Concurrency(_), Kind::Concurrency(_)) => true,
+        (Kind::Quota(x), Kind::Quota(y)) => x.period == y.period && x.tz == y.tz,
         _ => false,
     }
 }
@@ -331,20 +334,33 @@ fn whole(v: i64, at: &str, p: &mut Problems) -> Option<NonZeroU32> {
 /// A rate (`requests` per `window`, an algorithm, a burst) or an in-flight cap.
 fn kind(l: &LimitFile, at: &str, p: &mut Problems) -> Option<Kind> {
     if let Some(n) = l.concurrency {
-        if l.requests.is_some() || l.window.is_some() || l.algorithm.is_some() || l.burst.is_some()
+        if l.requests.is_some()
+            || l.window.is_some()
+            || l.algorithm.is_some()
+            || l.burst.is_some()
+            || l.period.is_some()
         {
             p.add(
                 at,
-                "concurrency cannot be combined with requests, window, algorithm or burst (make two limits)",
+                "concurrency cannot be combined with requests, window, period, algorithm or burst (make two limits)",
             );
             return None;
         }
         return whole(n, &format!("{at}.concurrency"), p).map(Kind::Concurrency);
     }
+    if let Some(period) = &l.period {
+        return quota(l, &period.0, at, p);
+    }
+    if l.timezone.is_some() {
+        p.add(
+            &format!("{at}.timezone"),
+            "applies to a calendar quota only (period: day, week or month)",
+        );
+    }
     let (Some(requests), Some(window)) = (l.requests, l.window.as_ref()) else {
         p.add(
             at,
-            "needs requests and window (a rate), or concurrency (requests in flight)",
+            "needs requests and window (a rate), requests and period (a calendar quota), or concurrency (requests in flight)",
         );
         return None;
     };
@@ -380,6 +396,45 @@ fn kind(l: &LimitFile, at: &str, p: &mut Problems) -> Option<Kind> {
         window: window?,
         algorithm,
         burst: burst?,
+    }))
+}
+
+/// A calendar quota: `requests` per `period` (day, week from Monday, month) in `timezone`
+/// (an IANA name; default UTC).
+fn quota(l: &LimitFile, period: &str, at: &str, p: &mut Problems) -> Option<Kind> {
+    if l.window.is_some() || l.algorithm.is_some() || l.burst.is_some() {
+        p.add(
+            at,
+            "period cannot be combined with window, algorithm or burst (a quota counts per calendar period; make two limits)",
+        );
+        return None;
+    }
+    let period = Period::parse(period).or_else(|| {
+        p.add(
+            &format!("{at}.period"),
+            format!("unknown period \"{period}\" (use day, week or month; for a sliding window use window:)"),
+        );
+        None
+    });
+    let tz = match &l.timezone {
+        None => Some(chrono_tz::Tz::UTC),
+        Some(name) => name.0.parse::<chrono_tz::Tz>().ok().or_else(|| {
+            p.add(
+                &format!("{at}.timezone"),
+                format!("unknown time zone \"{}\" (an IANA name such as Europe/Berlin, America/New_York or UTC)", name.0),
+            );
+            None
+        }),
+    };
+    let Some(requests) = l.requests else {
+        p.add(at, "a quota needs requests (how many per period)");
+        return None;
+    };
+    let requests = whole(requests, &format!("{at}.requests"), p);
+    Some(Kind::Quota(Quota {
+        requests: requests?,
+        period: period?,
+        tz: tz?,
     }))
 }
 
@@ -445,16 +500,16 @@ fn cost(
     };
     let most = cost.max();
     for (where_, list) in limits {
-        if let Some(r) = list
-            .iter()
-            .filter_map(Limit::rate)
-            .find(|r| r.capacity() < most)
-        {
+        let capacity = |l: &Limit| match l.kind {
+            Kind::Rate(r) => Some(r.capacity()),
+            Kind::Quota(q) => Some(q.requests.get()),
+            Kind::Concurrency(_) => None,
+        };
+        if let Some(c) = list.iter().filter_map(capacity).find(|&c| c < most) {
             p.add(
                 &at,
                 format!(
-                    "a request costing {most} exceeds {where_}'s limit of {} at once, so it could never be admitted",
-                    r.capacity()
+                    "a request costing {most} exceeds {where_}'s limit of {c} at once, so it could never be admitted"
                 ),
             );
         }

@@ -405,4 +405,55 @@ routes:
             ["x.yaml: store.tls_ca_file: needs a rediss:// store.url or store.nodes (TLS)"]
         );
     }
+
+    #[test]
+    fn calendar_quotas_parse_with_their_zone_and_refuse_what_they_cannot_be() {
+        let limits = |l: &str| {
+            format!(
+                "upstream: {{ addrs: [\"h:1\"] }}\nroutes: [{{ name: a, match: {{ path_prefix: / }}, limits: [{l}] }}]"
+            )
+        };
+        let c = parse(
+            "x.yaml",
+            &limits("{ requests: 100000, period: month, timezone: Europe/Berlin }, { requests: 10, period: day }"),
+            &no_env,
+        )
+        .unwrap();
+        let route = &c.routes.routes()[0];
+        let crate::limiter::Kind::Quota(q) = route.limits[0].kind else {
+            panic!("{:?}", route.limits[0]);
+        };
+        assert_eq!(
+            (q.requests.get(), q.label()),
+            (100_000, "month Europe/Berlin".to_string())
+        );
+        assert!(
+            matches!(route.limits[1].kind, crate::limiter::Kind::Quota(q) if q.tz == chrono_tz::UTC)
+        );
+        let problems = |l: &str| parse("x.yaml", &limits(l), &no_env).unwrap_err().lines;
+        assert_eq!(
+            problems("{ requests: 5, period: fortnight }"),
+            ["x.yaml: routes[0].limits[0].period: unknown period \"fortnight\" (use day, week or month; for a sliding window use window:)"]
+        );
+        assert_eq!(
+            problems("{ requests: 5, period: day, timezone: Mars/Olympus }"),
+            ["x.yaml: routes[0].limits[0].timezone: unknown time zone \"Mars/Olympus\" (an IANA name such as Europe/Berlin, America/New_York or UTC)"]
+        );
+        assert_eq!(
+            problems("{ requests: 5, period: day, window: 1d }"),
+            ["x.yaml: routes[0].limits[0]: period cannot be combined with window, algorithm or burst (a quota counts per calendar period; make two limits)"]
+        );
+        assert_eq!(
+            problems("{ requests: 5, window: 1d, timezone: UTC }"),
+            ["x.yaml: routes[0].limits[0].timezone: applies to a calendar quota only (period: day, week or month)"]
+        );
+        assert_eq!(
+            problems("{ requests: 5, period: day }, { requests: 9, period: day, timezone: UTC }"),
+            ["x.yaml: routes[0].limits[1]: duplicate limit: the same period day UTC and per caller as routes[0].limits[0] (give each its own window, period or per)"]
+        );
+        assert_eq!(
+            problems("{ period: week }"),
+            ["x.yaml: routes[0].limits[0]: a quota needs requests (how many per period)"]
+        );
+    }
 }

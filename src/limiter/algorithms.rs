@@ -23,6 +23,8 @@ pub enum State {
     Gcra { tat: f64 },
     /// In-flight leases: (member, expiry µs).
     Slots { leases: Vec<(u64, u64)> },
+    /// A calendar quota's period `[start, end)` (µs) and what it counted.
+    Quota { start: u64, end: u64, count: u64 },
 }
 
 /// What `look` found, for `count` and `report`.
@@ -37,6 +39,9 @@ pub struct Look {
     est: f64,
     tat: f64,
     new_tat: f64,
+    /// A quota's period, as found or as the request's instant puts it.
+    start: u64,
+    end: u64,
 }
 
 /// The fixed window holding `at`.
@@ -60,6 +65,11 @@ impl State {
                 Algorithm::Gcra => State::Gcra { tat: 0.0 },
             },
             Kind::Concurrency(_) => State::Slots { leases: Vec::new() },
+            Kind::Quota(_) => State::Quota {
+                start: 0,
+                end: 0,
+                count: 0,
+            },
         }
     }
 
@@ -102,6 +112,15 @@ impl State {
                 look.used = leases.len() as u64;
                 look.ok = look.used < amount;
             }
+            State::Quota { start, end, count } => {
+                // A period never goes back (see check.lua).
+                let b = quota_bounds(kind, now);
+                (look.start, look.end, look.used) = match *start >= b.start {
+                    true => (*start, *end, *count),
+                    false => (b.start, b.end, 0),
+                };
+                look.ok = look.used + cost <= amount;
+            }
         }
         look
     }
@@ -127,6 +146,10 @@ impl State {
             State::Slots { leases } => {
                 leases.push((member, now + lease_ms(lease) * 1000));
                 look.used += 1;
+            }
+            State::Quota { start, end, count } => {
+                look.used += cost as u64;
+                (*start, *end, *count) = (look.start, look.end, look.used);
             }
         }
     }
@@ -229,6 +252,19 @@ impl State {
                     retry,
                 )
             }
+            State::Quota { .. } => {
+                let reset = look.end.saturating_sub(now);
+                let retry = match refused && !look.ok {
+                    true => reset.max(1),
+                    false => 0,
+                };
+                (
+                    look.used,
+                    amount.saturating_sub(look.used),
+                    Duration::from_micros(reset),
+                    Duration::from_micros(retry),
+                )
+            }
         };
         (sat(used), sat(remaining), reset, retry)
     }
@@ -278,6 +314,12 @@ impl State {
                     leases.retain(|&(m, _)| m != member);
                 }
             }
+            State::Quota { start, end, count } => {
+                // Only in the period it was counted in; an empty state has nothing to adjust.
+                if *end > 0 && quota_bounds(kind, at).start == *start {
+                    *count = (*count + cost as u64).saturating_sub(counted as u64);
+                }
+            }
         }
     }
 
@@ -307,6 +349,7 @@ impl State {
             State::Window { idx, .. } => (idx + 2) * window,
             State::Gcra { tat } => tat.ceil() as u64,
             State::Slots { leases } => leases.iter().map(|&(_, until)| until).max().unwrap_or(0),
+            State::Quota { end, .. } => *end,
         }
     }
 }
@@ -320,6 +363,15 @@ fn dims(kind: &Kind) -> (u64, u64, u64) {
             r.burst.get() as u64,
         ),
         Kind::Concurrency(n) => (n.get() as u64, 1, 0),
+        Kind::Quota(q) => (q.requests.get() as u64, 1, 0),
+    }
+}
+
+/// The calendar period holding `now`, for a quota (any other kind: nothing).
+fn quota_bounds(kind: &Kind, now: u64) -> super::calendar::Bounds {
+    match kind {
+        Kind::Quota(q) => q.bounds(now),
+        _ => super::calendar::Bounds { start: 0, end: 0 },
     }
 }
 

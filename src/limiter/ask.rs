@@ -116,8 +116,8 @@ pub struct Refused {
 impl Refused {
     /// The limit of `states` that refuses longest (`None` when there is none).
     pub fn longest(states: &[LimitState]) -> Option<Refused> {
-        let window = |s: &LimitState| s.kind.rate().map_or(Duration::ZERO, |r| r.window);
-        let index = (0..states.len()).max_by_key(|&i| (states[i].retry, window(&states[i])))?;
+        let index =
+            (0..states.len()).max_by_key(|&i| (states[i].retry, states[i].kind.max_window()))?;
         Some(Refused {
             state: states[index],
             index,

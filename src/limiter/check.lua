@@ -12,7 +12,8 @@
 -- OP_CHECK   p+1 member (unique per request), p+2 retry window ms (0: no request id; -1: an
 --            earlier call already found this request to be a retry), p+3 max retries,
 --            p+4 cost (0: a peek, which counts nothing), p+5 n limits, then LIMIT_ARGS values
---            per limit: kind, amount (requests or slots), window µs, burst, window or lease ms.
+--            per limit: kind, amount (requests or slots), window µs, burst, window or lease ms
+--            (a quota: its period's end µs, start µs, length ms).
 --            KEYS: each limit's key, then (retry window > 0) the request id's key.
 --            Reply: status (1 admitted, 2 admitted as a retry, 0 refused, -1 failed), then
 --            REPLY_PER_LIMIT values per limit: used, remaining, reset µs, retry µs.
@@ -312,6 +313,45 @@ KINDS[KIND_SLOTS] = function(phase, s, x, y, z, w)
     local member, counted, cost, at = x, y, z, w
     if cost == 0 then
       call('ZREM', s.key, member)
+    end
+  end
+end
+
+-- A calendar quota: one counter per period, on the caller's clock. The caller finds the period
+-- (a time zone's calendar is not the script's to know) and sends its end as `window`, its start
+-- as `burst` and the instant it found them for as `ms`; the reset and the key's expiry count
+-- from that instant, so a quota is on one clock throughout. The hash keeps the period's start
+-- `p`, end `e` and count `c`. A period never goes back: a sidecar whose clock is behind,
+-- sending the period that just ended, counts in the one the hash already holds.
+KINDS[KIND_QUOTA] = function(phase, s, x, y, z, w)
+  if phase == LOOK then
+    local cost = x
+    local h = call('HMGET', s.key, 'p', 'e', 'c')
+    local hp = tonumber(h[1])
+    s.start, s.stop, s.used = s.burst, s.window, 0
+    if hp and hp >= s.start then
+      s.start, s.stop, s.used = hp, tonumber(h[2]) or s.window, tonumber(h[3]) or 0
+    end
+    s.ok = s.used + cost <= s.amount
+  elseif phase == COUNT then
+    local member, cost = x, y
+    s.used = s.used + cost
+    call('HSET', s.key, 'p', int(s.start), 'e', int(s.stop), 'c', s.used)
+    call('PEXPIRE', s.key, max(1, ceil((s.stop - s.ms) / 1000)) + slack)
+  elseif phase == REPORT then
+    local cost, refused = x, y
+    local reset = max(0, s.stop - s.ms)
+    local retry = 0
+    if refused and not s.ok then
+      retry = max(1, reset)
+    end
+    return s.used, max(0, s.amount - s.used), reset, retry
+  else -- ADJUST
+    -- Only in the period it was counted in (the caller sends the period of `at`).
+    local counted, cost = y, z
+    local h = call('HMGET', s.key, 'p', 'c')
+    if tonumber(h[1]) == s.burst then
+      call('HSET', s.key, 'c', max(0, (tonumber(h[2]) or 0) - counted + cost))
     end
   end
 end

@@ -101,7 +101,7 @@ impl DenialCache {
     ) {
         let retry = state.retry;
         if retry < Duration::from_millis(1)
-            || state.kind.rate().is_none()
+            || !state.kind.counts()
             || generation != self.generation.load(Ordering::Acquire)
         {
             return;

@@ -90,6 +90,11 @@ pub fn limit_key(
             }
         }
         Kind::Concurrency(_) => key.push_str("cc"),
+        Kind::Quota(q) => {
+            key.push_str(q.period.name());
+            key.push('@');
+            key.push_str(q.tz.name());
+        }
     }
     key
 }

@@ -10,6 +10,7 @@ pub const KIND_LOG: i64 = 1;
 pub const KIND_WINDOW: i64 = 2;
 pub const KIND_GCRA: i64 = 3;
 pub const KIND_SLOTS: i64 = 4;
+pub const KIND_QUOTA: i64 = 5;
 
 /// Operation codes.
 pub const OP_CHECK: i64 = 1;
@@ -17,7 +18,8 @@ pub const OP_RELEASE: i64 = 2;
 pub const OP_RENEW: i64 = 3;
 pub const OP_ADJUST: i64 = 4;
 
-/// Arguments per limit: kind, amount, window µs, burst, window (or lease) ms.
+/// Arguments per limit: kind, amount, window µs, burst, window (or lease) ms; a quota sends its
+/// period's end and start (µs) as window and burst, and the instant it found them for (µs).
 pub const LIMIT_ARGS: usize = 5;
 /// Values per limit in a check's reply: used, remaining, reset µs, retry µs.
 pub const REPLY_PER_LIMIT: usize = 4;
@@ -50,11 +52,13 @@ pub fn code(kind: &Kind) -> i64 {
             Algorithm::Gcra => KIND_GCRA,
         },
         Kind::Concurrency(_) => KIND_SLOTS,
+        Kind::Quota(_) => KIND_QUOTA,
     }
 }
 
-/// A limit's [`LIMIT_ARGS`] arguments; `lease` is the store's lease time (slots only).
-pub fn limit_args(kind: &Kind, lease: Duration) -> [u64; LIMIT_ARGS] {
+/// A limit's [`LIMIT_ARGS`] arguments; `lease` is the store's lease time (slots only), `now`
+/// (µs since the epoch) the instant whose calendar period a quota counts in (quotas only).
+pub fn limit_args(kind: &Kind, lease: Duration, now: u64) -> [u64; LIMIT_ARGS] {
     match kind {
         Kind::Rate(r) => {
             let us = r.window.as_micros() as u64;
@@ -67,16 +71,27 @@ pub fn limit_args(kind: &Kind, lease: Duration) -> [u64; LIMIT_ARGS] {
             ]
         }
         Kind::Concurrency(n) => [KIND_SLOTS as u64, n.get() as u64, 0, 0, lease_ms(lease)],
+        Kind::Quota(q) => {
+            let b = q.bounds(now);
+            [
+                KIND_QUOTA as u64,
+                q.requests.get() as u64,
+                b.end,
+                b.start,
+                now,
+            ]
+        }
     }
 }
 
 /// The script's header: every constant above as a Lua local.
 pub fn lua_header() -> String {
-    let constants: [(&str, i64); 11] = [
+    let constants: [(&str, i64); 12] = [
         ("KIND_LOG", KIND_LOG),
         ("KIND_WINDOW", KIND_WINDOW),
         ("KIND_GCRA", KIND_GCRA),
         ("KIND_SLOTS", KIND_SLOTS),
+        ("KIND_QUOTA", KIND_QUOTA),
         ("OP_CHECK", OP_CHECK),
         ("OP_RELEASE", OP_RELEASE),
         ("OP_RENEW", OP_RENEW),

@@ -1,7 +1,8 @@
-//! The limit model: what a limit counts ([`Kind`]: a [`Rate`] with its [`Algorithm`], or
-//! requests in flight), whose requests it counts together ([`Scope`]), what one request costs
+//! The limit model: what a limit counts ([`Kind`]: a [`Rate`] with its [`Algorithm`], a
+//! calendar [`Quota`], or requests in flight), whose requests it counts together ([`Scope`]), what one request costs
 //! ([`Cost`]) and what a route does when the store cannot decide ([`OnError`]).
 
+pub use super::calendar::{Period, Quota};
 use http::HeaderName;
 use std::fmt;
 use std::num::NonZeroU32;
@@ -77,6 +78,8 @@ pub enum Kind {
     /// Requests in flight at once: a request holds a slot from admission until its response
     /// has ended (or the client left, or the upstream failed). One slot whatever its cost.
     Concurrency(NonZeroU32),
+    /// Cost units per calendar day, week or month in a time zone: a counter per period.
+    Quota(Quota),
 }
 
 impl Kind {
@@ -85,13 +88,34 @@ impl Kind {
         match self {
             Kind::Rate(r) => r.requests.get(),
             Kind::Concurrency(n) => n.get(),
+            Kind::Quota(q) => q.requests.get(),
         }
     }
 
     pub fn rate(&self) -> Option<&Rate> {
         match self {
             Kind::Rate(r) => Some(r),
-            Kind::Concurrency(_) => None,
+            _ => None,
+        }
+    }
+
+    /// Whether the limit counts cost units over time (a rate or a quota), not slots.
+    pub fn counts(&self) -> bool {
+        !matches!(self, Kind::Concurrency(_))
+    }
+
+    /// The longest window the limit can count over (a month for a monthly quota), by which
+    /// two limits are ordered when they would refuse alike.
+    pub fn max_window(&self) -> Duration {
+        const DAY: u64 = 86_400;
+        match self {
+            Kind::Rate(r) => r.window,
+            Kind::Quota(q) => Duration::from_secs(match q.period {
+                Period::Day => DAY + 3600,
+                Period::Week => 7 * DAY + 3600,
+                Period::Month => 31 * DAY + 3600,
+            }),
+            Kind::Concurrency(_) => Duration::ZERO,
         }
     }
 
@@ -109,6 +133,10 @@ impl Kind {
                 ..*r
             }),
             Kind::Concurrency(n) => Kind::Concurrency(scale(*n)),
+            Kind::Quota(q) => Kind::Quota(Quota {
+                requests: scale(q.requests),
+                ..*q
+            }),
         }
     }
 }

@@ -172,7 +172,7 @@ impl MemoryLimiter {
         }
         let (checks, cost) = (ask.checks, ask.cost);
         if let ([only], None) = (checks, ask.retry) {
-            if matches!(only.kind, Kind::Rate(_)) {
+            if only.kind.counts() {
                 return self.check_rate(only, cost, now);
             }
         }
@@ -199,7 +199,7 @@ impl MemoryLimiter {
                 .look(&c.kind, now, cost);
             match c.kind {
                 Kind::Concurrency(_) => slots_ok &= look.ok,
-                Kind::Rate(_) => rates_ok &= look.ok,
+                Kind::Rate(_) | Kind::Quota(_) => rates_ok &= look.ok,
             }
             looks.push(look);
         }

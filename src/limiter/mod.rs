@@ -7,6 +7,7 @@
 pub mod algorithms;
 pub mod ask;
 pub mod breaker;
+pub mod calendar;
 pub mod conn;
 pub mod denials;
 pub mod keys;
@@ -25,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::ask::{Ask, Check, Decision, LimitState, Parts, Permit, Receipt, Refused, Retry};
-pub use self::limit::{Algorithm, Cost, Kind, Limit, OnError, Part, Rate, Scope, StatusMatch};
+pub use self::limit::{
+    Algorithm, Cost, Kind, Limit, OnError, Part, Period, Quota, Rate, Scope, StatusMatch,
+};
 pub use self::side::StoreSide;
 
 pub use self::memory::MemoryLimiter;

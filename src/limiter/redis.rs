@@ -315,7 +315,8 @@ impl RedisLimiter {
                 _ => None,
             };
             let id_key = retry.as_ref().map(|r| r.0.clone());
-            let op = Op::check(&checks, self.lease, member, retry, replayed, ask.cost);
+            let now = ops::script_now(&self.clock);
+            let op = Op::check(&checks, self.lease, member, retry, replayed, ask.cost, now);
             let reply = self.run(op, ask.cost > 0).await;
             let (status, group_parts, at) = match reply {
                 Ok(Reply::Checked { status, parts, at }) => (status, parts, at),
@@ -375,7 +376,8 @@ impl RedisLimiter {
             )),
             _ => None,
         };
-        let op = Op::check(ask.checks, self.lease, member, retry, false, ask.cost);
+        let now = ops::script_now(&self.clock);
+        let op = Op::check(ask.checks, self.lease, member, retry, false, ask.cost, now);
         match self.run(op, ask.cost > 0).await? {
             Reply::Checked { status, parts, at } => {
                 let receipt = Receipt {

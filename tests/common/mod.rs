@@ -85,6 +85,26 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// libfaketime, which moves a process's wall clock (Debian package faketime).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+thread_local! {
+    static FAKE_OFFSET: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Every sidecar this thread starts from now on sees its wall clock `secs` seconds ahead
+/// (libfaketime; the monotonic clock is left alone): a test can put sidecars just before
+/// midnight in some time zone. The test's own clock is real: add `secs` to it. (Redis stays on
+/// the real clock: its jemalloc and libfaketime do not start together, and a calendar quota is
+/// on the sidecars' clocks anyway.)
+pub fn fake_clock(secs: i64) {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime is not installed: install the Debian package faketime"
+    );
+    FAKE_OFFSET.with(|o| o.set(Some(secs)));
+}
+
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
         let log = dir.join(format!("{name}.log"));
@@ -280,6 +300,11 @@ impl Sidecar {
         admin_port: u16,
     ) -> Sidecar {
         let mut cmd = Command::new(sluice_bin());
+        if let Some(secs) = FAKE_OFFSET.with(|o| o.get()) {
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME", format!("{secs:+}s"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         cmd.arg("--config").arg(config).env(
             "RUST_LOG",
             std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn,sluice=info".into()),

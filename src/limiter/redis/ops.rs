@@ -72,12 +72,13 @@ impl Op {
         retry: Option<(String, u64, u32)>,
         replayed: bool,
         cost: u32,
+        now: u64,
     ) -> Op {
         let mut keys: Vec<String> = Vec::with_capacity(checks.len() + 1);
         keys.extend(checks.iter().map(|c| c.borrow().key.clone()));
         let limits = checks
             .iter()
-            .map(|c| limit_args(&c.borrow().kind, lease))
+            .map(|c| limit_args(&c.borrow().kind, lease, now))
             .collect();
         let retry = retry.map(|(key, ms, max)| {
             keys.push(key);
@@ -104,7 +105,11 @@ impl Op {
         id_key: Option<String>,
     ) -> Op {
         let mut keys: Vec<String> = checks.iter().map(|c| c.key.clone()).collect();
-        let limits = checks.iter().map(|c| limit_args(&c.kind, lease)).collect();
+        // A quota's count is adjusted in the period of its count.
+        let limits = checks
+            .iter()
+            .map(|c| limit_args(&c.kind, lease, at))
+            .collect();
         let drop_id = id_key.is_some();
         keys.extend(id_key);
         Op::Adjust {
@@ -198,6 +203,20 @@ impl Op {
 /// How the script learns the time: `None` is Redis `TIME` (always, but in tests that run the
 /// memory store and the script on one clock).
 pub type ScriptClock = Option<Arc<dyn super::super::memory::Clock>>;
+
+/// The instant a calendar quota's period is found for (µs since the epoch): the script's clock
+/// when it has one (tests), else this machine's. A quota is on the sidecars' clocks (its
+/// period, reset and expiry; check.lua's KIND_QUOTA): at a period's end, sidecars whose clocks
+/// differ by δ may count a request δ early or late in the next period, and the script never
+/// goes back to an earlier one.
+pub fn script_now(clock: &ScriptClock) -> u64 {
+    match clock {
+        Some(c) => c.now_us(),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+    }
+}
 
 /// One script call doing `ops` in order, loading the script first if Redis lacks it, sent a
 /// second time (within the same deadline) when the connection was found closed: the call's
@@ -437,6 +456,7 @@ mod tests {
                 Some(("p:{r:a}:id:x".into(), 10, 2)),
                 false,
                 1,
+                0,
             ),
             Op::Release {
                 keys: vec!["k".into(), "l".into()],
