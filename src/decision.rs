@@ -2,8 +2,10 @@
 //! store → verdict. The proxy hands it a [`RequestHead`] and acts on the [`Verdict`].
 
 mod limit_set;
+pub mod throttle;
 
 use self::limit_set::{LimitSet, RouteLimits, Values};
+use self::throttle::{Throttling, Wait};
 use crate::access_log::shown_caller;
 use crate::config::{AccessLog, CallerInLog, Config};
 use crate::identity::{IdentityExtractor, OnMissingIdentity, RequestIds};
@@ -21,7 +23,7 @@ use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the decision reads of a request.
 pub struct RequestHead<'a> {
@@ -58,6 +60,9 @@ pub enum Action<'a> {
     Forward(Forward),
     /// Answer it here; nothing reaches the upstream.
     Refuse(Refusal<'a>),
+    /// Refused for now, but admitted soon enough to wait (a throttled route): wait, then
+    /// decide again with [`Decider::decide_after`].
+    Wait(Wait),
 }
 
 /// How a request was decided, for the access log.
@@ -85,6 +90,8 @@ pub struct Forward {
     pub held: Option<Held>,
     /// What to settle once the response is known (limits that count by outcome).
     pub settle: Option<Box<Settle>>,
+    /// How long a throttle held the request before it was admitted (`Sluice-Delay`).
+    pub delay: Option<Duration>,
 }
 
 /// An admitted request's counts that its response decides: each rate limit with
@@ -117,6 +124,8 @@ pub struct Decider {
     upstream_errors: Vec<UpstreamErrors>,
     /// `cost_counters[i]`: route i's responses that reported no cost, and more than max_cost.
     cost_counters: Vec<(IntCounter, IntCounter)>,
+    /// `throttles[i]`: route i's throttle, when it has one.
+    throttles: Vec<Option<Throttling>>,
     identity: IdentityExtractor,
     plans: Option<Arc<Plans>>,
     request_ids: Option<RequestIds>,
@@ -158,6 +167,13 @@ impl Decider {
             cost_counters: routes
                 .iter()
                 .map(|r| metrics.cost_counters(&r.name))
+                .collect(),
+            throttles: routes
+                .iter()
+                .map(|r| {
+                    let rule = r.throttle?;
+                    Some(Throttling::new(rule, metrics.throttle_metrics(&r.name)))
+                })
                 .collect(),
             routes: config.routes.clone(),
             identity: config.identity.clone(),
@@ -317,6 +333,15 @@ impl Decider {
 
     /// Decides one request. Never fails: a store fault is answered by the `on_error` policy.
     pub async fn decide<'s>(&'s self, head: &RequestHead<'_>) -> Verdict<'s> {
+        self.decide_after(head, Duration::ZERO).await
+    }
+
+    /// Decides a request that a throttle has held for `waited` so far (zero: a new request).
+    pub async fn decide_after<'s>(
+        &'s self,
+        head: &RequestHead<'_>,
+        waited: Duration,
+    ) -> Verdict<'s> {
         let path = match self.check_head(head) {
             Ok(path) => path,
             Err(refusal) => return self.reject(*refusal, None),
@@ -452,6 +477,23 @@ impl Decider {
         if shadowed {
             outcome = Outcome::ShadowLimited;
         }
+        let throttle = self.throttles[index].as_ref().filter(|_| !route.shadow);
+        if let (Some(t), Decided::Refused(refused)) = (throttle, &decided) {
+            // Counted nowhere yet: the decision after the wait is the one that counts.
+            if let Some(wait) = t.wait(refused.state.retry, waited) {
+                return Verdict {
+                    action: Action::Wait(wait),
+                    trace,
+                };
+            }
+        }
+        let delay = match (throttle, &decided) {
+            (Some(t), Decided::Admitted { .. }) if !waited.is_zero() => {
+                t.admitted(waited);
+                Some(waited)
+            }
+            _ => None,
+        };
         counters.count(outcome);
         trace.decision = outcome.label();
         match decided {
@@ -460,7 +502,11 @@ impl Decider {
                 forward_settled(rewrite, None, held, settle, trace)
             }
             Decided::Admitted { headers, held, .. } => {
-                forward_settled(rewrite, headers, held, settle, trace)
+                let mut verdict = forward_settled(rewrite, headers, held, settle, trace);
+                if let Action::Forward(f) = &mut verdict.action {
+                    f.delay = delay;
+                }
+                verdict
             }
             Decided::Refused(refused) if shadowed => {
                 let who = shown_caller(shown.as_deref(), self.access_log.1);
@@ -698,6 +744,7 @@ fn forward_settled(
             rate_headers,
             held,
             settle,
+            delay: None,
         }),
         trace,
     }

@@ -2,8 +2,8 @@
 //! request path only increments atomics (no label lookup, no lock).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// How a request on a route was decided (the `decision` label of `sluice_requests_total`).
@@ -93,6 +93,9 @@ pub struct Metrics {
     /// `max_cost`, by route.
     cost_unreported: IntCounterVec,
     cost_clamped: IntCounterVec,
+    /// Requests a `throttle:` held and then admitted, and how long, by route.
+    throttled: IntCounterVec,
+    throttle_delay: HistogramVec,
 }
 
 impl Metrics {
@@ -213,6 +216,25 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let throttled = IntCounterVec::new(
+            Opts::new(
+                "sluice_throttled_total",
+                "Requests a throttle held in the sidecar and then admitted",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let throttle_delay = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_throttle_delay_seconds",
+                "How long throttled requests waited before they were admitted",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["route"],
+        )
+        .expect("valid metric");
         store_up.set(1);
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -231,6 +253,8 @@ impl Metrics {
             Box::new(unknown_plan.clone()),
             Box::new(cost_unreported.clone()),
             Box::new(cost_clamped.clone()),
+            Box::new(throttled.clone()),
+            Box::new(throttle_delay.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -253,7 +277,17 @@ impl Metrics {
             unknown_plan,
             cost_unreported,
             cost_clamped,
+            throttled,
+            throttle_delay,
         }
+    }
+
+    /// A route's throttle counter and delay histogram, resolved once.
+    pub fn throttle_metrics(&self, route: &str) -> (IntCounter, Histogram) {
+        (
+            self.throttled.with_label_values(&[route]),
+            self.throttle_delay.with_label_values(&[route]),
+        )
     }
 
     /// A route's `[unreported, clamped]` cost counters, resolved once.

@@ -3,7 +3,7 @@
 
 use crate::access_log::{self, Entry};
 use crate::config::{AccessLog, CallerInLog};
-use crate::decision::{Action, Decider, RequestHead, Settle};
+use crate::decision::{throttle, Action, Decider, RequestHead, Settle, Verdict};
 use crate::forwarded;
 use crate::limiter::side::Held;
 use crate::limiter::StoreSide;
@@ -21,7 +21,7 @@ use pingora::{ErrorSource, ErrorType};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What every worker shares: built once, behind one `Arc`.
 pub struct Shared {
@@ -89,6 +89,8 @@ pub struct RequestCtx {
     /// Whether the TCP peer is a trusted proxy (its forwarding headers are appended to).
     peer_trusted: bool,
     rate_headers: Option<RateLimitHeaders>,
+    /// How long a throttle held the request (`Sluice-Delay` on its response).
+    delay: Option<Duration>,
     /// The in-flight slots this request holds, given back in `logging` (which runs for every
     /// request: answered here, proxied, failed upstream, or left by its client).
     held: Option<Held>,
@@ -110,6 +112,28 @@ struct LogCtx {
     entry: Entry,
     started: Instant,
     upstream_sent: Option<Instant>,
+}
+
+/// Waits `delay` unless the client leaves first: whether it is still there. A client leaving is
+/// seen on a bodyless HTTP/1.1 request (its connection closed) and on HTTP/2 (its stream reset
+/// or closed); a request with a body unread waits out its delay (reading the body to watch the
+/// connection would take it from the upstream).
+async fn client_waits(session: &mut Session, delay: Duration) -> bool {
+    let sleep = tokio::time::sleep(delay);
+    if session.as_http1().is_some() && session.is_body_empty() {
+        tokio::select! {
+            _ = sleep => true,
+            _ = session.read_body_or_idle(true) => false,
+        }
+    } else if let Some(closed) = session.watch_h2_stream_close() {
+        tokio::select! {
+            _ = sleep => true,
+            _ = closed => false,
+        }
+    } else {
+        sleep.await;
+        true
+    }
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -140,19 +164,42 @@ impl ProxyHttp for Worker {
             // keep-alive client reconnects, through its balancer, to a sidecar that stays.
             session.set_keepalive(None);
         }
-        let req = session.req_header();
-        let head = RequestHead {
-            method: &req.method,
-            raw_target: req.raw_path(),
-            path: req.uri.path(),
-            query: req.uri.query(),
-            headers: &req.headers,
-            peer: peer_ip(session),
-        };
         let started = Instant::now();
         let decider = self.shared.decider.load_full();
-        ctx.peer_trusted = head.peer.is_some_and(|p| decider.trusts(p));
-        let verdict = decider.decide(&head).await;
+        let peer = peer_ip(session);
+        ctx.peer_trusted = peer.is_some_and(|p| decider.trusts(p));
+        // A throttled route's request may wait and be decided again, until it is admitted,
+        // refused, or its client leaves.
+        let mut waited = Duration::ZERO;
+        let verdict = loop {
+            let req = session.req_header();
+            let head = RequestHead {
+                method: &req.method,
+                raw_target: req.raw_path(),
+                path: req.uri.path(),
+                query: req.uri.query(),
+                headers: &req.headers,
+                peer,
+            };
+            let verdict = decider.decide_after(&head, waited).await;
+            match verdict.action {
+                Action::Wait(wait) => {
+                    if !client_waits(session, wait.delay).await {
+                        // Gone while it waited: nothing was counted, and nobody to answer.
+                        session.set_keepalive(None);
+                        return Ok(true);
+                    }
+                    waited = started.elapsed();
+                }
+                action => {
+                    break Verdict {
+                        action,
+                        trace: verdict.trace,
+                    }
+                }
+            }
+        };
+        let req = session.req_header();
         let route_index = verdict.trace.route_index;
         let format = decider.access_log();
         if format.0 != AccessLog::Off {
@@ -177,6 +224,7 @@ impl ProxyHttp for Worker {
         let refusal = match verdict.action {
             Action::Forward(forward) => {
                 ctx.rate_headers = forward.rate_headers;
+                ctx.delay = forward.delay;
                 ctx.rewrite = forward.rewrite;
                 ctx.held = forward.held;
                 ctx.settle = forward.settle;
@@ -185,6 +233,7 @@ impl ProxyHttp for Worker {
                 return Ok(false);
             }
             Action::Refuse(refusal) => response::refusal(&refusal)?,
+            Action::Wait(_) => unreachable!("the loop above waits"),
         };
         self.respond(session, refusal).await
     }
@@ -325,6 +374,9 @@ impl ProxyHttp for Worker {
             .await;
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
+        }
+        if let Some(waited) = ctx.delay {
+            upstream.insert_header("Sluice-Delay", throttle::delay_header(waited))?;
         }
         upstream.append_header("Via", self.shared.via.clone())?;
         Ok(())

@@ -46,6 +46,17 @@ pub struct Route {
     pub uses_plan: bool,
     /// How this route's refusals (and sluice's own 502/503/504 on it) look.
     pub refusal: std::sync::Arc<RefusalStyle>,
+    /// Wait instead of refusing, when the limit admits again soon enough.
+    pub throttle: Option<Throttle>,
+}
+
+/// `throttle:`: a request its limits would admit within `max_delay` waits in the sidecar and is
+/// then admitted (checked and counted again at that time); at most `max_waiting` wait at once
+/// on this route in one sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub max_delay: std::time::Duration,
+    pub max_waiting: usize,
 }
 
 impl Route {
@@ -275,6 +286,7 @@ mod tests {
             on_missing_identity: OnMissingIdentity::default(),
             uses_plan: false,
             refusal: Default::default(),
+            throttle: None,
         }
     }
 

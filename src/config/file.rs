@@ -320,6 +320,8 @@ pub struct RouteFile {
     pub timeout: Option<Text>,
     /// How this route's refusals look (replaces the global `refusal`).
     pub refusal: Option<RefusalFile>,
+    /// Wait instead of refusing when the limit admits again within `max_delay`.
+    pub throttle: Option<ThrottleFile>,
     /// Overrides the global `on_missing_identity` on this route.
     pub on_missing_identity: Option<OnMissingFile>,
     /// Added to the global `exempt`.
@@ -388,6 +390,14 @@ pub struct RefusalFile {
     pub status: Option<i64>,
     pub content_type: Option<String>,
     pub body: Option<String>,
+}
+
+/// `throttle: { max_delay: 2s, max_waiting: 1000 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleFile {
+    pub max_delay: Option<Text>,
+    pub max_waiting: Option<i64>,
 }
 
 /// `cost_from: { response_header: x-usage-tokens, max_cost: 100000 }`.

@@ -1,7 +1,7 @@
 //! The limits of the config: shared buckets, routes and their limits, scopes (`per`), costs
 //! and per-caller overrides, validated into [`Route`]s whose limits are ready to count.
 
-use super::fields::{header_name, on_error, positive_duration, Problems};
+use super::fields::{bounded, header_name, on_error, positive_duration, Problems};
 use super::file::*;
 use super::format_duration;
 use crate::exempt::Exempt;
@@ -11,7 +11,7 @@ use crate::identity::{Cidr, OnMissingIdentity};
 use crate::limiter::{Algorithm, Cost, Kind, Limit, Part, Period, Quota, Rate, Scope, StatusMatch};
 use crate::plans::{CallersIndex, PlanSource, Plans};
 use crate::refusal::{Format, RefusalStyle, Template, Values as RenderValues};
-use crate::routes::{normalize_path, CostFrom, PathMatch, Route};
+use crate::routes::{normalize_path, CostFrom, PathMatch, Route, Throttle};
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -135,6 +135,10 @@ pub(super) fn routes(file: &FileConfig, plans: Option<&Plans>, p: &mut Problems)
                 Some(f) => Arc::new(refusal(f, &format!("{path}.refusal"), p)),
                 None => global_refusal.clone(),
             },
+            throttle: r
+                .throttle
+                .as_ref()
+                .and_then(|t| throttle(t, r.shadow, &format!("{path}.throttle"), p)),
         });
     }
     for name in file.buckets.keys() {
@@ -685,6 +689,44 @@ fn refusal(f: &RefusalFile, path: &str, p: &mut Problems) -> RefusalStyle {
 }
 
 /// `cost_from`: a response header and the most a response may report (default 1,000,000).
+/// `throttle`: `max_delay` (required, at most 60 s: a waiting request holds its connection),
+/// `max_waiting` (default 1,000).
+fn throttle(t: &ThrottleFile, shadow: bool, path: &str, p: &mut Problems) -> Option<Throttle> {
+    let at = format!("{path}.max_delay");
+    let Some(text) = &t.max_delay else {
+        p.add(
+            path,
+            "needs max_delay (how long a request may wait, e.g. 2s)",
+        );
+        return None;
+    };
+    let max_delay = positive_duration(Some(text), Duration::ZERO, &at, p)?;
+    if max_delay > Duration::from_secs(60) {
+        p.add(
+            &at,
+            "must be at most 60s (a waiting request holds its connection)",
+        );
+        return None;
+    }
+    let max_waiting = bounded(
+        t.max_waiting,
+        1000,
+        (1, 1_000_000),
+        &format!("{path}.max_waiting"),
+        p,
+    );
+    if shadow {
+        p.warn(
+            path,
+            "a shadow route forwards every request at once: its throttle never takes effect",
+        );
+    }
+    Some(Throttle {
+        max_delay,
+        max_waiting,
+    })
+}
+
 fn cost_from(c: &CostFromFile, path: &str, p: &mut Problems) -> Option<CostFrom> {
     if c.response_trailer.is_some() {
         p.add(

@@ -456,4 +456,26 @@ routes:
             ["x.yaml: routes[0].limits[0]: a quota needs requests (how many per period)"]
         );
     }
+
+    #[test]
+    fn a_throttle_needs_a_max_delay_of_at_most_a_minute() {
+        let route = |t: &str| {
+            format!(
+                "upstream: {{ addrs: [\"h:1\"] }}\nroutes: [{{ name: a, match: {{ path_prefix: / }}, limits: [{{ requests: 1, window: 1s }}], throttle: {t} }}]"
+            )
+        };
+        let c = parse("x.yaml", &route("{ max_delay: 2s }"), &no_env).unwrap();
+        let t = c.routes.routes()[0].throttle.unwrap();
+        assert_eq!((t.max_delay, t.max_waiting), (Duration::from_secs(2), 1000));
+        let problems = |t: &str| parse("x.yaml", &route(t), &no_env).unwrap_err().lines;
+        assert_eq!(
+            problems("{ max_waiting: 5 }"),
+            ["x.yaml: routes[0].throttle: needs max_delay (how long a request may wait, e.g. 2s)"]
+        );
+        assert_eq!(
+            problems("{ max_delay: 2m }"),
+            ["x.yaml: routes[0].throttle.max_delay: must be at most 60s (a waiting request holds its connection)"]
+        );
+        assert_eq!(problems("{ max_delay: 1s, max_waiting: 0 }").len(), 1);
+    }
 }

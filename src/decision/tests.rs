@@ -93,6 +93,7 @@ async fn ask_method(
     let status = match &verdict.action {
         Action::Forward(_) => 0,
         Action::Refuse(r) => crate::response::refusal(r).unwrap().0.status.as_u16(),
+        Action::Wait(_) => panic!("no route of these tests throttles"),
     };
     (verdict.trace.decision, status)
 }

@@ -10,6 +10,8 @@
 //! `x-usage-tokens: N` is answered with the same header, as a metered API reports what a
 //! request consumed, and N is added to the total that `GET /__usage` reports (`POST` resets
 //! it), so tests can compare what sluice settled with what the upstream charged.
+//! `x-arrival: 1` is answered with `x-arrived-us`: when the request arrived (µs since the
+//! epoch), so tests can see the pace at which a throttle lets requests through.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -213,6 +215,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         ));
     }
     let _in_flight = InFlight::enter();
+    let arrived_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
     let (parts, body) = req.into_parts();
     if let Some(ms) = header_number(&parts, "x-hold-ms") {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
@@ -266,6 +271,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         response
             .headers_mut()
             .insert("x-usage-tokens", usage.clone());
+    }
+    if parts.headers.get("x-arrival").is_some_and(|v| v == "1") {
+        response
+            .headers_mut()
+            .insert("x-arrived-us", arrived_us.into());
     }
     Ok(response)
 }
