@@ -6,7 +6,8 @@
 #     caller's token (examples/bench_tokens.rs makes 10,000 callers' header lines and keys);
 #   settlement (one Redis; baseline: one per-caller limit): the same limit counting by outcome
 #     (count: { status: [401] }, every 200 gives its unit back: one more store call), and a
-#     cost_from route (every response settles its reported tokens: one more store call).
+#     cost_from route (every response settles its reported tokens: one more store call); a
+#     calendar quota instead of the limit; the limit with a throttle that never holds.
 # One sidecar per scenario (2 workers), limits that never refuse, wrk -c64, CPU per request of
 # each process (bench/cpu.py), in rounds. Writes bench/results/features.json and
 # bench/FEATURES.md. Loopback only; every run bounded in time.
@@ -97,7 +98,12 @@ $(route "{ requests: 100000000, window: 60s, algorithm: sliding_window, count: {
 sidecar cost "$REDIS
 $(route "$NEVER" "    cost_from: { response_header: x-usage-tokens }
 ")"
-NAMES="header sha256 hmac hs256 es256 eddsa plain outcome cost"
+sidecar quota "$REDIS
+$(route "{ requests: 100000000, period: month, timezone: Europe/Berlin }")"
+sidecar throttle "$REDIS
+$(route "$NEVER" "    throttle: { max_delay: 2s }
+")"
+NAMES="header sha256 hmac hs256 es256 eddsa plain outcome cost quota throttle"
 for n in $P_UP $P_REDIS; do wait_port "$n"; done
 for n in $NAMES; do wait_port "$(eval echo "\$PORT_$n")"; done
 python3 bench/env.py "$BIN" "-" >"$WORK/env.json"
@@ -107,7 +113,8 @@ SCENARIOS=()
 for n in header sha256 hmac; do SCENARIOS+=("$n|header.txt|"); done
 for n in hs256 es256 eddsa; do SCENARIOS+=("$n|$n.txt|"); done
 SCENARIOS+=("plain|usage.txt|redis=$REDIS_PID" "outcome|usage.txt|redis=$REDIS_PID"
-    "cost|usage.txt|redis=$REDIS_PID")
+    "cost|usage.txt|redis=$REDIS_PID" "quota|usage.txt|redis=$REDIS_PID"
+    "throttle|usage.txt|redis=$REDIS_PID")
 for i in $(seq $TRIALS); do
     for s in "${SCENARIOS[@]}"; do
         IFS='|' read -r name file roles <<<"$s"

@@ -25,6 +25,8 @@ GROUPS = [
         ("plain", "one per-caller limit (the baseline)"),
         ("outcome", "the same, count: { status: [401] } (every 200 gives its unit back)"),
         ("cost", "the same, cost_from: x-usage-tokens (every response settles 1-500 tokens)"),
+        ("quota", "a monthly quota in Europe/Berlin instead (a counter per calendar period)"),
+        ("throttle", "the per-caller limit with throttle: { max_delay: 2s } (never held)"),
     ]),
 ]
 
