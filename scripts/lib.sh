@@ -34,3 +34,19 @@ build_release() {
     ensure_packages cmake:cmake || return 1
     cargo build --release --workspace --bins >&2
 }
+
+# grpc_venv REPO: the Python virtual environment tests/grpc.rs runs a real gRPC server and
+# client in (grpcio, grpcio-health-checking from PyPI), made once in REPO/target/grpc-venv.
+grpc_venv() {
+    local venv=$1/target/grpc-venv
+    "$venv/bin/python" -c "import grpc, grpc_health" 2>/dev/null && return 0
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        [ "$(id -u)" -eq 0 ] || { echo "missing: python3-venv -- install with: sudo apt-get install -y python3-venv" >&2; return 1; }
+        echo "installing python3-venv (apt-get)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && apt-get install -y -qq python3-venv >&2
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio grpcio-health-checking >&2
+}

@@ -14,7 +14,8 @@
 //!   slots; what outlives a reload ([`limiter::StoreSide`]).
 //! - [`decision`]: one request's verdict (head checks, path, route, caller, each limit's key,
 //!   store, `on_error`), Pingora-free.
-//! - [`response`]: the RateLimit headers and every response sluice writes itself.
+//! - [`response`]: the RateLimit headers and every response sluice writes itself; [`grpc`]:
+//!   the same answered to a gRPC call (`grpc-status` in a trailers-only response).
 //! - [`proxy`]: the Pingora `ProxyHttp` phases, each delegating to the modules above;
 //!   [`forwarded`]: the forwarding headers the upstream receives.
 //! - [`admin`]: `/health`, `/metrics` and `/stats/{user}` on their own listener.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod decision;
 pub mod exempt;
 pub mod forwarded;
+pub mod grpc;
 pub mod identity;
 pub mod limiter;
 pub mod metrics;

@@ -5,16 +5,18 @@ use crate::access_log::{self, Entry};
 use crate::config::{AccessLog, CallerInLog};
 use crate::decision::{throttle, Action, Decider, RequestHead, Settle, Verdict};
 use crate::forwarded;
+use crate::grpc;
 use crate::limiter::side::Held;
 use crate::limiter::StoreSide;
 use crate::metrics::{Metrics, UpstreamError};
-use crate::response::{self, RateLimitHeaders};
+use crate::response::{self, RateLimitHeaders, Refusal};
 use crate::shutdown::{Drain, InFlight};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::FailToProxy;
 use pingora::Result;
 use pingora::{ErrorSource, ErrorType};
@@ -81,6 +83,23 @@ impl Worker {
         }
         Ok(true)
     }
+
+    /// Sends a gRPC answer sluice made: its head alone, ending the stream (trailers-only: one
+    /// HEADERS frame with END_STREAM; a client reads `grpc-status` only from such a frame or
+    /// from trailers). Written as a task, since Pingora's `write_response_header` never ends an
+    /// HTTP/2 stream with its head.
+    async fn respond_grpc(&self, session: &mut Session, mut head: ResponseHeader) -> Result<bool> {
+        head.append_header("Via", self.shared.via.clone())?;
+        let task = HttpTask::Header(Box::new(head), true);
+        if let Err(e) = session
+            .downstream_session
+            .response_duplex_vec(vec![task])
+            .await
+        {
+            log::debug!("writing a gRPC answer sluice made failed: {e}");
+        }
+        Ok(true)
+    }
 }
 
 /// What `request_filter` learned, for the later phases of the same request.
@@ -88,6 +107,8 @@ impl Worker {
 pub struct RequestCtx {
     /// Whether the TCP peer is a trusted proxy (its forwarding headers are appended to).
     peer_trusted: bool,
+    /// A gRPC call: what sluice answers itself is answered the gRPC way.
+    grpc: bool,
     rate_headers: Option<RateLimitHeaders>,
     /// How long a throttle held the request (`Sluice-Delay` on its response).
     delay: Option<Duration>,
@@ -168,6 +189,7 @@ impl ProxyHttp for Worker {
         let decider = self.shared.decider.load_full();
         let peer = peer_ip(session);
         ctx.peer_trusted = peer.is_some_and(|p| decider.trusts(p));
+        ctx.grpc = grpc::is_call(&session.req_header().headers);
         // A throttled route's request may wait and be decided again, until it is admitted,
         // refused, or its client leaves.
         let mut waited = Duration::ZERO;
@@ -232,7 +254,19 @@ impl ProxyHttp for Worker {
                 ctx.decided = Some((decider, route_index));
                 return Ok(false);
             }
-            Action::Refuse(refusal) => response::refusal(&refusal)?,
+            Action::Refuse(refusal) => {
+                let response = response::refusal(&refusal)?;
+                if ctx.grpc {
+                    let code = match refusal {
+                        Refusal::Limited { .. } => grpc::Code::ResourceExhausted,
+                        Refusal::StoreUnavailable { .. } => grpc::Code::Unavailable,
+                        _ => grpc::code_of(response.0.status.as_u16()),
+                    };
+                    let answer = grpc::answer(&response.0, &response.1, code)?;
+                    return self.respond_grpc(session, answer).await;
+                }
+                response
+            }
             Action::Wait(_) => unreachable!("the loop above waits"),
         };
         self.respond(session, refusal).await
@@ -290,7 +324,14 @@ impl ProxyHttp for Worker {
                         .with_label_values(&[reason])
                         .inc();
                 }
-                let _ = self.respond(session, response).await;
+                if ctx.grpc {
+                    if let Ok(answer) = grpc::answer(&response.0, &response.1, grpc::code_of(code))
+                    {
+                        let _ = self.respond_grpc(session, answer).await;
+                    }
+                } else {
+                    let _ = self.respond(session, response).await;
+                }
             }
         }
         FailToProxy {

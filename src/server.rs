@@ -1,7 +1,7 @@
 //! Assembles a running sidecar from a validated [`Config`]: the proxy and admin services.
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, UpstreamProtocol};
 use crate::decision::Decider;
 use crate::limiter::{Store, StoreError, StoreSide};
 use crate::metrics::Metrics;
@@ -64,6 +64,9 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(found)
 }
 
+/// Requests one h2c upstream connection carries at once before another is opened.
+const H2C_STREAMS: usize = 100;
+
 fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
     let mut addrs: Vec<SocketAddr> = Vec::new();
     for addr in &config.upstream.addrs {
@@ -86,6 +89,11 @@ fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
             peer.options.idle_timeout = Some(config.upstream.idle_timeout);
             peer.options.read_timeout = Some(config.upstream.read_timeout);
             peer.options.write_timeout = Some(config.upstream.write_timeout);
+            if config.upstream.protocol == UpstreamProtocol::H2c {
+                // HTTP/2 only, and no ALPN without TLS: Pingora trusts the upstream speaks h2c.
+                peer.options.set_http_version(2, 2);
+                peer.options.max_h2_streams = H2C_STREAMS;
+            }
             peer
         })
         .collect())

@@ -181,10 +181,20 @@ pub enum CallerInLogFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub addrs: Option<Vec<String>>,
+    /// What the upstream speaks: http1 (default), h2c (HTTP/2 without TLS: gRPC), h2.
+    pub protocol: Option<UpstreamProtocolFile>,
     pub connect_timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
     pub read_timeout: Option<Text>,
     pub write_timeout: Option<Text>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocolFile {
+    Http1,
+    H2c,
+    H2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

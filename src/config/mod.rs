@@ -95,6 +95,17 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// How long one write to the upstream may wait (a request body it does not read).
     pub write_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+}
+
+/// What sluice speaks to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, without TLS (a gRPC server): every request, whatever the
+    /// client spoke, goes upstream as HTTP/2, many on one connection.
+    H2c,
 }
 
 /// Every problem found in a config file, one line each, ready for stderr.
@@ -477,5 +488,19 @@ routes:
             ["x.yaml: routes[0].throttle.max_delay: must be at most 60s (a waiting request holds its connection)"]
         );
         assert_eq!(problems("{ max_delay: 1s, max_waiting: 0 }").len(), 1);
+    }
+
+    #[test]
+    fn the_upstream_speaks_http1_or_h2c() {
+        let c = parse("x.yaml", "upstream: { addrs: [\"h:1\"] }", &no_env).unwrap();
+        assert_eq!(c.upstream.protocol, UpstreamProtocol::Http1);
+        let text = "upstream: { addrs: [\"h:1\"], protocol: h2c }";
+        let c = parse("x.yaml", text, &no_env).unwrap();
+        assert_eq!(c.upstream.protocol, UpstreamProtocol::H2c);
+        let text = "upstream: { addrs: [\"h:1\"], protocol: h2 }";
+        assert_eq!(
+            parse("x.yaml", text, &no_env).unwrap_err().lines,
+            ["x.yaml: upstream.protocol: h2 (HTTP/2 over TLS) is not supported yet: sluice has no upstream TLS; use h2c for an HTTP/2 upstream without TLS"]
+        );
     }
 }

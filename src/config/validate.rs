@@ -550,7 +550,19 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
             );
         }
     }
+    let protocol = match u.protocol {
+        None | Some(UpstreamProtocolFile::Http1) => UpstreamProtocol::Http1,
+        Some(UpstreamProtocolFile::H2c) => UpstreamProtocol::H2c,
+        Some(UpstreamProtocolFile::H2) => {
+            p.add(
+                "upstream.protocol",
+                "h2 (HTTP/2 over TLS) is not supported yet: sluice has no upstream TLS; use h2c for an HTTP/2 upstream without TLS",
+            );
+            UpstreamProtocol::Http1
+        }
+    };
     UpstreamConfig {
+        protocol,
         addrs,
         connect_timeout: positive_duration(
             u.connect_timeout.as_ref(),
