@@ -422,10 +422,7 @@ async fn three_sidecars_on_one_redis_admit_exactly_l_of_1000_concurrent() {
         "{}routes:\n  - name: api\n    match: {{ path_prefix: /api/ }}\n    limits: [{{ requests: 100, window: 60s }}]\n",
         redis_store(&redis)
     );
-    let mut sidecars = Vec::new();
-    for name in ["s1", "s2", "s3"] {
-        sidecars.push(Sidecar::start(&dir, name, up.port, &body).await);
-    }
+    let mut sidecars = three_sidecars(&dir, up.port, &body).await;
     let ports: Vec<u16> = sidecars.iter().map(|s| s.port).collect();
     for trial in 0..2 {
         let replies = burst(&ports, 1000, &format!("/api/data?user_id=burst{trial}")).await;

@@ -15,10 +15,7 @@ async fn scopes_buckets_and_in_flight_limits_are_exact_through_three_sidecars() 
     let redis = Redis::start(&dir).await;
     let up = Upstream::start(&dir).await;
     let body = format!("{}{ROUTES}", redis_store(&redis));
-    let mut sidecars = Vec::new();
-    for name in ["s1", "s2", "s3"] {
-        sidecars.push(Sidecar::start(&dir, name, up.port, &body).await);
-    }
+    let mut sidecars = three_sidecars(&dir, up.port, &body).await;
     let ports: Vec<u16> = sidecars.iter().map(|s| s.port).collect();
     scopes_are_exact(&ports).await;
     in_flight_is_capped(&ports, up.port).await;

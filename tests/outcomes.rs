@@ -15,12 +15,7 @@ const LOGIN: &str = "routes:
 ";
 
 async fn three(dir: &Path, up: &Upstream, store: &str) -> Vec<Sidecar> {
-    let mut sidecars = Vec::new();
-    for name in ["s1", "s2", "s3"] {
-        let body = format!("{store}{LOGIN}");
-        sidecars.push(Sidecar::start(dir, name, up.port, &body).await);
-    }
-    sidecars
+    three_sidecars(dir, up.port, &format!("{store}{LOGIN}")).await
 }
 
 /// One login attempt by `user` through sidecar `port`: its status and whether sluice (not the

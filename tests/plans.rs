@@ -66,10 +66,7 @@ routes:
         secret.display(),
         callers.display()
     );
-    let mut sidecars = Vec::new();
-    for name in ["s1", "s2", "s3"] {
-        sidecars.push(Sidecar::start(&dir, name, up.port, &body).await);
-    }
+    let sidecars = three_sidecars(&dir, up.port, &body).await;
     World {
         _redis: redis,
         _up: up,

@@ -60,12 +60,7 @@ impl Fake {
 }
 
 async fn three(dir: &Path, up: &Upstream, store: &str) -> Vec<Sidecar> {
-    let mut sidecars = Vec::new();
-    for name in ["s1", "s2", "s3"] {
-        let body = format!("{store}{ROUTES}");
-        sidecars.push(Sidecar::start(dir, name, up.port, &body).await);
-    }
-    sidecars
+    three_sidecars(dir, up.port, &format!("{store}{ROUTES}")).await
 }
 
 async fn call(port: u16, user: &str) -> Reply {

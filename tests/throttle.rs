@@ -20,12 +20,7 @@ const ROUTES: &str = "routes:
 ";
 
 async fn three(dir: &Path, up: &Upstream, store: &str) -> Vec<Sidecar> {
-    let mut sidecars = Vec::new();
-    for name in ["s1", "s2", "s3"] {
-        let body = format!("{store}{ROUTES}");
-        sidecars.push(Sidecar::start(dir, name, up.port, &body).await);
-    }
-    sidecars
+    three_sidecars(dir, up.port, &format!("{store}{ROUTES}")).await
 }
 
 /// `n` requests of `user` at once; the replies, and how long the burst took.

@@ -327,6 +327,15 @@ impl Sidecar {
     }
 }
 
+/// Three sidecars, `s1` to `s3`, in front of `upstream`, all with `body` (store, routes...).
+pub async fn three_sidecars(dir: &Path, upstream: u16, body: &str) -> Vec<Sidecar> {
+    let mut sidecars = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        sidecars.push(Sidecar::start(dir, name, upstream, body).await);
+    }
+    sidecars
+}
+
 /// One HTTP response, read whole.
 #[derive(Debug, Clone)]
 pub struct Reply {
