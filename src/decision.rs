@@ -226,6 +226,15 @@ impl Decider {
         self.identity.refresh_keys()
     }
 
+    /// Whether route `index` is settled by its response's trailers (`cost_from:
+    /// { response_trailer }`), not its head.
+    pub fn settles_at_trailers(&self, index: usize) -> bool {
+        self.routes.routes()[index]
+            .cost_from
+            .as_ref()
+            .is_some_and(|c| c.in_trailer)
+    }
+
     /// Settles an admitted request once its response is known: `status` (0: none came) and
     /// its `headers` (`None`: no response from the upstream). A limit that counts by outcome
     /// keeps the request only when the status matches; on a route with `cost_from`, what is

@@ -112,6 +112,8 @@ pub struct RequestCtx {
     rate_headers: Option<RateLimitHeaders>,
     /// How long a throttle held the request (`Sluice-Delay` on its response).
     delay: Option<Duration>,
+    /// The response's status, kept for a settlement that waits for the trailers.
+    settle_status: u16,
     /// The in-flight slots this request holds, given back in `logging` (which runs for every
     /// request: answered here, proxied, failed upstream, or left by its client).
     held: Option<Held>,
@@ -411,8 +413,14 @@ impl ProxyHttp for Worker {
         if let Some(log) = &mut ctx.log {
             log.entry.upstream = log.upstream_sent.map(|t| t.elapsed());
         }
-        self.settle(ctx, upstream.status.as_u16(), Some(&upstream.headers))
-            .await;
+        let status = upstream.status.as_u16();
+        match &ctx.decided {
+            // The cost comes in the trailers: settled when they arrive (or in `logging`).
+            Some((decider, Some(route))) if decider.settles_at_trailers(*route) => {
+                ctx.settle_status = status;
+            }
+            _ => self.settle(ctx, status, Some(&upstream.headers)).await,
+        }
         if let Some(h) = &ctx.rate_headers {
             h.apply(upstream)?;
         }
@@ -421,6 +429,17 @@ impl ProxyHttp for Worker {
         }
         upstream.append_header("Via", self.shared.via.clone())?;
         Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        let status = ctx.settle_status;
+        self.settle(ctx, status, Some(trailers)).await;
+        Ok(None)
     }
 
     async fn logging(

@@ -114,6 +114,9 @@ impl Route {
 pub struct CostFrom {
     pub header: HeaderName,
     pub max_cost: u32,
+    /// Reported in the response's trailers (a streamed response), not its head: settled when
+    /// they arrive, or at the reservation when the response ends without them.
+    pub in_trailer: bool,
 }
 
 impl CostFrom {

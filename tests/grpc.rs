@@ -2,7 +2,9 @@
 //! (`upstream.protocol: h2c`) and a grpcio client in front (h2c with prior knowledge). Unary
 //! and server-streaming calls pass whole, metadata and trailers intact; the 11th call against
 //! a limit of 10 gets RESOURCE_EXHAUSTED from the client library, with `retry-after`; a slow
-//! method hits its route's timeout as DEADLINE_EXCEEDED; the standard health service answers.
+//! method hits its route's timeout as DEADLINE_EXCEEDED; the standard health service answers;
+//! a cost the upstream reports in its trailers (`cost_from: { response_trailer }`) is settled,
+//! and a stream cancelled before them is settled at its reservation.
 //! The Python side (tests/fixtures/grpc_demo.py) runs in the virtual environment scripts/test
 //! makes (target/grpc-venv, with grpcio and grpcio-health-checking).
 
@@ -52,6 +54,10 @@ routes:
     match: {{ path: /demo.Echo/Slow }}
     limits: [{{ requests: 1000, window: 60s }}]
     timeout: 1s
+  - name: metered
+    match: {{ path_prefix: /demo.Echo/Metered }}
+    cost_from: {{ response_trailer: x-usage-tokens }}
+    limits: [{{ requests: 100, window: 60s }}]
   - name: echo
     match: {{ path_prefix: /demo.Echo/ }}
     limits: [{{ requests: 10, window: 60s }}]
@@ -59,7 +65,7 @@ routes:
         ),
     )
     .unwrap();
-    let _sidecar = Sidecar::start_with(&dir, "s1", &config, port, admin_port).await;
+    let sidecar = Sidecar::start_with(&dir, "s1", &config, port, admin_port).await;
 
     let out = Command::new(python())
         .arg(&script)
@@ -104,4 +110,35 @@ routes:
         .is_some_and(|r| r.starts_with("\"echo\";r=0")));
     assert_eq!(seen["slow"], "DEADLINE_EXCEEDED");
     assert_eq!(seen["health"], "SERVING");
+
+    // Costs reported in the trailers (unary and streamed): 30 tokens each, settled when the
+    // trailers arrive; 4 × 30 = 120 puts dan over 100, so the 5th call is refused.
+    assert_eq!(
+        seen["metered"],
+        serde_json::json!(["OK", "OK", "OK", "OK", "RESOURCE_EXHAUSTED"])
+    );
+    assert_eq!(used(sidecar.admin_port, "dan").await, 120);
+    // cat's stream was cancelled before its trailers: settled at the reservation.
+    let mut cat = 0;
+    for _ in 0..40 {
+        cat = used(sidecar.admin_port, "cat").await;
+        if cat > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cat, 1);
+}
+
+/// What `user` has used of the metered route's limit, by `/stats`.
+async fn used(admin: u16, user: &str) -> u64 {
+    let stats = get(admin, &format!("/stats/{user}")).await.unwrap().json();
+    let route = stats["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "metered")
+        .cloned()
+        .unwrap_or_else(|| panic!("{stats}"));
+    route["limits"][0]["used"].as_u64().unwrap()
 }

@@ -728,21 +728,25 @@ fn throttle(t: &ThrottleFile, shadow: bool, path: &str, p: &mut Problems) -> Opt
 }
 
 fn cost_from(c: &CostFromFile, path: &str, p: &mut Problems) -> Option<CostFrom> {
-    if c.response_trailer.is_some() {
-        p.add(
-            &format!("{path}.response_trailer"),
-            "not supported yet: Pingora 0.9 drops the trailers of an HTTP/1.1 upstream response, and sluice speaks HTTP/1.1 upstream (use response_header)",
-        );
-        return None;
-    }
-    let Some(name) = &c.response_header else {
-        p.add(
-            path,
-            "needs response_header (the header that reports the cost)",
-        );
-        return None;
+    let (name, in_trailer, key) = match (&c.response_header, &c.response_trailer) {
+        (Some(h), None) => (h, false, "response_header"),
+        (None, Some(t)) => (t, true, "response_trailer"),
+        (Some(_), Some(_)) => {
+            p.add(
+                path,
+                "give response_header or response_trailer, not both (where the upstream reports the cost)",
+            );
+            return None;
+        }
+        (None, None) => {
+            p.add(
+                path,
+                "needs response_header or response_trailer (where the upstream reports the cost)",
+            );
+            return None;
+        }
     };
-    let header = header_name(name, &format!("{path}.response_header"), p)?;
+    let header = header_name(name, &format!("{path}.{key}"), p)?;
     let max_cost = match c.max_cost {
         None => 1_000_000,
         Some(v) => match u32::try_from(v) {
@@ -756,7 +760,11 @@ fn cost_from(c: &CostFromFile, path: &str, p: &mut Problems) -> Option<CostFrom>
             }
         },
     };
-    Some(CostFrom { header, max_cost })
+    Some(CostFrom {
+        header,
+        max_cost,
+        in_trailer,
+    })
 }
 
 fn on_missing(f: OnMissingFile) -> OnMissingIdentity {

@@ -181,6 +181,15 @@ pub(super) fn build(
     for r in &mut routes {
         r.list_hashed_callers(&hash);
     }
+    for (i, r) in routes.iter().enumerate() {
+        let trailer = r.cost_from.as_ref().is_some_and(|c| c.in_trailer);
+        if trailer && upstream.protocol != UpstreamProtocol::H2c {
+            p.add(
+                &format!("routes[{i}].cost_from.response_trailer"),
+                "needs upstream.protocol: h2c (Pingora 0.9 drops the trailers of an HTTP/1.1 upstream response; use response_header there)",
+            );
+        }
+    }
     never_take_effect(
         &file,
         &server,
