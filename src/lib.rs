@@ -43,4 +43,5 @@ pub mod response;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 pub mod watch;

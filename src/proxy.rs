@@ -38,6 +38,8 @@ pub struct Shared {
     pub via: http::HeaderValue,
     /// Whether the sidecar is draining (shutting down), and its requests in flight.
     pub drain: Arc<Drain>,
+    /// The TLS listener's certificate, re-read on SIGHUP.
+    pub tls: Option<Arc<crate::tls::Certificate>>,
 }
 
 /// One proxy worker: the shared state and its own round-robin position.

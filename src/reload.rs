@@ -47,6 +47,15 @@ impl Reloader {
     /// Reloads once: a valid file takes effect, an invalid one is refused whole and the old
     /// config keeps serving.
     pub fn reload(&self) {
+        // The TLS certificate first, from the files the listener was started with: new
+        // handshakes get it, open connections keep theirs; a pair that does not load keeps
+        // the one in use.
+        if let Some(cert) = &self.shared.tls {
+            match cert.reload() {
+                Ok(()) => log::info!("server.tls: certificate re-read"),
+                Err(e) => log::error!("server.tls: {e}; the certificate in use stays"),
+            }
+        }
         let reloads = &self.shared.metrics.reloads;
         let new = match config::load(&self.path, &|k| std::env::var(k).ok()) {
             Ok(c) => c,
@@ -119,6 +128,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         server.threads,
         server.instance,
         server.h2c,
+        server.tls,
         server.grace_period,
         server.drain_timeout,
         server.admin_token,
@@ -127,6 +137,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         upstream.idle_timeout,
         upstream.read_timeout,
         upstream.write_timeout,
+        upstream.protocol,
         store.timeout,
         store.prefix,
         store.max_callers,

@@ -9,6 +9,7 @@ use crate::proxy::{Shared, Worker};
 use crate::shutdown::{Drain, Shutdown};
 use crate::watch::StoreWatch;
 use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
@@ -31,6 +32,8 @@ pub enum StartError {
     },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("server.tls: {0}")]
+    Tls(String),
 }
 
 /// Resolves every upstream once, so the request path never does DNS (and never panics on it).
@@ -131,6 +134,14 @@ impl Sidecar {
 pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartError> {
     check_listen(&config.server.listen, "proxy")?;
     check_listen(&config.server.admin_listen, "admin")?;
+    let tls = match &config.server.tls {
+        Some(t) => {
+            check_listen(&t.listen, "tls")?;
+            let cert = crate::tls::Certificate::new(&t.cert_file, &t.key_file);
+            Some(Arc::new(cert.map_err(StartError::Tls)?))
+        }
+        None => None,
+    };
     let peers = peers(&config)?;
     let conf = ServerConf {
         // Each proxy worker is its own Pingora service with one single-threaded runtime (see
@@ -168,6 +179,7 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
         via: http::HeaderValue::from_str(&format!("1.1 {}", config.server.instance))
             .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 sluice")),
         drain: drain.clone(),
+        tls: tls.clone(),
     });
     let admin = Admin {
         shared: shared.clone(),
@@ -194,6 +206,14 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
             app.server_options = Some(options);
         }
         proxy.add_tcp_with_settings(&config.server.listen, reuseport.clone());
+        if let (Some(cert), Some(t)) = (&tls, &config.server.tls) {
+            // Paths unused: every handshake asks the resolver, which a reload updates.
+            let mut settings =
+                TlsSettings::intermediate("", "").map_err(|e| StartError::Tls(e.to_string()))?;
+            settings.set_cert_resolver(cert.clone());
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&t.listen, Some(reuseport.clone()), settings);
+        }
         server.add_service(proxy);
     }
     let reloader = crate::reload::Reloader {

@@ -160,6 +160,17 @@ pub struct ServerFile {
     pub access_log_caller: Option<CallerInLogFile>,
     /// HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 on the proxy listener (default true).
     pub h2c: Option<bool>,
+    /// A TLS listener beside the plaintext one (ALPN h2 and http/1.1).
+    pub tls: Option<TlsFile>,
+}
+
+/// `server.tls: { listen, cert_file, key_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub listen: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -65,6 +65,17 @@ pub struct ServerConfig {
     pub access_log_caller: CallerInLog,
     /// Clients may speak HTTP/2 with prior knowledge (h2c) on the proxy listener.
     pub h2c: bool,
+    /// The TLS listener, when there is one.
+    pub tls: Option<TlsListener>,
+}
+
+/// `server.tls`: a listener that speaks TLS (ALPN `h2`, `http/1.1`) with this certificate,
+/// whose files are re-read on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 /// `server.access_log`: off (the default, for speed), `text` or `json`, one line per request.

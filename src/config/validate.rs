@@ -492,7 +492,47 @@ fn server(s: &ServerFile, p: &mut Problems) -> ServerConfig {
             Some(CallerInLogFile::Plain) => CallerInLog::Plain,
         },
         h2c: s.h2c.unwrap_or(true),
+        tls: s
+            .tls
+            .as_ref()
+            .and_then(|t| tls(t, &[proxy_addr, admin_addr], p)),
     }
+}
+
+/// `server.tls`: its own address, and a certificate and key that load and belong together.
+fn tls(t: &TlsFile, taken: &[Option<SocketAddr>], p: &mut Problems) -> Option<TlsListener> {
+    let (Some(listen), Some(cert), Some(key)) = (&t.listen, &t.cert_file, &t.key_file) else {
+        p.add(
+            "server.tls",
+            "needs listen, cert_file and key_file (PEM files)",
+        );
+        return None;
+    };
+    let addr = socket_addr(listen, "server.tls.listen", p)?;
+    if taken
+        .iter()
+        .flatten()
+        .any(|other| listeners_clash(&addr, other))
+    {
+        p.add(
+            "server.tls.listen",
+            format!("\"{listen}\" takes the port of server.listen or server.admin_listen (give it its own)"),
+        );
+        return None;
+    }
+    let (cert_file, key_file) = (
+        std::path::PathBuf::from(cert),
+        std::path::PathBuf::from(key),
+    );
+    if let Err(e) = crate::tls::load(&cert_file, &key_file) {
+        p.add("server.tls", e);
+        return None;
+    }
+    Some(TlsListener {
+        listen: listen.clone(),
+        cert_file,
+        key_file,
+    })
 }
 
 /// The admin token, given inline or in a file (trailing newline ignored). A token short

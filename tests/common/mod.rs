@@ -327,6 +327,81 @@ impl Sidecar {
     }
 }
 
+/// A throwaway CA and a server certificate for 127.0.0.1 and localhost, made with openssl in
+/// `dir`: `{name}ca.crt`, `{name}server.crt` and `{name}server.key`.
+pub fn make_certs(dir: &Path, name: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let f = |file: &str| format!("{name}{file}");
+    let ext = f("san.ext");
+    std::fs::write(
+        dir.join(&ext),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    let (ca_key, ca, key, csr, cert) = (
+        f("ca.key"),
+        f("ca.crt"),
+        f("server.key"),
+        f("server.csr"),
+        f("server.crt"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=sluice test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+}
+
 /// Three sidecars, `s1` to `s3`, in front of `upstream`, all with `body` (store, routes...).
 pub async fn three_sidecars(dir: &Path, upstream: u16, body: &str) -> Vec<Sidecar> {
     let mut sidecars = Vec::new();
