@@ -138,6 +138,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         upstream.read_timeout,
         upstream.write_timeout,
         upstream.protocol,
+        upstream.tls,
         store.timeout,
         store.prefix,
         store.max_callers,

@@ -67,33 +67,54 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(found)
 }
 
-/// Requests one h2c upstream connection carries at once before another is opened.
+/// The host of `host:port` (`[::1]:80` → `::1`), the name a TLS upstream is asked for.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Requests one HTTP/2 upstream connection carries at once before another is opened.
 const H2C_STREAMS: usize = 100;
 
 fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
-    let mut addrs: Vec<SocketAddr> = Vec::new();
+    // Each resolved address with the name it was resolved from (the default SNI over TLS).
+    let mut addrs: Vec<(SocketAddr, &str)> = Vec::new();
     for addr in &config.upstream.addrs {
         let resolved = resolve(addr).map_err(|reason| StartError::Resolve {
             addr: addr.clone(),
             reason,
         })?;
+        let host = host_of(addr);
         for a in resolved {
-            if !addrs.contains(&a) {
-                addrs.push(a);
+            if !addrs.iter().any(|(b, _)| *b == a) {
+                addrs.push((a, host));
             }
         }
     }
-    log::info!("upstream peers: {addrs:?}");
+    let shown: Vec<SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
+    log::info!("upstream peers: {shown:?}");
+    let tls = config.upstream.tls.as_ref();
     Ok(addrs
         .into_iter()
-        .map(|resolved| {
-            let mut peer = HttpPeer::new(resolved, false, String::new());
+        .map(|(resolved, host)| {
+            let sni = tls.map_or(String::new(), |t| {
+                t.sni.clone().unwrap_or_else(|| host.to_string())
+            });
+            let mut peer = HttpPeer::new(resolved, tls.is_some(), sni);
+            if let Some(t) = tls {
+                peer.options.verify_cert = t.verify;
+                peer.options.verify_hostname = t.verify;
+            }
             peer.options.connection_timeout = Some(config.upstream.connect_timeout);
             peer.options.idle_timeout = Some(config.upstream.idle_timeout);
             peer.options.read_timeout = Some(config.upstream.read_timeout);
             peer.options.write_timeout = Some(config.upstream.write_timeout);
-            if config.upstream.protocol == UpstreamProtocol::H2c {
-                // HTTP/2 only, and no ALPN without TLS: Pingora trusts the upstream speaks h2c.
+            if matches!(
+                config.upstream.protocol,
+                UpstreamProtocol::H2c | UpstreamProtocol::H2
+            ) {
+                // HTTP/2 only: ALPN h2 over TLS; without TLS (no ALPN) Pingora trusts the
+                // upstream speaks h2c.
                 peer.options.set_http_version(2, 2);
                 peer.options.max_h2_streams = H2C_STREAMS;
             }
@@ -153,6 +174,13 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
         // request is in flight. What is still in flight after it is closed within a second.
         grace_period_seconds: Some(config.server.drain_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // The CA an HTTPS upstream's certificate is verified against (default: the system's).
+        ca_file: config
+            .upstream
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca_file.as_ref())
+            .map(|p| p.display().to_string()),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

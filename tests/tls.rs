@@ -151,3 +151,114 @@ fn check_refuses_a_certificate_and_key_that_do_not_belong_together() {
         "{stderr}"
     );
 }
+
+/// nginx on `port` speaking TLS (and HTTP/2 when `http2`) with `cert`/`key`, in front of
+/// `upstream`; every response says which protocol nginx was spoken to in.
+fn nginx_tls(dir: &Path, port: u16, upstream: u16, http2: bool) -> Proc {
+    let d = dir.display();
+    let h2 = if http2 { " http2" } else { "" };
+    let conf = format!(
+        "worker_processes 1;
+error_log {d}/nginx-error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/nginx-body; proxy_temp_path {d}/nginx-proxy;
+  fastcgi_temp_path {d}/nginx-fastcgi; uwsgi_temp_path {d}/nginx-uwsgi;
+  scgi_temp_path {d}/nginx-scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl{h2};
+    ssl_certificate {d}/up-server.crt;
+    ssl_certificate_key {d}/up-server.key;
+    location / {{
+      proxy_pass http://127.0.0.1:{upstream};
+      add_header x-spoken $server_protocol always;
+    }}
+  }}
+}}
+"
+    );
+    let file = dir.join("nginx-tls.conf");
+    std::fs::write(&file, conf).unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&file)
+        .args(["-g", "daemon off;"]);
+    Proc::spawn("nginx", &mut cmd, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_verified_against_its_ca_and_spoken_to_in_h2() {
+    let dir = scratch_dir();
+    make_certs(&dir, "up-");
+    make_certs(&dir, "other-");
+    let up = Upstream::start(&dir).await;
+    let (h2_port, h1_port) = (free_port(), free_port());
+    let mut h2 = nginx_tls(&dir, h2_port, up.port, true);
+    wait_until(&mut h2, Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", h2_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let dir1 = dir.join("h1");
+    std::fs::create_dir_all(&dir1).unwrap();
+    for f in ["up-server.crt", "up-server.key"] {
+        std::fs::copy(dir.join(f), dir1.join(f)).unwrap();
+    }
+    let mut h1 = nginx_tls(&dir1, h1_port, up.port, false);
+    wait_until(&mut h1, Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", h1_port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let ca = |name: &str| dir.join(format!("{name}ca.crt")).display().to_string();
+    let sidecar = |name: &str, port: u16, protocol: &str, ca: String| {
+        let config = dir.join(format!("{name}.yaml"));
+        let (listen, admin) = (free_port(), free_port());
+        std::fs::write(
+            &config,
+            format!(
+                "server: {{ listen: \"127.0.0.1:{listen}\", admin_listen: \"127.0.0.1:{admin}\", threads: 1 }}
+upstream: {{ addrs: [\"127.0.0.1:{port}\"], protocol: {protocol}, tls: {{ ca_file: \"{ca}\" }} }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api/ }}
+    limits: [{{ requests: 2, window: 60s }}]
+"
+            ),
+        )
+        .unwrap();
+        (config, listen, admin)
+    };
+
+    // HTTP/2 over TLS, verified against the CA that signed nginx's certificate.
+    let (config, port, admin) = sidecar("h2", h2_port, "h2", ca("up-"));
+    let s = Sidecar::start_with(&dir, "h2", &config, port, admin).await;
+    let r = get(s.port, "/api/a?user_id=ann").await.unwrap();
+    assert_eq!((r.status, r.header("x-spoken")), (200, Some("HTTP/2.0")));
+    assert_eq!(status(s.port, "/api/a?user_id=ann", &[]).await, 200);
+    assert_eq!(status(s.port, "/api/a?user_id=ann", &[]).await, 429);
+
+    // HTTP/1.1 over TLS.
+    let (config, port, admin) = sidecar("h1", h1_port, "http1", ca("up-"));
+    let s1 = Sidecar::start_with(&dir, "h1", &config, port, admin).await;
+    let r = get(s1.port, "/api/a?user_id=ann").await.unwrap();
+    assert_eq!((r.status, r.header("x-spoken")), (200, Some("HTTP/1.1")));
+
+    // The wrong CA: 502 upstream_unavailable, and the log says why.
+    let (config, port, admin) = sidecar("wrong", h2_port, "h2", ca("other-"));
+    let wrong = Sidecar::start_with(&dir, "wrong", &config, port, admin).await;
+    let r = get(wrong.port, "/api/a?user_id=ann").await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"], "upstream_unavailable");
+    let log = wrong.proc.log_text();
+    assert!(
+        log.contains("UnknownIssuer") || log.contains("certificate"),
+        "the reason is logged: {log}"
+    );
+}

@@ -194,10 +194,21 @@ pub struct UpstreamFile {
     pub addrs: Option<Vec<String>>,
     /// What the upstream speaks: http1 (default), h2c (HTTP/2 without TLS: gRPC), h2.
     pub protocol: Option<UpstreamProtocolFile>,
+    /// TLS to the upstream (HTTPS).
+    pub tls: Option<UpstreamTlsFile>,
     pub connect_timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
     pub read_timeout: Option<Text>,
     pub write_timeout: Option<Text>,
+}
+
+/// `upstream.tls: { sni, ca_file, verify }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

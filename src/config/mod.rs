@@ -107,6 +107,17 @@ pub struct UpstreamConfig {
     /// How long one write to the upstream may wait (a request body it does not read).
     pub write_timeout: Duration,
     pub protocol: UpstreamProtocol,
+    /// TLS to the upstream, when it speaks HTTPS.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `upstream.tls`: the name to send and verify (default: each address's host), the CA that
+/// signed the upstream's certificate (default: the system's), and whether to verify at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub sni: Option<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub verify: bool,
 }
 
 /// What sluice speaks to the upstream.
@@ -117,6 +128,8 @@ pub enum UpstreamProtocol {
     /// HTTP/2 with prior knowledge, without TLS (a gRPC server): every request, whatever the
     /// client spoke, goes upstream as HTTP/2, many on one connection.
     H2c,
+    /// HTTP/2 over TLS (ALPN h2): needs `upstream.tls`.
+    H2,
 }
 
 /// Every problem found in a config file, one line each, ready for stderr.
@@ -502,7 +515,7 @@ routes:
     }
 
     #[test]
-    fn the_upstream_speaks_http1_or_h2c() {
+    fn the_upstream_speaks_http1_h2c_or_h2_over_tls() {
         let c = parse("x.yaml", "upstream: { addrs: [\"h:1\"] }", &no_env).unwrap();
         assert_eq!(c.upstream.protocol, UpstreamProtocol::Http1);
         let text = "upstream: { addrs: [\"h:1\"], protocol: h2c }";
@@ -511,7 +524,15 @@ routes:
         let text = "upstream: { addrs: [\"h:1\"], protocol: h2 }";
         assert_eq!(
             parse("x.yaml", text, &no_env).unwrap_err().lines,
-            ["x.yaml: upstream.protocol: h2 (HTTP/2 over TLS) is not supported yet: sluice has no upstream TLS; use h2c for an HTTP/2 upstream without TLS"]
+            ["x.yaml: upstream.protocol: h2 is HTTP/2 over TLS: it needs upstream.tls (for HTTP/2 without TLS use h2c)"]
+        );
+        let text = "upstream: { addrs: [\"h:1\"], protocol: h2, tls: { sni: api.example } }";
+        let c = parse("x.yaml", text, &no_env).unwrap();
+        assert_eq!(c.upstream.protocol, UpstreamProtocol::H2);
+        let tls = c.upstream.tls.unwrap();
+        assert_eq!(
+            (tls.sni.as_deref(), tls.verify),
+            (Some("api.example"), true)
         );
     }
 }

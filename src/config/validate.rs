@@ -183,10 +183,14 @@ pub(super) fn build(
     }
     for (i, r) in routes.iter().enumerate() {
         let trailer = r.cost_from.as_ref().is_some_and(|c| c.in_trailer);
-        if trailer && upstream.protocol != UpstreamProtocol::H2c {
+        let h2 = matches!(
+            upstream.protocol,
+            UpstreamProtocol::H2c | UpstreamProtocol::H2
+        );
+        if trailer && !h2 {
             p.add(
                 &format!("routes[{i}].cost_from.response_trailer"),
-                "needs upstream.protocol: h2c (Pingora 0.9 drops the trailers of an HTTP/1.1 upstream response; use response_header there)",
+                "needs upstream.protocol: h2c or h2 (Pingora 0.9 drops the trailers of an HTTP/1.1 upstream response; use response_header there)",
             );
         }
     }
@@ -599,19 +603,41 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
             );
         }
     }
-    let protocol = match u.protocol {
-        None | Some(UpstreamProtocolFile::Http1) => UpstreamProtocol::Http1,
-        Some(UpstreamProtocolFile::H2c) => UpstreamProtocol::H2c,
-        Some(UpstreamProtocolFile::H2) => {
+    let tls = u.tls.as_ref().map(|t| UpstreamTls {
+        sni: t.sni.clone().filter(|s| !s.is_empty()),
+        ca_file: t.ca_file.as_ref().map(std::path::PathBuf::from),
+        verify: t.verify.unwrap_or(true),
+    });
+    if let Some(ca) = tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+        if let Err(e) = std::fs::File::open(ca) {
+            p.add(
+                "upstream.tls.ca_file",
+                format!("cannot read {}: {e}", ca.display()),
+            );
+        }
+    }
+    let protocol = match (u.protocol, &tls) {
+        (None | Some(UpstreamProtocolFile::Http1), _) => UpstreamProtocol::Http1,
+        (Some(UpstreamProtocolFile::H2c), None) => UpstreamProtocol::H2c,
+        (Some(UpstreamProtocolFile::H2c), Some(_)) => {
             p.add(
                 "upstream.protocol",
-                "h2 (HTTP/2 over TLS) is not supported yet: sluice has no upstream TLS; use h2c for an HTTP/2 upstream without TLS",
+                "h2c is HTTP/2 without TLS: with upstream.tls use h2",
             );
-            UpstreamProtocol::Http1
+            UpstreamProtocol::H2c
+        }
+        (Some(UpstreamProtocolFile::H2), Some(_)) => UpstreamProtocol::H2,
+        (Some(UpstreamProtocolFile::H2), None) => {
+            p.add(
+                "upstream.protocol",
+                "h2 is HTTP/2 over TLS: it needs upstream.tls (for HTTP/2 without TLS use h2c)",
+            );
+            UpstreamProtocol::H2
         }
     };
     UpstreamConfig {
         protocol,
+        tls,
         addrs,
         connect_timeout: positive_duration(
             u.connect_timeout.as_ref(),
