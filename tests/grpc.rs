@@ -24,21 +24,31 @@ fn python() -> std::path::PathBuf {
     python
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_calls_pass_whole_and_refusals_are_grpc_statuses() {
-    let _heavy = HEAVY.lock().await;
-    let dir = scratch_dir();
-    let script = repo_root().join("tests/fixtures/grpc_demo.py");
+fn script() -> std::path::PathBuf {
+    repo_root().join("tests/fixtures/grpc_demo.py")
+}
+
+/// The grpcio demo server on a fresh port.
+async fn grpc_server(dir: &std::path::Path) -> (Proc, u16) {
     let up_port = free_port();
     let mut cmd = Command::new(python());
-    cmd.arg(&script).args(["serve", &up_port.to_string()]);
-    let mut server = Proc::spawn("grpc-server", &mut cmd, &dir);
+    cmd.arg(script()).args(["serve", &up_port.to_string()]);
+    let mut server = Proc::spawn("grpc-server", &mut cmd, dir);
     wait_until(&mut server, Duration::from_secs(20), async || {
         tokio::net::TcpStream::connect(("127.0.0.1", up_port))
             .await
             .is_ok()
     })
     .await;
+    (server, up_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_pass_whole_and_refusals_are_grpc_statuses() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let script = script();
+    let (_server, up_port) = grpc_server(&dir).await;
 
     let (port, admin_port) = (free_port(), free_port());
     let config = dir.join("grpc.yaml");
@@ -141,4 +151,53 @@ async fn used(admin: u16, user: &str) -> u64 {
         .cloned()
         .unwrap_or_else(|| panic!("{stats}"));
     route["limits"][0]["used"].as_u64().unwrap()
+}
+
+/// Costs in the trailers are settled exactly through three sidecars on one Redis: after 300
+/// unary and streamed calls of 0-800 tokens each, the store holds the server's own sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_costs_through_three_sidecars_sum_to_what_the_upstream_reported() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let redis = Redis::start(&dir).await;
+    let (_server, up_port) = grpc_server(&dir).await;
+    let mut sidecars = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        let (port, admin_port) = (free_port(), free_port());
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin_port}\", threads: 2, instance: {name} }}
+upstream: {{ addrs: [\"127.0.0.1:{up_port}\"], protocol: h2c }}
+{}identity: [{{ header: x-user-id }}]
+routes:
+  - name: metered
+    match: {{ path_prefix: /demo.Echo/Metered }}
+    cost_from: {{ response_trailer: x-usage-tokens, max_cost: 1000 }}
+    limits: [{{ requests: 100000000, window: 1h }}]
+",
+                redis_store(&redis)
+            ),
+        )
+        .unwrap();
+        sidecars.push(Sidecar::start_with(&dir, name, &config, port, admin_port).await);
+    }
+    let ports: Vec<String> = sidecars.iter().map(|s| s.port.to_string()).collect();
+    let out = Command::new(python())
+        .arg(script())
+        .args(["meter", &ports.join(","), "300"])
+        .output()
+        .expect("the client runs");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reported: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let reported = reported["tokens"].as_u64().unwrap();
+    assert!(reported > 300, "random costs: {reported}");
+    for s in &sidecars {
+        assert_eq!(used(s.admin_port, "eve").await, reported);
+    }
 }
