@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::FailToProxy;
@@ -40,6 +41,8 @@ pub struct Shared {
     pub drain: Arc<Drain>,
     /// The TLS listener's certificate, re-read on SIGHUP.
     pub tls: Option<Arc<crate::tls::Certificate>>,
+    /// The upstream addresses' health, when they are checked (`peers` in the same order).
+    pub health: Option<Arc<LoadBalancer<RoundRobin>>>,
 }
 
 /// One proxy worker: the shared state and its own round-robin position.
@@ -351,8 +354,27 @@ impl ProxyHttp for Worker {
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_tries += 1;
         let peers = &self.shared.peers;
-        let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % peers.len();
-        let mut peer = Box::new(peers[i].clone());
+        let mut peer = match &self.shared.health {
+            // The next address in rotation that passes its health checks; none: 502 at once.
+            Some(lb) => {
+                let healthy = lb
+                    .select(b"", 256)
+                    .and_then(|b| peers.iter().find(|p| p._address == b.addr));
+                let Some(peer) = healthy else {
+                    let mut e = pingora::Error::explain(
+                        ErrorType::ConnectNoRoute,
+                        "every upstream address fails its health checks",
+                    );
+                    e.esource = ErrorSource::Upstream;
+                    return Err(e);
+                };
+                Box::new(peer.clone())
+            }
+            None => {
+                let i = self.next_peer.fetch_add(1, Ordering::Relaxed) % peers.len();
+                Box::new(peers[i].clone())
+            }
+        };
         // A route's own deadline replaces the upstream's read timeout for its requests.
         if let Some((decider, Some(route))) = &ctx.decided {
             if let Some(timeout) = decider.routes().routes()[*route].timeout {

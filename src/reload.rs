@@ -139,6 +139,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         upstream.write_timeout,
         upstream.protocol,
         upstream.tls,
+        upstream.health_check,
         store.timeout,
         store.prefix,
         store.max_callers,

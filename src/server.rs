@@ -9,11 +9,15 @@ use crate::proxy::{Shared, Worker};
 use crate::shutdown::{Drain, Shutdown};
 use crate::watch::StoreWatch;
 use arc_swap::ArcSwap;
+use pingora::http::RequestHeader;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
@@ -34,6 +38,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("server.tls: {0}")]
     Tls(String),
+    #[error("upstream.health_check: {0}")]
+    Health(String),
 }
 
 /// Resolves every upstream once, so the request path never does DNS (and never panics on it).
@@ -65,6 +71,56 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
         return Err("no address".into());
     }
     Ok(found)
+}
+
+/// The upstream addresses under active health checks (Pingora's load balancer, run as a
+/// background service): each is asked every `interval`, and one that fails `unhealthy_after`
+/// times in a row leaves the rotation until it passes `healthy_after` times.
+fn health_checked(
+    config: &Config,
+    peers: &[HttpPeer],
+    h: &crate::config::HealthCheck,
+) -> Result<GenBackgroundService<LoadBalancer<RoundRobin>>, StartError> {
+    let addrs: Vec<String> = peers.iter().map(|p| p._address.to_string()).collect();
+    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().map(String::as_str))
+        .map_err(|e| StartError::Health(e.to_string()))?;
+    let check: Box<dyn HealthCheck + Send + Sync> = match &h.path {
+        Some(path) => {
+            let tls = config.upstream.tls.as_ref();
+            let host = tls
+                .and_then(|t| t.sni.clone())
+                .unwrap_or_else(|| host_of(&config.upstream.addrs[0]).to_string());
+            let mut check = HttpHealthCheck::new(&host, tls.is_some());
+            check.req = RequestHeader::build("GET", path.as_bytes(), None)
+                .map_err(|e| StartError::Health(e.to_string()))?;
+            check
+                .req
+                .append_header("Host", host.as_str())
+                .map_err(|e| StartError::Health(e.to_string()))?;
+            check.consecutive_success = h.healthy_after;
+            check.consecutive_failure = h.unhealthy_after;
+            check.peer_template.options.connection_timeout = Some(h.timeout);
+            check.peer_template.options.read_timeout = Some(h.timeout);
+            if let Some(t) = tls {
+                check.peer_template.options.verify_cert = t.verify;
+                check.peer_template.options.verify_hostname = t.verify;
+            }
+            Box::new(check)
+        }
+        None => {
+            let mut check = TcpHealthCheck::new();
+            check.consecutive_success = h.healthy_after;
+            check.consecutive_failure = h.unhealthy_after;
+            check.peer_template.options.connection_timeout = Some(h.timeout);
+            check
+        }
+    };
+    lb.set_health_check(check);
+    lb.health_check_frequency = Some(h.interval);
+    Ok(pingora::services::background::background_service(
+        "upstream health",
+        lb,
+    ))
 }
 
 /// The host of `host:port` (`[::1]:80` → `::1`), the name a TLS upstream is asked for.
@@ -164,6 +220,12 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
         None => None,
     };
     let peers = peers(&config)?;
+    let health = config
+        .upstream
+        .health_check
+        .as_ref()
+        .map(|h| health_checked(&config, &peers, h))
+        .transpose()?;
     let conf = ServerConf {
         // Each proxy worker is its own Pingora service with one single-threaded runtime (see
         // below), like an nginx worker.
@@ -208,6 +270,7 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
             .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 sluice")),
         drain: drain.clone(),
         tls: tls.clone(),
+        health: health.as_ref().map(|h| h.task()),
     });
     let admin = Admin {
         shared: shared.clone(),
@@ -265,6 +328,9 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
             shared: shared.clone(),
         },
     ));
+    if let Some(health) = health {
+        server.add_service(health);
+    }
     let watch = StoreWatch { side, metrics };
     server.add_service(pingora::services::background::background_service(
         "store watch",

@@ -196,10 +196,23 @@ pub struct UpstreamFile {
     pub protocol: Option<UpstreamProtocolFile>,
     /// TLS to the upstream (HTTPS).
     pub tls: Option<UpstreamTlsFile>,
+    /// Active health checks of each address.
+    pub health_check: Option<HealthCheckFile>,
     pub connect_timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
     pub read_timeout: Option<Text>,
     pub write_timeout: Option<Text>,
+}
+
+/// `upstream.health_check: { path, interval, timeout, unhealthy_after, healthy_after }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    pub interval: Option<Text>,
+    pub timeout: Option<Text>,
+    pub unhealthy_after: Option<i64>,
+    pub healthy_after: Option<i64>,
 }
 
 /// `upstream.tls: { sni, ca_file, verify }`.

@@ -109,6 +109,20 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// TLS to the upstream, when it speaks HTTPS.
     pub tls: Option<UpstreamTls>,
+    /// Active health checks: an address that fails them leaves the rotation.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `upstream.health_check`: every `interval`, each address is asked `GET path` (any 2xx is
+/// healthy; no path: a TCP connect), within `timeout`; `unhealthy_after` failures in a row take
+/// it out of the rotation, `healthy_after` successes bring it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: usize,
+    pub healthy_after: usize,
 }
 
 /// `upstream.tls`: the name to send and verify (default: each address's host), the CA that
@@ -533,6 +547,21 @@ routes:
         assert_eq!(
             (tls.sni.as_deref(), tls.verify),
             (Some("api.example"), true)
+        );
+        let text = "upstream: { addrs: [\"h:1\"], health_check: { path: /healthz } }";
+        let h = parse("x.yaml", text, &no_env)
+            .unwrap()
+            .upstream
+            .health_check
+            .unwrap();
+        assert_eq!(
+            (h.interval, h.timeout, h.unhealthy_after, h.healthy_after),
+            (Duration::from_secs(5), Duration::from_secs(1), 2, 2)
+        );
+        let text = "upstream: { addrs: [\"h:1\"], health_check: { path: healthz } }";
+        assert_eq!(
+            parse("x.yaml", text, &no_env).unwrap_err().lines,
+            ["x.yaml: upstream.health_check.path: must be a path starting with \"/\" (got \"healthz\")"]
         );
     }
 }

@@ -635,9 +635,50 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
             UpstreamProtocol::H2
         }
     };
+    let health_check = u.health_check.as_ref().and_then(|h| {
+        if let Some(path) = &h.path {
+            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                p.add(
+                    "upstream.health_check.path",
+                    format!("must be a path starting with \"/\" (got \"{path}\")"),
+                );
+                return None;
+            }
+        }
+        Some(HealthCheck {
+            path: h.path.clone(),
+            interval: positive_duration(
+                h.interval.as_ref(),
+                Duration::from_secs(5),
+                "upstream.health_check.interval",
+                p,
+            )?,
+            timeout: positive_duration(
+                h.timeout.as_ref(),
+                Duration::from_secs(1),
+                "upstream.health_check.timeout",
+                p,
+            )?,
+            unhealthy_after: bounded(
+                h.unhealthy_after,
+                2,
+                (1, 100),
+                "upstream.health_check.unhealthy_after",
+                p,
+            ),
+            healthy_after: bounded(
+                h.healthy_after,
+                2,
+                (1, 100),
+                "upstream.health_check.healthy_after",
+                p,
+            ),
+        })
+    });
     UpstreamConfig {
         protocol,
         tls,
+        health_check,
         addrs,
         connect_timeout: positive_duration(
             u.connect_timeout.as_ref(),

@@ -249,7 +249,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(dir: &Path) -> Upstream {
-        let port = free_port();
+        Self::start_on(dir, free_port()).await
+    }
+
+    /// An upstream-demo on `port` (one that was given up, to bring it back).
+    pub async fn start_on(dir: &Path, port: u16) -> Upstream {
         let mut cmd = Command::new(upstream_bin());
         cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
         let mut proc = Proc::spawn("upstream", &mut cmd, dir);
