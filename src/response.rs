@@ -5,6 +5,7 @@
 
 use crate::config::format_duration;
 use crate::identity::IdentityError;
+use crate::limiter::calendar::now_us;
 use crate::limiter::{Kind, Limit, LimitState, Quota, Refused};
 use crate::refusal::{problem, Format, RefusalStyle, Values};
 use bytes::Bytes;
@@ -152,13 +153,6 @@ impl Policy {
     pub fn name(&self, index: usize) -> &str {
         self.names.get(index).map_or("", String::as_str)
     }
-}
-
-/// This machine's time in µs since the epoch (a quota's period in the headers and the body).
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The header values of one decision, computed once and applied to whichever response goes out.

@@ -67,6 +67,13 @@ impl Bounds {
     }
 }
 
+/// This machine's wall clock in µs since the epoch: the instant a quota's period is found for.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 impl Quota {
     /// The period holding `now` (µs since the epoch).
     pub fn bounds(&self, now: u64) -> Bounds {

@@ -315,7 +315,7 @@ impl RedisLimiter {
                 _ => None,
             };
             let id_key = retry.as_ref().map(|r| r.0.clone());
-            let now = ops::script_now(&self.clock);
+            let now = ops::quota_instant(&checks, &self.clock);
             let op = Op::check(&checks, self.lease, member, retry, replayed, ask.cost, now);
             let reply = self.run(op, ask.cost > 0).await;
             let (status, group_parts, at) = match reply {
@@ -376,7 +376,7 @@ impl RedisLimiter {
             )),
             _ => None,
         };
-        let now = ops::script_now(&self.clock);
+        let now = ops::quota_instant(ask.checks, &self.clock);
         let op = Op::check(ask.checks, self.lease, member, retry, false, ask.cost, now);
         match self.run(op, ask.cost > 0).await? {
             Reply::Checked { status, parts, at } => {

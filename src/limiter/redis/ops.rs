@@ -205,16 +205,21 @@ impl Op {
 pub type ScriptClock = Option<Arc<dyn super::super::memory::Clock>>;
 
 /// The instant a calendar quota's period is found for (µs since the epoch): the script's clock
-/// when it has one (tests), else this machine's. A quota is on the sidecars' clocks (its
-/// period, reset and expiry; check.lua's KIND_QUOTA): at a period's end, sidecars whose clocks
-/// differ by δ may count a request δ early or late in the next period, and the script never
-/// goes back to an earlier one.
-pub fn script_now(clock: &ScriptClock) -> u64 {
+/// when it has one (tests), else this machine's; 0, unread, when none of `checks` is a quota
+/// (the plain path reads no clock). A quota is on the sidecars' clocks (its period, reset and
+/// expiry; check.lua's KIND_QUOTA): at a period's end, sidecars whose clocks differ by δ may
+/// count a request δ early or late in the next period, and the script never goes back to an
+/// earlier one.
+pub fn quota_instant<C: Borrow<Check>>(checks: &[C], clock: &ScriptClock) -> u64 {
+    if !checks
+        .iter()
+        .any(|c| matches!(c.borrow().kind, Kind::Quota(_)))
+    {
+        return 0;
+    }
     match clock {
         Some(c) => c.now_us(),
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64),
+        None => super::super::calendar::now_us(),
     }
 }
 
