@@ -22,6 +22,8 @@
 //! - [`metrics`], [`access_log`]: what operators read.
 //! - [`watch`]: the store probe (breaker recovery, restarts) and lease renewal; [`reload`]:
 //!   SIGHUP.
+//! - [`upstream`]: the upstream peers (resolved again on an interval) and their health checks
+//!   (HTTP, TCP, gRPC); [`tls`]: the TLS listener's certificate.
 //! - [`server`]: builds the Pingora server from a config; [`shutdown`]: the grace and the drain.
 
 pub mod access_log;
@@ -44,4 +46,5 @@ pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod upstream;
 pub mod watch;

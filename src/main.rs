@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     if cli.check {
         // A name that does not resolve passes validation but fails the start: --check (the
         // systemd unit's ExecStartPre) catches it here.
-        let unresolved = sluice::server::unresolved_upstreams(&config);
+        let unresolved = sluice::upstream::unresolved(&config.upstream);
         if !unresolved.is_empty() {
             for line in unresolved {
                 eprintln!("{}: {line}", cli.config.display());

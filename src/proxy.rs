@@ -33,15 +33,15 @@ pub struct Shared {
     /// The store and what derives from its data: outlives reloads.
     pub side: Arc<StoreSide>,
     pub metrics: Arc<Metrics>,
-    /// Upstream peers, resolved once at start-up (building a peer from a name resolves it).
-    pub peers: Vec<HttpPeer>,
+    /// Upstream peers, resolved at start-up and again every `upstream.resolve_every`.
+    pub upstreams: Arc<crate::upstream::Upstreams>,
     /// `1.1 <instance>`, added to forwarded requests and to responses (RFC 9110 §7.6.3).
     pub via: http::HeaderValue,
     /// Whether the sidecar is draining (shutting down), and its requests in flight.
     pub drain: Arc<Drain>,
     /// The TLS listener's certificate, re-read on SIGHUP.
     pub tls: Option<Arc<crate::tls::Certificate>>,
-    /// The upstream addresses' health, when they are checked (`peers` in the same order).
+    /// The upstream addresses' health, when they are checked (the same addresses as `upstreams`).
     pub health: Option<Arc<LoadBalancer<RoundRobin>>>,
 }
 
@@ -353,7 +353,7 @@ impl ProxyHttp for Worker {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_tries += 1;
-        let peers = &self.shared.peers;
+        let peers = self.shared.upstreams.current();
         let mut peer = match &self.shared.health {
             // The next address in rotation that passes its health checks; none: 502 at once.
             Some(lb) => {
@@ -392,7 +392,7 @@ impl ProxyHttp for Worker {
         mut e: Box<pingora::Error>,
     ) -> Box<pingora::Error> {
         // Nothing was sent yet: another upstream can take the request.
-        if ctx.upstream_tries < self.shared.peers.len() {
+        if ctx.upstream_tries < self.shared.upstreams.current().len() {
             e.set_retry(true);
         }
         e

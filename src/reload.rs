@@ -140,6 +140,7 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
         upstream.protocol,
         upstream.tls,
         upstream.health_check,
+        upstream.resolve_every,
         store.timeout,
         store.prefix,
         store.max_callers,

@@ -1,33 +1,29 @@
 //! Assembles a running sidecar from a validated [`Config`]: the proxy and admin services.
 
 use crate::admin::Admin;
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::Config;
 use crate::decision::Decider;
 use crate::limiter::{Store, StoreError, StoreSide};
 use crate::metrics::Metrics;
 use crate::proxy::{Shared, Worker};
 use crate::shutdown::{Drain, Shutdown};
+use crate::upstream::Upstreams;
 use crate::watch::StoreWatch;
 use arc_swap::ArcSwap;
-use pingora::http::RequestHeader;
-use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TcpSocketOptions;
-use pingora::prelude::HttpPeer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
-use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a valid config still could not start (exit status 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("upstream {addr}: cannot resolve: {reason}")]
-    Resolve { addr: String, reason: String },
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         addr: String,
@@ -38,145 +34,6 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("server.tls: {0}")]
     Tls(String),
-    #[error("upstream.health_check: {0}")]
-    Health(String),
-}
-
-/// Resolves every upstream once, so the request path never does DNS (and never panics on it).
-///
-/// A name that resolves to several addresses contributes all of them, as nginx does: taking
-/// only the first (often `::1` for `localhost`) sends every request to a port that may not
-/// listen on that family.
-/// What `--check` reports about the upstream addresses: one line per address that does not
-/// resolve (a start would fail on it), in `--check`'s form.
-pub fn unresolved_upstreams(config: &Config) -> Vec<String> {
-    config
-        .upstream
-        .addrs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, addr)| {
-            let reason = resolve(addr).err()?;
-            Some(format!(
-                "upstream.addrs[{i}]: cannot resolve \"{addr}\": {reason}"
-            ))
-        })
-        .collect()
-}
-
-/// The addresses `addr` (`host:port`) resolves to, or why it resolves to none.
-fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
-    let found: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| e.to_string())?.collect();
-    if found.is_empty() {
-        return Err("no address".into());
-    }
-    Ok(found)
-}
-
-/// The upstream addresses under active health checks (Pingora's load balancer, run as a
-/// background service): each is asked every `interval`, and one that fails `unhealthy_after`
-/// times in a row leaves the rotation until it passes `healthy_after` times.
-fn health_checked(
-    config: &Config,
-    peers: &[HttpPeer],
-    h: &crate::config::HealthCheck,
-) -> Result<GenBackgroundService<LoadBalancer<RoundRobin>>, StartError> {
-    let addrs: Vec<String> = peers.iter().map(|p| p._address.to_string()).collect();
-    let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter().map(String::as_str))
-        .map_err(|e| StartError::Health(e.to_string()))?;
-    let check: Box<dyn HealthCheck + Send + Sync> = match &h.path {
-        Some(path) => {
-            let tls = config.upstream.tls.as_ref();
-            let host = tls
-                .and_then(|t| t.sni.clone())
-                .unwrap_or_else(|| host_of(&config.upstream.addrs[0]).to_string());
-            let mut check = HttpHealthCheck::new(&host, tls.is_some());
-            check.req = RequestHeader::build("GET", path.as_bytes(), None)
-                .map_err(|e| StartError::Health(e.to_string()))?;
-            check
-                .req
-                .append_header("Host", host.as_str())
-                .map_err(|e| StartError::Health(e.to_string()))?;
-            check.consecutive_success = h.healthy_after;
-            check.consecutive_failure = h.unhealthy_after;
-            check.peer_template.options.connection_timeout = Some(h.timeout);
-            check.peer_template.options.read_timeout = Some(h.timeout);
-            if let Some(t) = tls {
-                check.peer_template.options.verify_cert = t.verify;
-                check.peer_template.options.verify_hostname = t.verify;
-            }
-            Box::new(check)
-        }
-        None => {
-            let mut check = TcpHealthCheck::new();
-            check.consecutive_success = h.healthy_after;
-            check.consecutive_failure = h.unhealthy_after;
-            check.peer_template.options.connection_timeout = Some(h.timeout);
-            check
-        }
-    };
-    lb.set_health_check(check);
-    lb.health_check_frequency = Some(h.interval);
-    Ok(pingora::services::background::background_service(
-        "upstream health",
-        lb,
-    ))
-}
-
-/// The host of `host:port` (`[::1]:80` → `::1`), the name a TLS upstream is asked for.
-fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// Requests one HTTP/2 upstream connection carries at once before another is opened.
-const H2C_STREAMS: usize = 100;
-
-fn peers(config: &Config) -> Result<Vec<HttpPeer>, StartError> {
-    // Each resolved address with the name it was resolved from (the default SNI over TLS).
-    let mut addrs: Vec<(SocketAddr, &str)> = Vec::new();
-    for addr in &config.upstream.addrs {
-        let resolved = resolve(addr).map_err(|reason| StartError::Resolve {
-            addr: addr.clone(),
-            reason,
-        })?;
-        let host = host_of(addr);
-        for a in resolved {
-            if !addrs.iter().any(|(b, _)| *b == a) {
-                addrs.push((a, host));
-            }
-        }
-    }
-    let shown: Vec<SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
-    log::info!("upstream peers: {shown:?}");
-    let tls = config.upstream.tls.as_ref();
-    Ok(addrs
-        .into_iter()
-        .map(|(resolved, host)| {
-            let sni = tls.map_or(String::new(), |t| {
-                t.sni.clone().unwrap_or_else(|| host.to_string())
-            });
-            let mut peer = HttpPeer::new(resolved, tls.is_some(), sni);
-            if let Some(t) = tls {
-                peer.options.verify_cert = t.verify;
-                peer.options.verify_hostname = t.verify;
-            }
-            peer.options.connection_timeout = Some(config.upstream.connect_timeout);
-            peer.options.idle_timeout = Some(config.upstream.idle_timeout);
-            peer.options.read_timeout = Some(config.upstream.read_timeout);
-            peer.options.write_timeout = Some(config.upstream.write_timeout);
-            if matches!(
-                config.upstream.protocol,
-                UpstreamProtocol::H2c | UpstreamProtocol::H2
-            ) {
-                // HTTP/2 only: ALPN h2 over TLS; without TLS (no ALPN) Pingora trusts the
-                // upstream speaks h2c.
-                peer.options.set_http_version(2, 2);
-                peer.options.max_h2_streams = H2C_STREAMS;
-            }
-            peer
-        })
-        .collect())
 }
 
 /// Fails early with a clear message when a port is taken, before Pingora takes over.
@@ -219,13 +76,7 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
         }
         None => None,
     };
-    let peers = peers(&config)?;
-    let health = config
-        .upstream
-        .health_check
-        .as_ref()
-        .map(|h| health_checked(&config, &peers, h))
-        .transpose()?;
+    let upstreams = Arc::new(Upstreams::new(&config.upstream)?);
     let conf = ServerConf {
         // Each proxy worker is its own Pingora service with one single-threaded runtime (see
         // below), like an nginx worker.
@@ -245,6 +96,8 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
             .map(|p| p.display().to_string()),
         ..ServerConf::default()
     };
+    let health = crate::upstream::health_checked(&upstreams, &conf)?
+        .map(|lb| pingora::services::background::background_service("upstream health", lb));
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -264,7 +117,7 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
         decider: ArcSwap::from_pointee(decider),
         side: side.clone(),
         metrics: metrics.clone(),
-        peers,
+        upstreams: upstreams.clone(),
         // The instance name is validated to [A-Za-z0-9._:-]: a valid header value.
         via: http::HeaderValue::from_str(&format!("1.1 {}", config.server.instance))
             .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 sluice")),
@@ -328,8 +181,20 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
             shared: shared.clone(),
         },
     ));
-    if let Some(health) = health {
-        server.add_service(health);
+    match health {
+        // The balancer's discovery re-resolves the names on the same interval.
+        Some(health) => {
+            server.add_service(health);
+        }
+        None => {
+            server.add_service(pingora::services::background::background_service(
+                "upstream resolver",
+                crate::upstream::Resolver {
+                    upstreams,
+                    every: config.upstream.resolve_every,
+                },
+            ));
+        }
     }
     let watch = StoreWatch { side, metrics };
     server.add_service(pingora::services::background::background_service(

@@ -201,3 +201,79 @@ routes:
         assert_eq!(used(s.admin_port, "eve").await, reported);
     }
 }
+
+/// Runs the fixture's client with `args`; its JSON.
+fn client(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("the client runs");
+    assert!(
+        out.status.success(),
+        "client {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The ports that answered `n` Whoami calls through `port`.
+fn whoami(port: u16, n: usize) -> Vec<u64> {
+    client(&["whoami", &port.to_string(), &n.to_string()])["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect()
+}
+
+/// `health_check: { grpc: true }` asks each address the standard `grpc.health.v1.Health/Check`:
+/// a server that says NOT_SERVING leaves the rotation within interval × unhealthy_after (+1 s)
+/// while no call fails, and comes back once it says SERVING again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_upstream_that_is_not_serving_leaves_the_rotation() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let (_a, a) = grpc_server(&dir).await;
+    let a = u64::from(a);
+    let (_b, b) = grpc_server(&dir).await;
+    let b = u64::from(b);
+    let (port, admin_port) = (free_port(), free_port());
+    let config = dir.join("grpc-health.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin_port}\", threads: 1 }}
+upstream:
+  addrs: [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]
+  protocol: h2c
+  health_check: {{ grpc: true, interval: 200ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }}
+store: {{ backend: memory }}
+routes: []
+"
+        ),
+    )
+    .unwrap();
+    let s = Sidecar::start_with(&dir, "s1", &config, port, admin_port).await;
+    let both = whoami(port, 10);
+    assert!(
+        both.contains(&a) && both.contains(&b),
+        "round robin over both: {both:?}"
+    );
+
+    client(&["sethealth", &b.to_string(), "NOT_SERVING"]);
+    tokio::time::sleep(Duration::from_millis(200 * 2 + 1000)).await;
+    assert_eq!(whoami(port, 10), [a; 10], "b says NOT_SERVING: out");
+
+    client(&["sethealth", &b.to_string(), "SERVING"]);
+    tokio::time::sleep(Duration::from_millis(200 * 2 + 1000)).await;
+    let back = whoami(port, 10);
+    assert!(back.contains(&b), "b serves again: back in ({back:?})");
+    assert!(!back.contains(&0), "no call failed: {back:?}");
+    let log = s.proc.log_text();
+    assert!(
+        log.contains("becomes unhealthy") && log.contains("not SERVING"),
+        "the log says why: {log}"
+    );
+}

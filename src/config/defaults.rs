@@ -38,3 +38,6 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const RETRY_WINDOW: Duration = Duration::from_secs(10);
 /// nginx's `proxy_next_upstream_tries 3` is one attempt and two retries.
 pub const MAX_RETRIES: u32 = 2;
+/// How often upstream names are resolved again (`upstream.resolve_every`): DNS changes, such as a
+/// Kubernetes Service's endpoints or a failover record, reach the rotation within this.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);

@@ -198,17 +198,24 @@ pub struct UpstreamFile {
     pub tls: Option<UpstreamTlsFile>,
     /// Active health checks of each address.
     pub health_check: Option<HealthCheckFile>,
+    /// How often the addresses' names are resolved again.
+    pub resolve_every: Option<Text>,
     pub connect_timeout: Option<Text>,
     pub idle_timeout: Option<Text>,
     pub read_timeout: Option<Text>,
     pub write_timeout: Option<Text>,
 }
 
-/// `upstream.health_check: { path, interval, timeout, unhealthy_after, healthy_after }`.
+/// `upstream.health_check: { path | grpc, service, interval, timeout, unhealthy_after,
+/// healthy_after }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
     pub path: Option<String>,
+    /// The standard gRPC health service instead of an HTTP GET.
+    pub grpc: Option<bool>,
+    /// The gRPC service asked about ("" or absent: the server as a whole).
+    pub service: Option<String>,
     pub interval: Option<Text>,
     pub timeout: Option<Text>,
     pub unhealthy_after: Option<i64>,

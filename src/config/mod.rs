@@ -96,8 +96,10 @@ pub enum CallerInLog {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
-    /// `host:port` addresses, resolved once at start-up and used round robin.
+    /// `host:port` addresses, resolved at start-up and every `resolve_every`, used round robin.
     pub addrs: Vec<String>,
+    /// How often the names in `addrs` are resolved again (DNS failover, Kubernetes Services).
+    pub resolve_every: Duration,
     pub connect_timeout: Duration,
     /// How long an idle pooled upstream connection is kept; below the upstream's own keep-alive.
     pub idle_timeout: Duration,
@@ -113,16 +115,28 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheck>,
 }
 
-/// `upstream.health_check`: every `interval`, each address is asked `GET path` (any 2xx is
-/// healthy; no path: a TCP connect), within `timeout`; `unhealthy_after` failures in a row take
-/// it out of the rotation, `healthy_after` successes bring it back.
+/// `upstream.health_check`: every `interval`, each address is asked (see [`HealthCheckKind`])
+/// within `timeout`; `unhealthy_after` failures in a row take it out of the rotation,
+/// `healthy_after` successes bring it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
-    pub path: Option<String>,
+    pub kind: HealthCheckKind,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_after: usize,
     pub healthy_after: usize,
+}
+
+/// How an upstream address is asked whether it is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// `path: /healthz`: `GET path` answers 200.
+    Http(String),
+    /// `grpc: true`: `grpc.health.v1.Health/Check` for this service ("": the whole server)
+    /// answers SERVING.
+    Grpc(String),
+    /// Neither: a TCP (or TLS) connection opens.
+    Tcp,
 }
 
 /// `upstream.tls`: the name to send and verify (default: each address's host), the CA that
@@ -562,6 +576,55 @@ routes:
         assert_eq!(
             parse("x.yaml", text, &no_env).unwrap_err().lines,
             ["x.yaml: upstream.health_check.path: must be a path starting with \"/\" (got \"healthz\")"]
+        );
+        let kind = |text: &str| {
+            parse("x.yaml", text, &no_env)
+                .map(|c| c.upstream.health_check.unwrap().kind)
+                .map_err(|e| e.lines)
+        };
+        assert_eq!(
+            kind("upstream: { addrs: [\"h:1\"], health_check: { interval: 1s } }"),
+            Ok(HealthCheckKind::Tcp)
+        );
+        assert_eq!(
+            kind("upstream: { addrs: [\"h:1\"], protocol: h2c, health_check: { grpc: true } }"),
+            Ok(HealthCheckKind::Grpc(String::new()))
+        );
+        assert_eq!(
+            kind("upstream: { addrs: [\"h:1\"], protocol: h2c, health_check: { grpc: true, service: demo.Echo } }"),
+            Ok(HealthCheckKind::Grpc("demo.Echo".into()))
+        );
+        assert_eq!(
+            kind("upstream: { addrs: [\"h:1\"], health_check: { grpc: true } }"),
+            Err(vec!["x.yaml: upstream.health_check.grpc: gRPC runs on HTTP/2: it needs upstream.protocol h2c or h2".to_string()])
+        );
+        assert_eq!(
+            kind("upstream: { addrs: [\"h:1\"], protocol: h2c, health_check: { grpc: true, path: /h } }"),
+            Err(vec!["x.yaml: upstream.health_check: path (an HTTP check) and grpc: true (the gRPC health service) are two kinds of check: choose one".to_string()])
+        );
+        assert_eq!(
+            kind("upstream: { addrs: [\"h:1\"], health_check: { service: demo.Echo } }"),
+            Err(vec![
+                "x.yaml: upstream.health_check.service: names a gRPC service: it needs grpc: true"
+                    .to_string()
+            ])
+        );
+        let every = |text: &str| {
+            parse("x.yaml", text, &no_env)
+                .map(|c| c.upstream.resolve_every)
+                .map_err(|e| e.lines)
+        };
+        assert_eq!(
+            every("upstream: { addrs: [\"h:1\"] }"),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            every("upstream: { addrs: [\"h:1\"], resolve_every: 2s }"),
+            Ok(Duration::from_secs(2))
+        );
+        assert_eq!(
+            every("upstream: { addrs: [\"h:1\"], resolve_every: 10ms }"),
+            Err(vec!["x.yaml: upstream.resolve_every: must be at least 100ms (each resolution asks the system's resolver)".to_string()])
         );
     }
 }

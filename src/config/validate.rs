@@ -636,17 +636,9 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
         }
     };
     let health_check = u.health_check.as_ref().and_then(|h| {
-        if let Some(path) = &h.path {
-            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                p.add(
-                    "upstream.health_check.path",
-                    format!("must be a path starting with \"/\" (got \"{path}\")"),
-                );
-                return None;
-            }
-        }
+        let kind = health_check_kind(h, protocol, p)?;
         Some(HealthCheck {
-            path: h.path.clone(),
+            kind,
             interval: positive_duration(
                 h.interval.as_ref(),
                 Duration::from_secs(5),
@@ -675,11 +667,25 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
             ),
         })
     });
+    let resolve_every = positive_duration(
+        u.resolve_every.as_ref(),
+        defaults::RESOLVE_EVERY,
+        "upstream.resolve_every",
+        p,
+    )
+    .unwrap_or(defaults::RESOLVE_EVERY);
+    if resolve_every < Duration::from_millis(100) {
+        p.add(
+            "upstream.resolve_every",
+            "must be at least 100ms (each resolution asks the system's resolver)",
+        );
+    }
     UpstreamConfig {
         protocol,
         tls,
         health_check,
         addrs,
+        resolve_every,
         connect_timeout: positive_duration(
             u.connect_timeout.as_ref(),
             defaults::CONNECT_TIMEOUT,
@@ -708,6 +714,60 @@ fn upstream(u: &UpstreamFile, p: &mut Problems) -> UpstreamConfig {
             p,
         )
         .unwrap_or_default(),
+    }
+}
+
+/// What `upstream.health_check` asks: `path` (HTTP), `grpc: true` (the gRPC health service,
+/// on an HTTP/2 upstream) or neither (a TCP connect).
+fn health_check_kind(
+    h: &HealthCheckFile,
+    protocol: UpstreamProtocol,
+    p: &mut Problems,
+) -> Option<HealthCheckKind> {
+    let grpc = h.grpc.unwrap_or(false);
+    if let Some(service) = &h.service {
+        if !grpc {
+            p.add(
+                "upstream.health_check.service",
+                "names a gRPC service: it needs grpc: true",
+            );
+            return None;
+        }
+        if service.len() > 200 || service.bytes().any(|b| b.is_ascii_control()) {
+            p.add(
+                "upstream.health_check.service",
+                "must be a gRPC service name (at most 200 bytes, no control characters)",
+            );
+            return None;
+        }
+    }
+    match (&h.path, grpc) {
+        (Some(_), true) => {
+            p.add(
+                "upstream.health_check",
+                "path (an HTTP check) and grpc: true (the gRPC health service) are two kinds of check: choose one",
+            );
+            None
+        }
+        (Some(path), false) => {
+            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                p.add(
+                    "upstream.health_check.path",
+                    format!("must be a path starting with \"/\" (got \"{path}\")"),
+                );
+                return None;
+            }
+            Some(HealthCheckKind::Http(path.clone()))
+        }
+        (None, true) if protocol == UpstreamProtocol::Http1 => {
+            p.add(
+                "upstream.health_check.grpc",
+                "gRPC runs on HTTP/2: it needs upstream.protocol h2c or h2",
+            );
+            None
+        }
+        (None, true) => Some(HealthCheckKind::Grpc(h.service.clone().unwrap_or_default())),
+        (None, false) => Some(HealthCheckKind::Tcp),
     }
 }
 
