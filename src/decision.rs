@@ -11,7 +11,7 @@ use crate::config::{AccessLog, CallerInLog, Config};
 use crate::identity::{IdentityExtractor, OnMissingIdentity, RequestIds};
 use crate::limiter::side::Held;
 use crate::limiter::{
-    Ask, Check, Decision, Limit, OnError, Receipt, Refused, Retry, Scope, StatusMatch, Store,
+    Ask, Check, Decision, Kind, Limit, OnError, Receipt, Refused, Retry, Scope, StatusMatch, Store,
     StoreSide,
 };
 use crate::metrics::{Metrics, Outcome, RouteCounters, UpstreamError, UpstreamErrors, NO_ROUTE};
@@ -342,14 +342,16 @@ impl Decider {
 
     /// Decides one request. Never fails: a store fault is answered by the `on_error` policy.
     pub async fn decide<'s>(&'s self, head: &RequestHead<'_>) -> Verdict<'s> {
-        self.decide_after(head, Duration::ZERO).await
+        self.decide_after(head, Duration::ZERO, false).await
     }
 
-    /// Decides a request that a throttle has held for `waited` so far (zero: a new request).
+    /// Decides a request that a throttle has held for `waited` so far (zero: a new request);
+    /// `queued`: it holds a ticket in its limit's queue already (see [`throttle`]).
     pub async fn decide_after<'s>(
         &'s self,
         head: &RequestHead<'_>,
         waited: Duration,
+        queued: bool,
     ) -> Verdict<'s> {
         let path = match self.check_head(head) {
             Ok(path) => path,
@@ -489,11 +491,37 @@ impl Decider {
         let throttle = self.throttles[index].as_ref().filter(|_| !route.shadow);
         if let (Some(t), Decided::Refused(refused)) = (throttle, &decided) {
             // Counted nowhere yet: the decision after the wait is the one that counts.
-            if let Some(wait) = t.wait(refused.state.retry, waited) {
-                return Verdict {
-                    action: Action::Wait(wait),
-                    trace,
+            if let Some(mut wait) = t.wait(refused.state.retry, waited) {
+                let rate = set.limits[refused.index].kind.rate();
+                let queue = match rate.filter(|_| !queued) {
+                    Some(rate) => Some((rate, self.join_queue(&checks[refused.index].key).await)),
+                    None => None,
                 };
+                match queue {
+                    // Its place in the queue: can its turn come within max_delay?
+                    Some((rate, Some((ahead, ticket)))) => {
+                        let turn =
+                            throttle::earliest_turn(rate, refused.state.retry, ahead, ask.cost);
+                        if waited + turn <= t.max_delay() {
+                            wait.delay = turn.max(wait.delay);
+                            wait.ticket = Some(ticket);
+                            return Verdict {
+                                action: Action::Wait(wait),
+                                trace,
+                            };
+                        }
+                        // Not in time: refused now, its ticket given back.
+                        self.side.release(ticket).await;
+                    }
+                    // Queued already, or no queue to join (the store failed to answer; a slot
+                    // limit): wait for the retry.
+                    _ => {
+                        return Verdict {
+                            action: Action::Wait(wait),
+                            trace,
+                        }
+                    }
+                }
             }
         }
         let delay = match (throttle, &decided) {
@@ -572,6 +600,36 @@ impl Decider {
     /// Checks the request's limits: the denial cache, then the store, then (when the store
     /// cannot answer) the route's `on_error` policy. A shadow route's refusals are counted by
     /// the caller of this function, which turns them into forwards.
+    /// Takes a ticket in the waiting queue of the limit key `key` (an in-flight slot of
+    /// `<key>:q`): how many waiters are ahead of this one, and the ticket to give back when it
+    /// stops waiting. `None` when the store cannot answer (the waiter then waits unqueued).
+    async fn join_queue(&self, key: &str) -> Option<(u32, Held)> {
+        let checks = [Check {
+            key: format!("{key}:q"),
+            kind: Kind::Concurrency(std::num::NonZeroU32::MAX),
+        }];
+        let ask = Ask {
+            checks: &checks,
+            cost: 1,
+            retry: None,
+        };
+        match self.side.store.check(&ask).await {
+            Ok(Decision::Admitted {
+                states,
+                permit: Some(permit),
+                ..
+            }) => {
+                let place = states.first().map_or(1, |s| s.used);
+                Some((place.saturating_sub(1), Held::Store(permit)))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                log::debug!("store: joining a throttle queue failed: {e}");
+                None
+            }
+        }
+    }
+
     async fn limit(&self, route: &Route, set: &LimitSet, ask: &Ask<'_>) -> (Outcome, Decided) {
         // A request with a trusted request id may be a retry that only the store can recognise.
         let denials = self.side.denials.as_ref();

@@ -200,6 +200,8 @@ impl ProxyHttp for Worker {
         // A throttled route's request may wait and be decided again, until it is admitted,
         // refused, or its client leaves.
         let mut waited = Duration::ZERO;
+        // Its ticket in its limit's waiting queue, while it waits.
+        let mut ticket = None;
         let verdict = loop {
             let req = session.req_header();
             let head = RequestHead {
@@ -210,21 +212,31 @@ impl ProxyHttp for Worker {
                 headers: &req.headers,
                 peer,
             };
-            let verdict = decider.decide_after(&head, waited).await;
+            let verdict = decider.decide_after(&head, waited, ticket.is_some()).await;
             match verdict.action {
-                Action::Wait(wait) => {
+                Action::Wait(mut wait) => {
+                    if let Some(t) = wait.ticket.take() {
+                        ticket = Some(t);
+                    }
                     if !client_waits(session, wait.delay).await {
                         // Gone while it waited: nothing was counted, and nobody to answer.
+                        if let Some(t) = ticket {
+                            self.shared.side.release(t).await;
+                        }
                         session.set_keepalive(None);
                         return Ok(true);
                     }
                     waited = started.elapsed();
                 }
                 action => {
+                    // Admitted or refused: out of the queue.
+                    if let Some(t) = ticket {
+                        self.shared.side.release(t).await;
+                    }
                     break Verdict {
                         action,
                         trace: verdict.trace,
-                    }
+                    };
                 }
             }
         };

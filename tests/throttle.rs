@@ -2,7 +2,8 @@
 //! `throttle: { max_delay: 2s }`. 25 requests of one caller at once through three sidecars are
 //! all served, none refused, and the upstream (which stamps each arrival) never sees more than
 //! burst + 10 × t of them by any time t; of 60 at once, those whose turn would come after 2 s
-//! are refused, the rest served at the same pace. Also: `max_waiting`, and a waiting request
+//! are refused at once (the waiters of a limit key queue in the store, so each knows its
+//! place), the rest served at the same pace. Also: `max_waiting`, and a waiting request
 //! whose client leaves counts nothing.
 
 mod common;
@@ -80,6 +81,18 @@ async fn throttles_at_the_limits_pace(ports: &[u16], admin: &[u16]) {
     // 10 at once, then one per 100 ms for 2 s.
     assert!((28..=31).contains(&served), "{served} served");
     assert_eq!(count_status(&replies, 429), 60 - served);
+    // Refused at once: their turn could not come within 2 s, and their place said so.
+    let refused_after: Vec<Duration> = replies
+        .iter()
+        .filter(|r| r.status == 429)
+        .map(|r| r.took)
+        .collect();
+    assert!(
+        refused_after
+            .iter()
+            .all(|t| *t < Duration::from_millis(700)),
+        "{refused_after:?}"
+    );
     assert!(took < Duration::from_millis(3000), "{took:?}");
     paced(&replies, 10.0, 10.0);
     assert!(delays(&replies).iter().all(|&d| d <= 2.1));

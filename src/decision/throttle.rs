@@ -5,7 +5,15 @@
 //! The wait itself is the proxy's (it watches the client while the request waits); this module
 //! says whether a refused request may wait, and for how long, and keeps the count of waiting
 //! requests within `max_waiting`.
+//!
+//! Waiters of one limit key share a queue in the store (a ticket: an in-flight slot of the key
+//! `<key>:q`, leased like any other, so a killed sidecar's tickets expire): a new waiter's
+//! place in it says how many must be admitted before its turn, and a turn that cannot come
+//! within `max_delay` (by [`earliest_turn`], a bound no faster than the limit allows) is
+//! refused at once instead of waiting out `max_delay` to be refused then.
 
+use crate::limiter::side::Held;
+use crate::limiter::{Algorithm, Rate};
 use crate::routes::Throttle;
 use prometheus::{Histogram, IntCounter};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +39,9 @@ pub struct Throttling {
 #[derive(Debug)]
 pub struct Wait {
     pub delay: Duration,
+    /// The request's ticket in its limit key's queue in the store, taken at its first refusal
+    /// and held until it is admitted, refused or gone (the proxy gives it back).
+    pub ticket: Option<Held>,
     _place: Place,
 }
 
@@ -66,14 +77,39 @@ impl Throttling {
         }
         Some(Wait {
             delay,
+            ticket: None,
             _place: Place(self.waiting.clone()),
         })
+    }
+
+    pub fn max_delay(&self) -> Duration {
+        self.rule.max_delay
     }
 
     /// A request admitted after waiting `waited`.
     pub fn admitted(&self, waited: Duration) {
         self.throttled.inc();
         self.delay.observe(waited.as_secs_f64());
+    }
+}
+
+/// The earliest a waiter can be admitted by `rate`: it was refused with `retry`, and `ahead`
+/// requests of `cost` units each wait before it. No faster than the limit allows: GCRA (its
+/// burst spent, since it refused) admits one request per emission interval after `retry`; a
+/// windowed algorithm admits at most `requests / cost` in any window.
+pub fn earliest_turn(rate: &Rate, retry: Duration, ahead: u32, cost: u32) -> Duration {
+    let cost = cost.max(1);
+    match rate.algorithm {
+        Algorithm::Gcra => {
+            retry
+                + rate
+                    .window
+                    .mul_f64(f64::from(ahead) * f64::from(cost) / f64::from(rate.requests.get()))
+        }
+        _ => {
+            let per_window = (rate.requests.get() / cost).max(1);
+            retry + rate.window * (ahead / per_window)
+        }
     }
 }
 
@@ -110,6 +146,35 @@ mod tests {
         assert!(t.wait(ms(100), ms(0)).is_some(), "a place freed");
         drop(b);
         assert_eq!(t.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn the_earliest_turn_is_no_faster_than_the_limit() {
+        let ms = Duration::from_millis;
+        let gcra = Rate {
+            algorithm: Algorithm::Gcra,
+            ..Rate::log(10, Duration::from_secs(1))
+        };
+        assert_eq!(earliest_turn(&gcra, ms(100), 0, 1), ms(100));
+        assert_eq!(earliest_turn(&gcra, ms(100), 19, 1), ms(2000));
+        assert_eq!(
+            earliest_turn(&gcra, ms(100), 5, 2),
+            ms(1100),
+            "two units each"
+        );
+        let log = Rate::log(10, Duration::from_secs(1));
+        assert_eq!(
+            earliest_turn(&log, ms(300), 9, 1),
+            ms(300),
+            "ten may leave at once"
+        );
+        assert_eq!(earliest_turn(&log, ms(300), 10, 1), ms(1300));
+        assert_eq!(earliest_turn(&log, ms(300), 25, 1), ms(2300));
+        assert_eq!(
+            earliest_turn(&log, ms(300), 1, 20),
+            ms(1300),
+            "one per window"
+        );
     }
 
     #[test]

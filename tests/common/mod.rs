@@ -421,6 +421,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// From sending the request to the end of the response (`send`).
+    pub took: Duration,
 }
 
 impl Reply {
@@ -478,13 +480,16 @@ pub async fn send(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
+    let sent = std::time::Instant::now();
     s.write_all(head.as_bytes()).await?;
     s.write_all(body).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
         .await
         .map_err(|_| std::io::Error::other("response timed out"))??;
-    parse(&raw, method == "HEAD")
+    let mut reply = parse(&raw, method == "HEAD")?;
+    reply.took = sent.elapsed();
+    Ok(reply)
 }
 
 fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Reply> {
@@ -514,6 +519,7 @@ fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Reply> {
         status,
         headers,
         body,
+        took: Duration::ZERO,
     })
 }
 
