@@ -153,16 +153,17 @@ async fn used(admin: u16, user: &str) -> u64 {
     route["limits"][0]["used"].as_u64().unwrap()
 }
 
-/// Costs in the trailers are settled exactly through three sidecars on one Redis: after 300
+/// Costs in the trailers are settled exactly through three sidecars on `store`: after 300
 /// unary and streamed calls of 0-800 tokens each, the store holds the server's own sum.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trailer_costs_through_three_sidecars_sum_to_what_the_upstream_reported() {
-    let _heavy = HEAVY.lock().await;
-    let dir = scratch_dir();
-    let redis = Redis::start(&dir).await;
-    let (_server, up_port) = grpc_server(&dir).await;
+async fn trailer_costs_sum_to_what_the_upstream_reported(
+    dir: &std::path::Path,
+    store: &str,
+    tag: &str,
+) {
+    let (_server, up_port) = grpc_server(dir).await;
     let mut sidecars = Vec::new();
-    for name in ["s1", "s2", "s3"] {
+    for i in 1..=3 {
+        let name = format!("{tag}{i}");
         let (port, admin_port) = (free_port(), free_port());
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -170,36 +171,42 @@ async fn trailer_costs_through_three_sidecars_sum_to_what_the_upstream_reported(
             format!(
                 "server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin_port}\", threads: 2, instance: {name} }}
 upstream: {{ addrs: [\"127.0.0.1:{up_port}\"], protocol: h2c }}
-{}identity: [{{ header: x-user-id }}]
+{store}identity: [{{ header: x-user-id }}]
 routes:
   - name: metered
     match: {{ path_prefix: /demo.Echo/Metered }}
     cost_from: {{ response_trailer: x-usage-tokens, max_cost: 1000 }}
     limits: [{{ requests: 100000000, window: 1h }}]
-",
-                redis_store(&redis)
+"
             ),
         )
         .unwrap();
-        sidecars.push(Sidecar::start_with(&dir, name, &config, port, admin_port).await);
+        sidecars.push(Sidecar::start_with(dir, &name, &config, port, admin_port).await);
     }
     let ports: Vec<String> = sidecars.iter().map(|s| s.port.to_string()).collect();
-    let out = Command::new(python())
-        .arg(script())
-        .args(["meter", &ports.join(","), "300"])
-        .output()
-        .expect("the client runs");
-    assert!(
-        out.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reported: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let reported = reported["tokens"].as_u64().unwrap();
+    let reported = client(&["meter", &ports.join(","), "300"])["tokens"]
+        .as_u64()
+        .unwrap();
     assert!(reported > 300, "random costs: {reported}");
     for s in &sidecars {
-        assert_eq!(used(s.admin_port, "eve").await, reported);
+        assert_eq!(used(s.admin_port, "eve").await, reported, "{tag}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_costs_through_three_sidecars_sum_to_what_the_upstream_reported() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let redis = Redis::start(&dir).await;
+    trailer_costs_sum_to_what_the_upstream_reported(&dir, &redis_store(&redis), "r").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_costs_on_a_redis_cluster_sum_to_what_the_upstream_reported() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let cluster = RedisCluster::start(&dir).await;
+    trailer_costs_sum_to_what_the_upstream_reported(&dir, &cluster.store(), "c").await;
 }
 
 /// Runs the fixture's client with `args`; its JSON.
