@@ -1,10 +1,11 @@
 //! gRPC through sluice with real clients: a grpcio server behind a sidecar that speaks h2c to it
 //! (`upstream.protocol: h2c`) and a grpcio client in front (h2c with prior knowledge). Unary
-//! and server-streaming calls pass whole, metadata and trailers intact; the 11th call against
-//! a limit of 10 gets RESOURCE_EXHAUSTED from the client library, with `retry-after`; a slow
-//! method hits its route's timeout as DEADLINE_EXCEEDED; the standard health service answers;
-//! a cost the upstream reports in its trailers (`cost_from: { response_trailer }`) is settled,
-//! and a stream cancelled before them is settled at its reservation.
+//! and server-streaming calls pass whole, metadata and trailers intact (and a 3 MB message each
+//! way); the 11th call against a limit of 10 gets RESOURCE_EXHAUSTED from the client library,
+//! with `retry-after`; a slow method hits its route's timeout as DEADLINE_EXCEEDED; the standard
+//! health service answers; a cost the upstream reports in its trailers (`cost_from:
+//! { response_trailer }`) is settled, and a stream cancelled before them is settled at its
+//! reservation.
 //! The Python side (tests/fixtures/grpc_demo.py) runs in the virtual environment scripts/test
 //! makes (target/grpc-venv, with grpcio and grpcio-health-checking).
 
@@ -96,6 +97,11 @@ routes:
     assert_eq!(
         seen["stream"],
         serde_json::json!(["part 0", "part 1", "part 2", "part 3", "part 4"])
+    );
+    assert_eq!(
+        seen["large"],
+        serde_json::json!({"sent": 3 * 1024 * 1024, "same": true}),
+        "a 3 MB message each way, whole"
     );
     // ann spent 2 of her 10 above; bob has his own 10.
     let limited: Vec<&str> = seen["limited"]
