@@ -569,6 +569,66 @@ async fn an_upstream_that_hangs_gets_504_within_the_read_timeout() {
     assert_eq!(value(&m, "sluice_upstream_errors_total", &labels), 1.0);
 }
 
+/// An upstream that accepts a request and never reads its body: sending the body stalls once
+/// the sockets' buffers are full, and `upstream.write_timeout` ends the sending; Pingora then
+/// waits up to `read_timeout` for an early answer from the upstream (one that refused the body,
+/// a 413, would come that way), and the client gets a 504, counted as a timeout: bounded by the
+/// two timeouts together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_a_body_gets_504_within_the_write_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = scratch_dir();
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf_port = deaf.local_addr().unwrap().port();
+    // Accepts, reads nothing, holds every connection open.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = deaf.accept().await {
+            held.push(c);
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.join("deaf.yaml");
+    std::fs::write(
+        &config,
+        format!("server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin}\" }}\nupstream: {{ addrs: [\"127.0.0.1:{deaf_port}\"], write_timeout: 1s, read_timeout: 2s }}\nstore: {{ backend: memory }}\n{ROUTES}"),
+    )
+    .unwrap();
+    let _s = Sidecar::start_with(&dir, "deaf", &config, port, admin).await;
+    let size = 64 << 20;
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head =
+        format!("POST /api/upload?user_id=w HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+    c.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    let start = Instant::now();
+    // The body goes as far as the buffers take it; the writer stops when sluice gives up.
+    tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut raw)).await;
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(read.is_ok(), "no answer within 20 s");
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("upstream_timeout"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "write_timeout + read_timeout: {took:?}"
+    );
+    let m = scrape(admin, None).await;
+    let labels = [("route", "api"), ("kind", "timeout")];
+    assert_eq!(value(&m, "sluice_upstream_errors_total", &labels), 1.0);
+}
+
 /// A route's `timeout` replaces the upstream's read timeout for that route alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routes_timeout_bounds_its_upstream_and_no_other_route() {
