@@ -48,7 +48,6 @@ async fn grpc_server(dir: &std::path::Path) -> (Proc, u16) {
 async fn grpc_calls_pass_whole_and_refusals_are_grpc_statuses() {
     let _heavy = HEAVY.lock().await;
     let dir = scratch_dir();
-    let script = script();
     let (_server, up_port) = grpc_server(&dir).await;
 
     let (port, admin_port) = (free_port(), free_port());
@@ -78,18 +77,7 @@ routes:
     .unwrap();
     let sidecar = Sidecar::start_with(&dir, "s1", &config, port, admin_port).await;
 
-    let out = Command::new(python())
-        .arg(&script)
-        .args(["call", &port.to_string()])
-        .output()
-        .expect("the client runs");
-    assert!(
-        out.status.success(),
-        "client: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let seen = client(&["call", &port.to_string()]);
     assert_eq!(
         seen["unary"],
         serde_json::json!({"reply": "hello", "initial": "m1", "trailer": "t", "code": "OK"})
