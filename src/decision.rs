@@ -492,14 +492,18 @@ impl Decider {
         if let (Some(t), Decided::Refused(refused)) = (throttle, &decided) {
             // Counted nowhere yet: the decision after the wait is the one that counts.
             if let Some(mut wait) = t.wait(refused.state.retry, waited) {
-                let rate = set.limits[refused.index].kind.rate();
-                let queue = match rate.filter(|_| !queued) {
-                    Some(rate) => Some((rate, self.join_queue(&checks[refused.index].key).await)),
+                // A rate's first refusal joins its key's queue (a slot limit has no turns).
+                let rate = set.limits[refused.index].kind.rate().filter(|_| !queued);
+                let joined = match rate {
+                    Some(rate) => self
+                        .join_queue(&checks[refused.index].key)
+                        .await
+                        .map(|place| (rate, place)),
                     None => None,
                 };
-                match queue {
+                match joined {
                     // Its place in the queue: can its turn come within max_delay?
-                    Some((rate, Some((ahead, ticket)))) => {
+                    Some((rate, (ahead, ticket))) => {
                         let turn =
                             throttle::earliest_turn(rate, refused.state.retry, ahead, ask.cost);
                         if waited + turn <= t.max_delay() {
@@ -513,9 +517,9 @@ impl Decider {
                         // Not in time: refused now, its ticket given back.
                         self.side.release(ticket).await;
                     }
-                    // Queued already, or no queue to join (the store failed to answer; a slot
-                    // limit): wait for the retry.
-                    _ => {
+                    // Queued already, a slot limit, or no queue to join (the store failed to
+                    // answer): wait for the retry.
+                    None => {
                         return Verdict {
                             action: Action::Wait(wait),
                             trace,
@@ -597,9 +601,6 @@ impl Decider {
         Some((chosen.plan, plans.names[chosen.plan].as_str()))
     }
 
-    /// Checks the request's limits: the denial cache, then the store, then (when the store
-    /// cannot answer) the route's `on_error` policy. A shadow route's refusals are counted by
-    /// the caller of this function, which turns them into forwards.
     /// Takes a ticket in the waiting queue of the limit key `key` (an in-flight slot of
     /// `<key>:q`): how many waiters are ahead of this one, and the ticket to give back when it
     /// stops waiting. `None` when the store cannot answer (the waiter then waits unqueued).
@@ -630,6 +631,9 @@ impl Decider {
         }
     }
 
+    /// Checks the request's limits: the denial cache, then the store, then (when the store
+    /// cannot answer) the route's `on_error` policy. A shadow route's refusals are counted by
+    /// the caller of this function, which turns them into forwards.
     async fn limit(&self, route: &Route, set: &LimitSet, ask: &Ask<'_>) -> (Outcome, Decided) {
         // A request with a trusted request id may be a retry that only the store can recognise.
         let denials = self.side.denials.as_ref();

@@ -17,6 +17,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::server::configuration::ServerConf;
 use pingora::{Error, ErrorType};
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,8 +308,6 @@ pub fn health_checked(
     lb.update_frequency = Some(config.resolve_every);
     Ok(Some(lb))
 }
-
-use std::future::Future;
 
 /// The standard gRPC health check (`grpc.health.v1.Health/Check`): healthy when the upstream
 /// answers `SERVING` for `service` ("" asks about the server as a whole).
