@@ -5,7 +5,6 @@ Usage: features_report.py WORK OUT.json OUT.md MODE
 """
 
 import json
-import statistics
 import sys
 
 import rounds
@@ -42,21 +41,8 @@ with open(out_md, "w") as f:
             "workers) per scenario, limits that never refuse, 10,000 callers at random, wrk -c64. "
             "Ratios are to the group's baseline in the same run.\n")
     for title, base_name, names in GROUPS:
-        group = {}
-        for name, desc in names:
-            r = runs(name)
-            roles = sorted({k for x in r for k in x["cpu_us"]})
-            group[name] = {
-                "what": desc, "runs": r,
-                "rps": statistics.median(x["rps"] for x in r),
-                "p99_ms": statistics.median(x["p99_ms"] for x in r),
-                "cpu_us": {k: statistics.median(x["cpu_us"][k] for x in r) for k in roles},
-                "non2xx": sum(x["non2xx"] for x in r),
-            }
-        base = group[base_name]
-        for s in group.values():
-            s["rps_ratio"] = round(s["rps"] / base["rps"], 3)
-            s["proxy_us_more"] = round(s["cpu_us"]["proxy"] - base["cpu_us"]["proxy"], 2)
+        group = {name: rounds.summary(desc, runs(name)) for name, desc in names}
+        base = rounds.against(group, base_name)
         res["groups"][title] = group
         redis = "redis" in base["cpu_us"]
         f.write(f"\n## {title}\n\n| scenario | req/s | ratio | p99 ms | sidecar CPU µs/req | "

@@ -57,22 +57,9 @@ with open(out_md, "w") as f:
     for title, base_name, names in GROUPS:
         group = {}
         for name, desc in names:
-            r = rounds.runs(work, name)
-            roles = sorted({k for x in r for k in x["cpu_us"]})
-            p99 = [x["p99_ms"] for x in r if x["p99_ms"] is not None]
-            group[name] = {
-                "what": desc, "runs": r,
-                "rps": statistics.median(x["rps"] for x in r),
-                "p99_ms": statistics.median(p99) if p99 else None,
-                "mean_ms": mean_ms(name),
-                "cpu_us": {k: statistics.median(x["cpu_us"][k] for x in r) for k in roles},
-                "non2xx": sum(x["non2xx"] for x in r),
-            }
-        base = group[base_name]
-        for s in group.values():
-            s["rps_ratio"] = round(s["rps"] / base["rps"], 3)
-            if "proxy" in s["cpu_us"] and "proxy" in base["cpu_us"]:
-                s["proxy_us_more"] = round(s["cpu_us"]["proxy"] - base["cpu_us"]["proxy"], 2)
+            group[name] = rounds.summary(desc, rounds.runs(work, name))
+            group[name]["mean_ms"] = mean_ms(name)
+        rounds.against(group, base_name)
         res["groups"][title] = group
         cols = [c for c in ("proxy", "upstream", "server", "redis")
                 if any(c in s["cpu_us"] for s in group.values())]
