@@ -27,7 +27,7 @@
 -- The reply starts with the time used, so a caller can adjust what it counted.
 
 local floor, ceil, max = math.floor, math.ceil, math.max
-local tonumber, find, sub, format = tonumber, string.find, string.sub, string.format
+local tonumber, find, sub, format, byte = tonumber, string.find, string.sub, string.format, string.byte
 local call = redis.call
 
 -- Key expiry only collects what the stored times already say is over (a log's entries, a
@@ -46,9 +46,31 @@ else
 end
 local out = { now }
 
--- A whole number as digits (Lua's own conversion writes large ones in exponent form).
+-- What the script spends its time on, besides the commands, is converting numbers: Lua reads
+-- a number from text with strtod and Redis writes a number argument with printf("%.17g"), each
+-- a thousand instructions or more. So arguments the commands take are passed as text where the
+-- script has it (`'0'`, ARGV), small numbers are read from their one digit, and whole numbers
+-- are written as integers.
+
+-- A whole number (below 2^63) as digits, without floating-point formatting.
 local function int(x)
-  return format('%.0f', x)
+  return format('%d', x)
+end
+
+-- A whole number from its digits: one digit (most of what the script is sent: codes, counts, a
+-- cost of 1, no retry window) from its byte, longer ones by tonumber, each text once per call
+-- (the requests of a batch mostly share their limits' numbers, and Lua strings are interned).
+local read = {}
+local function num(text)
+  if #text == 1 then
+    return byte(text) - 48
+  end
+  local value = read[text]
+  if not value then
+    value = tonumber(text)
+    read[text] = value
+  end
+  return value
 end
 
 -- The fixed window holding `at`: exact for integers below 2^53, whatever float division does.
@@ -83,9 +105,9 @@ end
 -- is weighted. A log whose entries all cost 1 (most) counts its entries; one that ever held a
 -- costlier entry keeps its total, negated, as the score of the member `#` (first by score).
 local function log_head(key)
-  local head = call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local head = call('ZRANGE', key, '0', '0', 'WITHSCORES')
   if head[1] == '#' then
-    local oldest = call('ZRANGE', key, 1, 1, 'WITHSCORES')[2]
+    local oldest = call('ZRANGE', key, '1', '1', 'WITHSCORES')[2]
     return -tonumber(head[2]), tonumber(oldest), 1, true
   end
   if head[1] then
@@ -101,6 +123,24 @@ local function log_store_total(key, total, weighted)
   elseif weighted then
     call('ZADD', key, -total, '#')
   end
+end
+
+-- A limit's fourth argument: a GCRA's burst, a quota's period start.
+local function burst(s)
+  return num(ARGV[s.b + 3])
+end
+
+-- Its fifth: a window or a lease in ms, a quota's instant in µs.
+local function ms(s)
+  return num(ARGV[s.b + 4])
+end
+
+-- A window or lease in ms as the expiry text PEXPIRE takes (ARGV itself on Redis's clock).
+local function ttl(s)
+  if slack == 0 then
+    return ARGV[s.b + 4]
+  end
+  return int(ms(s) + slack)
 end
 
 -- One entry per kind, each a function of the phase: LOOK (has the limit room for `cost`?),
@@ -138,7 +178,7 @@ KINDS[KIND_LOG] = function(phase, s, x, y, z, w)
     else
       call('ZADD', s.key, now_s, member)
     end
-    call('PEXPIRE', s.key, s.ttl)
+    call('PEXPIRE', s.key, ttl(s))
     s.oldest = s.oldest or now
   elseif phase == REPORT then
     local cost, refused = x, y
@@ -254,6 +294,7 @@ KINDS[KIND_GCRA] = function(phase, s, x, y, z, w)
   if phase == LOOK then
     local cost = x
     s.T = s.window / s.amount
+    s.burst = burst(s)
     s.cap = s.burst * s.T
     s.tat = max(tonumber(call('GET', s.key)) or now, now)
     s.new = s.tat + cost * s.T
@@ -299,8 +340,8 @@ KINDS[KIND_SLOTS] = function(phase, s, x, y, z, w)
     s.ok = s.used + 1 <= s.amount
   elseif phase == COUNT then
     local member, cost = x, y
-    call('ZADD', s.key, int(now + s.ms * 1000), member)
-    call('PEXPIRE', s.key, s.ttl)
+    call('ZADD', s.key, int(now + ms(s) * 1000), member)
+    call('PEXPIRE', s.key, ttl(s))
     s.used = s.used + 1
   elseif phase == REPORT then
     local cost, refused = x, y
@@ -328,7 +369,8 @@ KINDS[KIND_QUOTA] = function(phase, s, x, y, z, w)
     local cost = x
     local h = call('HMGET', s.key, 'p', 'e', 'c')
     local hp = tonumber(h[1])
-    s.start, s.stop, s.used = s.burst, s.window, 0
+    s.ms = ms(s)
+    s.start, s.stop, s.used = burst(s), s.window, 0
     if hp and hp >= s.start then
       s.start, s.stop, s.used = hp, tonumber(h[2]) or s.window, tonumber(h[3]) or 0
     end
@@ -350,21 +392,20 @@ KINDS[KIND_QUOTA] = function(phase, s, x, y, z, w)
     -- Only in the period it was counted in (the caller sends the period of `at`).
     local counted, cost = y, z
     local h = call('HMGET', s.key, 'p', 'c')
-    if tonumber(h[1]) == s.burst then
+    if tonumber(h[1]) == burst(s) then
       call('HSET', s.key, 'c', max(0, (tonumber(h[2]) or 0) - counted + cost))
     end
   end
 end
 
+-- A limit's state for one operation: what every kind reads, and where its arguments are (`b`)
+-- for the two only some kinds read (see `burst` and `ms`).
 local function limit_at(b, key)
   return {
-    code = tonumber(ARGV[b]),
-    amount = tonumber(ARGV[b + 1]),
-    window = tonumber(ARGV[b + 2]),
-    burst = tonumber(ARGV[b + 3]),
-    ms = tonumber(ARGV[b + 4]),
-    -- Its expiry as the text the command takes (a number argument costs Redis a conversion).
-    ttl = slack == 0 and ARGV[b + 4] or int(tonumber(ARGV[b + 4]) + slack),
+    code = num(ARGV[b]),
+    amount = num(ARGV[b + 1]),
+    window = num(ARGV[b + 2]),
+    b = b,
     key = key,
     used = 0, oldest = false, first = 0, weighted = false, ok = false,
   }
@@ -372,8 +413,8 @@ end
 
 -- OP_CHECK: every limit's state, then all or nothing.
 local function check(a, k)
-  local member, retry_ms = ARGV[a + 1], tonumber(ARGV[a + 2])
-  local cost, n = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local member, retry_ms = ARGV[a + 1], num(ARGV[a + 2])
+  local cost, n = num(ARGV[a + 4]), num(ARGV[a + 5])
   local st, rates_ok, slots_ok, id_retried = {}, true, true, nil
   for i = 1, n do
     local s = limit_at(a + 6 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
@@ -490,12 +531,12 @@ local RUN = { [OP_CHECK] = check, [OP_RELEASE] = release, [OP_RENEW] = renew, [O
 -- another type, written by something else) fails alone: its reply is -1 then zeros, and the
 -- rest of the call is done as usual.
 local a, k = 3, 1
-for _ = 1, tonumber(ARGV[2]) do
-  local code = tonumber(ARGV[a])
+for _ = 1, num(ARGV[2]) do
+  local code = num(ARGV[a])
   local layout = OP_LAYOUT[code]
-  local n = tonumber(ARGV[a + layout[2]])
+  local n = num(ARGV[a + layout[2]])
   local keys = n
-  if layout[4] > 0 and tonumber(ARGV[a + layout[4]]) > 0 then
+  if layout[4] > 0 and num(ARGV[a + layout[4]]) > 0 then
     keys = n + 1
   end
   local mark = #out
