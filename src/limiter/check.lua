@@ -121,7 +121,7 @@ local function log_store_total(key, total, weighted)
   if total <= 0 then
     call('DEL', key)
   elseif weighted then
-    call('ZADD', key, -total, '#')
+    call('ZADD', key, int(-total), '#')
   end
 end
 
@@ -157,14 +157,14 @@ KINDS[KIND_LOG] = function(phase, s, x, y, z, w)
     local total, oldest, first, weighted = log_head(key)
     if oldest and oldest <= now - window then
       if weighted then
-        local gone = call('ZRANGEBYSCORE', key, '(0', now - window)
+        local gone = call('ZRANGEBYSCORE', key, '(0', int(now - window))
         for j = 1, #gone do
           total = total - entry_cost(gone[j])
         end
-        call('ZREMRANGEBYSCORE', key, '(0', now - window)
+        call('ZREMRANGEBYSCORE', key, '(0', int(now - window))
         log_store_total(key, total, weighted)
       else
-        call('ZREMRANGEBYSCORE', key, '(0', now - window)
+        call('ZREMRANGEBYSCORE', key, '(0', int(now - window))
       end
       total, oldest, first, weighted = log_head(key)
     end
@@ -174,7 +174,7 @@ KINDS[KIND_LOG] = function(phase, s, x, y, z, w)
     local member, cost = x, y
     s.used = s.used + cost
     if s.weighted or cost > 1 then
-      call('ZADD', s.key, now_s, entry(member, cost), -s.used, '#')
+      call('ZADD', s.key, now_s, entry(member, cost), int(-s.used), '#')
     else
       call('ZADD', s.key, now_s, member)
     end
@@ -194,7 +194,7 @@ KINDS[KIND_LOG] = function(phase, s, x, y, z, w)
         local i, need = s.first, k
         while need > 0 do
           local take = math.min(need, 128)
-          local chunk = call('ZRANGE', s.key, i, i + take - 1, 'WITHSCORES')
+          local chunk = call('ZRANGE', s.key, int(i), int(i + take - 1), 'WITHSCORES')
           if #chunk == 0 then
             retry = window
             break
@@ -227,7 +227,7 @@ KINDS[KIND_LOG] = function(phase, s, x, y, z, w)
     local total, _, _, weighted = log_head(s.key)
     call('ZREM', s.key, name)
     if cost > 0 then
-      call('ZADD', s.key, at, entry(member, cost))
+      call('ZADD', s.key, int(at), entry(member, cost))
     end
     log_store_total(s.key, total - counted + cost, weighted or cost > 1)
   end
@@ -252,8 +252,8 @@ KINDS[KIND_WINDOW] = function(phase, s, x, y, z, w)
     local member, cost = x, y
     s.cur = s.cur + cost
     s.est = s.est + cost
-    call('HSET', s.key, 'i', s.idx, 'c', s.cur, 'p', s.prev)
-    call('PEXPIRE', s.key, ceil(2 * s.window / 1000) + slack)
+    call('HSET', s.key, 'i', int(s.idx), 'c', int(s.cur), 'p', int(s.prev))
+    call('PEXPIRE', s.key, int(ceil(2 * s.window / 1000) + slack))
   elseif phase == REPORT then
     local cost, refused = x, y
     local limit, window, cur, est = s.amount, s.window, s.cur, s.est
@@ -283,9 +283,9 @@ KINDS[KIND_WINDOW] = function(phase, s, x, y, z, w)
     local h = call('HMGET', s.key, 'i', 'c', 'p')
     local hi = tonumber(h[1])
     if hi == idx then
-      call('HSET', s.key, 'c', max(0, (tonumber(h[2]) or 0) - counted + cost))
+      call('HSET', s.key, 'c', int(max(0, (tonumber(h[2]) or 0) - counted + cost)))
     elseif hi == idx + 1 then
-      call('HSET', s.key, 'p', max(0, (tonumber(h[3]) or 0) - counted + cost))
+      call('HSET', s.key, 'p', int(max(0, (tonumber(h[3]) or 0) - counted + cost)))
     end
   end
 end
@@ -302,7 +302,7 @@ KINDS[KIND_GCRA] = function(phase, s, x, y, z, w)
   elseif phase == COUNT then
     local member, cost = x, y
     s.tat = s.new
-    call('SET', s.key, floor(s.tat + 0.5), 'PX', max(1, ceil((s.tat - now) / 1000)) + slack)
+    call('SET', s.key, int(floor(s.tat + 0.5)), 'PX', int(max(1, ceil((s.tat - now) / 1000)) + slack))
   elseif phase == REPORT then
     local cost, refused = x, y
     local ahead = s.tat - now
@@ -326,7 +326,7 @@ KINDS[KIND_GCRA] = function(phase, s, x, y, z, w)
     if tat <= now then
       call('DEL', s.key)
     else
-      call('SET', s.key, tat, 'PX', max(1, ceil((tat - now) / 1000)) + slack)
+      call('SET', s.key, int(tat), 'PX', int(max(1, ceil((tat - now) / 1000)) + slack))
     end
   end
 end
@@ -335,7 +335,7 @@ end
 KINDS[KIND_SLOTS] = function(phase, s, x, y, z, w)
   if phase == LOOK then
     local cost = x
-    call('ZREMRANGEBYSCORE', s.key, '-inf', now)
+    call('ZREMRANGEBYSCORE', s.key, '-inf', now_s)
     s.used = call('ZCARD', s.key)
     s.ok = s.used + 1 <= s.amount
   elseif phase == COUNT then
@@ -378,8 +378,8 @@ KINDS[KIND_QUOTA] = function(phase, s, x, y, z, w)
   elseif phase == COUNT then
     local member, cost = x, y
     s.used = s.used + cost
-    call('HSET', s.key, 'p', int(s.start), 'e', int(s.stop), 'c', s.used)
-    call('PEXPIRE', s.key, max(1, ceil((s.stop - s.ms) / 1000)) + slack)
+    call('HSET', s.key, 'p', int(s.start), 'e', int(s.stop), 'c', int(s.used))
+    call('PEXPIRE', s.key, int(max(1, ceil((s.stop - s.ms) / 1000)) + slack))
   elseif phase == REPORT then
     local cost, refused = x, y
     local reset = max(0, s.stop - s.ms)
@@ -393,31 +393,33 @@ KINDS[KIND_QUOTA] = function(phase, s, x, y, z, w)
     local counted, cost = y, z
     local h = call('HMGET', s.key, 'p', 'c')
     if tonumber(h[1]) == burst(s) then
-      call('HSET', s.key, 'c', max(0, (tonumber(h[2]) or 0) - counted + cost))
+      call('HSET', s.key, 'c', int(max(0, (tonumber(h[2]) or 0) - counted + cost)))
     end
   end
 end
 
 -- A limit's state for one operation: what every kind reads, and where its arguments are (`b`)
--- for the two only some kinds read (see `burst` and `ms`).
-local function limit_at(b, key)
-  return {
-    code = num(ARGV[b]),
-    amount = num(ARGV[b + 1]),
-    window = num(ARGV[b + 2]),
-    b = b,
-    key = key,
-    used = 0, oldest = false, first = 0, weighted = false, ok = false,
-  }
+-- for the two only some kinds read (see `burst` and `ms`); each kind's LOOK sets the rest.
+-- Operations run one at a time, so the i-th limit of each reuses one table: a table made per
+-- limit and request (and the garbage collection that follows it) cost more than the commands.
+local states = {}
+local function limit_at(i, b, key)
+  local s = states[i]
+  if not s then
+    s = { code = 0, amount = 0, window = 0, b = 0, key = '', used = 0, oldest = false, first = 0, weighted = false, ok = false }
+    states[i] = s
+  end
+  s.code, s.amount, s.window, s.b, s.key = num(ARGV[b]), num(ARGV[b + 1]), num(ARGV[b + 2]), b, key
+  return s
 end
 
 -- OP_CHECK: every limit's state, then all or nothing.
 local function check(a, k)
   local member, retry_ms = ARGV[a + 1], num(ARGV[a + 2])
   local cost, n = num(ARGV[a + 4]), num(ARGV[a + 5])
-  local st, rates_ok, slots_ok, id_retried = {}, true, true, nil
+  local rates_ok, slots_ok, id_retried = true, true, nil
   for i = 1, n do
-    local s = limit_at(a + 6 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
+    local s = limit_at(i, a + 6 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
     KINDS[s.code](LOOK, s, cost)
     if not s.ok then
       if s.code == KIND_SLOTS then
@@ -426,7 +428,6 @@ local function check(a, k)
         rates_ok = false
       end
     end
-    st[i] = s
   end
 
   -- A retry of a request an earlier attempt counted (the same load-balancer request id, within
@@ -437,7 +438,7 @@ local function check(a, k)
   local replay, marked, id_key, id_until = retry_ms < 0, false, KEYS[k + n], nil
   if retry_ms > 0 and cost > 0 then
     id_until = now + retry_ms * 1000
-    if call('SET', id_key, '0:' .. int(id_until), 'PX', retry_ms + slack, 'NX') then
+    if call('SET', id_key, '0:' .. int(id_until), 'PX', int(retry_ms + slack), 'NX') then
       marked = true
     else
       local v = call('GET', id_key) or ''
@@ -450,7 +451,7 @@ local function check(a, k)
           id_retried = retried + 1
         end
       else
-        call('SET', id_key, '0:' .. int(id_until), 'PX', retry_ms + slack)
+        call('SET', id_key, '0:' .. int(id_until), 'PX', int(retry_ms + slack))
         marked = true
       end
     end
@@ -459,7 +460,7 @@ local function check(a, k)
   local admitted = cost == 0 or (slots_ok and (rates_ok or replay))
   if id_retried and admitted then
     -- The id's window runs from its first count: the key keeps its deadline.
-    call('SET', id_key, id_retried .. ':' .. int(id_until), 'PX', max(1, ceil((id_until - now) / 1000)) + slack)
+    call('SET', id_key, int(id_retried) .. ':' .. int(id_until), 'PX', int(max(1, ceil((id_until - now) / 1000)) + slack))
   end
   if marked and not admitted then
     call('DEL', id_key) -- refused: its retry must be decided afresh, not replayed
@@ -473,7 +474,7 @@ local function check(a, k)
     out[#out + 1] = 1
   end
   for i = 1, n do
-    local s = st[i]
+    local s = states[i]
     local kind = KINDS[s.code]
     if admitted and cost > 0 and (s.code == KIND_SLOTS or not replay) then
       kind(COUNT, s, member, cost)
@@ -502,8 +503,8 @@ local function renew(a, k)
     local key, member = KEYS[k + i - 1], ARGV[a + 2 + i]
     local expiry = tonumber(call('ZSCORE', key, member))
     if expiry and expiry > now then
-      call('ZADD', key, until_s, member)
-      call('PEXPIRE', key, ms + slack)
+      call('ZADD', key, int(until_s), member)
+      call('PEXPIRE', key, int(ms + slack))
       renewed = renewed + 1
     end
   end
@@ -514,7 +515,7 @@ local function adjust(a, k)
   local member, counted, cost = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local at, drop_id, n = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1', tonumber(ARGV[a + 6])
   for i = 1, n do
-    local s = limit_at(a + 7 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
+    local s = limit_at(i, a + 7 + LIMIT_ARGS * (i - 1), KEYS[k + i - 1])
     KINDS[s.code](ADJUST, s, member, counted, cost, at)
   end
   if drop_id then
