@@ -2,7 +2,7 @@
 # bench/algorithms.sh: what each algorithm costs in Redis and how accurate it is.
 #   accuracy:   cargo run --release --example accuracy (seeded traces, every decision checked)
 #   memory:     MEMORY USAGE of one caller's state after filling a limit of 10, 1,000, 100,000
-#   throughput: redis-benchmark running check.lua (EVALSHA) for 100,000 random callers, on one
+#   throughput: redis-benchmark running the store's code (FCALL) for 100,000 random callers, on one
 #               Redis and on a three-master Redis Cluster, under the same load (-c 50)
 # Writes bench/results/algorithms.json and bench/ALGORITHMS.md. Loopback only; bounded runs.
 set -euo pipefail
@@ -29,9 +29,14 @@ for p in $P_ONE 19510 19511 19512; do
 done
 redis-cli --cluster create 127.0.0.1:19510 127.0.0.1:19511 127.0.0.1:19512 --cluster-yes >/dev/null
 for _ in $(seq 100); do redis-cli -p 19510 cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
-SCRIPT=$(cat src/limiter/check.lua)
-SHA=$(redis-cli -p $P_ONE SCRIPT LOAD "$SCRIPT")
-for p in 19510 19511 19512; do redis-cli -p $p SCRIPT LOAD "$SCRIPT" >/dev/null; done
+# The store's code as the sidecars load it (a function library; its name on the first line).
+cargo build --release --quiet --example script_source
+LIBRARY=$("$(release_dir "$REPO")/examples/script_source" function)
+FN=$(head -n 1 <<<"$LIBRARY" | sed 's/^#!lua name=//')
+for p in $P_ONE 19510 19511 19512; do redis-cli -p $p FUNCTION LOAD REPLACE "$LIBRARY" >/dev/null; done
+# One decision's arguments after its key (limiter/layout.rs, redis/ops.rs): the clock ("0":
+# Redis TIME), one operation, OP_CHECK with a member, no request id, cost 1 and one limit.
+one() { echo "0 1 1 $1 0 0 1 1"; }
 
 suffix() { case $1 in 1) echo "" ;; 2) echo ":sw" ;; 3) echo ":gcra" ;; esac; }
 
@@ -42,7 +47,7 @@ for algo in 1 2 3; do
         key="sluice:{mem:a$algo-$limit}:3600000$(suffix $algo)"
         # Fill the limit: one call per request, each with its own member, window 1 h.
         redis-benchmark -p $P_ONE -c 1 -P $((limit < 100 ? limit : 100)) -n $limit -r 1000000000 \
-            EVALSHA "$SHA" 1 "$key" 1 "m__rand_int__" 0 0 1 1 $algo $limit 3600000000 $limit 3600000 >/dev/null
+            FCALL "$FN" 1 "$key" $(one "m__rand_int__") $algo $limit 3600000000 $limit 3600000 >/dev/null
         bytes=$(redis-cli -p $P_ONE MEMORY USAGE "$key" SAMPLES 0)
         entries=$(redis-cli -p $P_ONE TYPE "$key" | grep -q zset && redis-cli -p $P_ONE ZCARD "$key" || echo 1)
         echo "$algo $limit $bytes $entries" >>"$WORK/memory.txt"
@@ -54,24 +59,24 @@ echo "algorithms: throughput ($N calls, 100,000 callers, -c 50)" >&2
 for algo in 1 2 3; do
     redis-cli -p $P_ONE CONFIG RESETSTAT >/dev/null
     one=$(redis-benchmark -p $P_ONE --csv -c 50 -n "$N" -r 100000 \
-        EVALSHA "$SHA" 1 "sluice:{api:__rand_int__}:60000$(suffix $algo)" 1 "m__rand_int__" 0 0 1 1 $algo 100 60000000 100 60000 \
+        FCALL "$FN" 1 "sluice:{api:__rand_int__}:60000$(suffix $algo)" $(one "m__rand_int__") $algo 100 60000000 100 60000 \
         | tail -n 1 | cut -d, -f2 | tr -d '"')
     cluster=$(redis-benchmark --cluster -p 19510 --csv -c 50 -n "$N" -r 100000 \
-        EVALSHA "$SHA" 1 "sluice:{tag}:__rand_int__:60000$(suffix $algo)" 1 "m__rand_int__" 0 0 1 1 $algo 100 60000000 100 60000 \
+        FCALL "$FN" 1 "sluice:{tag}:__rand_int__:60000$(suffix $algo)" $(one "m__rand_int__") $algo 100 60000000 100 60000 \
         | tail -n 1 | cut -d, -f2 | tr -d '"')
     # Redis's own CPU per script call (INFO commandstats), which the client's speed does not move.
-    usec=$(redis-cli -p $P_ONE INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')
+    usec=$(redis-cli -p $P_ONE INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_fcall:.*usec_per_call=\([0-9.]*\).*/\1/p')
     # The same decisions 16 to a call, as a sidecar under load sends them, on callers that
     # already have requests in their window (10,000 callers, each decided ~20 times).
     keys="" decisions=""
     for i in $(seq 16); do
         keys="$keys sluice:{b$i:__rand_int__}:60000$(suffix $algo)"
-        decisions="$decisions m$i-__rand_int__ 0 0 1 1 $algo 100 60000000 100 60000"
+        decisions="$decisions 1 m$i-__rand_int__ 0 0 1 1 $algo 100 60000000 100 60000"
     done
-    redis-benchmark -p $P_ONE -c 50 -n $((N / 16)) -r 10000 EVALSHA "$SHA" 16 $keys 16 $decisions >/dev/null
+    redis-benchmark -p $P_ONE -c 50 -n $((N / 16)) -r 10000 FCALL "$FN" 16 $keys 0 16 $decisions >/dev/null
     redis-cli -p $P_ONE CONFIG RESETSTAT >/dev/null
-    redis-benchmark -p $P_ONE -c 50 -n $((N / 16)) -r 10000 EVALSHA "$SHA" 16 $keys 16 $decisions >/dev/null
-    batched=$(redis-cli -p $P_ONE INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')
+    redis-benchmark -p $P_ONE -c 50 -n $((N / 16)) -r 10000 FCALL "$FN" 16 $keys 0 16 $decisions >/dev/null
+    batched=$(redis-cli -p $P_ONE INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_fcall:.*usec_per_call=\([0-9.]*\).*/\1/p')
     batched=$(python3 -c "print(f'{$batched / 16:.2f}')")
     echo "$algo $one $cluster $usec $batched" >>"$WORK/throughput.txt"
 done

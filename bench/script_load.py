@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""bench/script_load.py SCRIPT PORT USERS CALLS LIMIT: sends the store's script what a busy
-sidecar sends it: EVALSHA calls of ten OP_CHECK decisions (cost 1, no request id), each with
-one limit (LIMIT: its five arguments, comma-separated) on a random one of USERS callers'
-keys, pipelined 16 calls deep. Fails on any error reply. Used by bench/script.sh."""
+"""bench/script_load.py CODE PORT USERS CALLS LIMIT [PER_CALL]: sends the store's code what a
+sidecar sends it: calls of PER_CALL (default ten, a busy sidecar's batch) OP_CHECK decisions
+(cost 1, no request id), each with one limit (LIMIT: its five arguments, comma-separated) on a
+random one of USERS callers' keys, pipelined 16 calls deep. CODE is a function library
+(`#!lua name=...`: FUNCTION LOAD, FCALL) or a script (SCRIPT LOAD, EVALSHA). Fails on any error
+reply. Used by bench/script.sh."""
 import random
 import socket
 import sys
 
-PER_CALL, DEPTH = 10, 16
+DEPTH = 16
 
 
 def main():
     source = open(sys.argv[1], "rb").read()
     port, users, calls = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     limit = sys.argv[5].split(",")
+    per_call = int(sys.argv[6]) if len(sys.argv) > 6 else 10
     sock = socket.create_connection(("127.0.0.1", port))
     replies = sock.makefile("rb")
 
@@ -41,18 +44,23 @@ def main():
         return read()
 
     command("FLUSHALL")
-    sha = command("SCRIPT", "LOAD", source).decode()
+    if source.startswith(b"#!lua name="):
+        name = source.split(b"\n", 1)[0][len(b"#!lua name="):].decode()
+        command("FUNCTION", "LOAD", "REPLACE", source)
+        call = ["FCALL", name]
+    else:
+        call = ["EVALSHA", command("SCRIPT", "LOAD", source).decode()]
     seq = 0
     for _ in range(0, calls, DEPTH):
         batch = []
         for _ in range(DEPTH):
-            keys, argv = [], ["0", PER_CALL]
-            for _ in range(PER_CALL):
+            keys, argv = [], ["0", per_call]
+            for _ in range(per_call):
                 seq += 1
                 keys.append("{api:u%d}" % random.randrange(users))
                 # OP_CHECK, member, retry window ms, max retries, cost, n limits, the limit
                 argv += [1, "m%x" % seq, 0, 0, 1, 1] + limit
-            batch.append(encode("EVALSHA", sha, len(keys), *keys, *argv))
+            batch.append(encode(*call, len(keys), *keys, *argv))
         sock.sendall(b"".join(batch))
         for _ in range(DEPTH):
             read()

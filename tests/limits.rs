@@ -461,10 +461,12 @@ async fn the_memory_backend_is_exact_for_one_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_flushed_from_redis_are_loaded_again() {
+async fn the_code_is_a_redis_function_loaded_again_when_redis_lost_it() {
     let (redis, _up, s) = one_sidecar(API_5_PER_MIN).await;
     assert_eq!(get(s.port, "/api/x?user_id=f").await.unwrap().status, 200);
-    assert!(redis.cmd("SCRIPT FLUSH").await.starts_with("+OK"));
+    // On Redis 7 and later the store's code is a function library (loaded once, as the
+    // connection was made); a Redis that lost it (restarted without it, flushed) gets it again.
+    assert!(redis.cmd("FUNCTION FLUSH").await.starts_with("+OK"));
     let r = get(s.port, "/api/x?user_id=f").await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -483,6 +485,9 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
         .parse()
         .unwrap();
     assert!((59_000..=60_000).contains(&ttl), "pttl {ttl}");
+    assert_eq!(calls_of(&redis, "evalsha").await, 0);
+    assert!(calls_of(&redis, "fcall").await >= 2);
+    assert!(calls_of(&redis, "function|load").await >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,10 +661,10 @@ async fn concurrent_decisions_share_script_calls_and_each_gets_its_own_answer() 
     let stats = redis.cmd("INFO commandstats").await;
     let calls: usize = stats
         .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
         .and_then(|v| v.split(',').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
+        .unwrap_or_else(|| panic!("no FCALL in {stats}"));
     assert!(
         calls < targets.len(),
         "{calls} script calls for {} decisions: nothing was batched",
@@ -708,4 +713,62 @@ fn replies_to<'r>(targets: &[String], replies: &'r [Reply], target: &str) -> Vec
         .filter(|(t, _)| *t == target)
         .map(|(_, r)| r)
         .collect()
+}
+
+/// What Redis's `INFO commandstats` says `command` was called (0 when never).
+async fn calls_of(redis: &Redis, command: &str) -> usize {
+    let stats = redis.cmd("INFO commandstats").await;
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+const FIVE_PER_MINUTE: &str = "routes:
+  - name: a
+    match: { path_prefix: /a/ }
+    limits: [{ requests: 5, window: 60s }]
+";
+
+/// Eight requests of one caller, one after another, with `between` done to Redis after the
+/// third: five admitted, then refused (the last two from the sidecar's cache of refusals), none
+/// failed (503 would be the store failing).
+async fn eight_requests(redis: &Redis, s: &Sidecar, between: &str) {
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        if i == 3 {
+            redis.cmd(between).await;
+        }
+        statuses.push(get(s.port, "/a/x?user_id=u").await.unwrap().status);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429],
+        "{between}"
+    );
+}
+
+/// A Redis without FUNCTION (older than 7, or an ACL that forbids it; here the command is
+/// renamed away) gets the same code as a script, sent with EVALSHA, and limits alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_functions_the_code_goes_as_a_script_and_limits_alike() {
+    let _heavy = HEAVY.lock().await;
+    let dir = scratch_dir();
+    let redis = Redis::start_on(&dir, free_port(), &["--rename-command", "FUNCTION", ""]).await;
+    let upstream = Upstream::start(&dir).await;
+    let store = redis_store(&redis);
+    let s = Sidecar::start(
+        &dir,
+        "s1",
+        upstream.port,
+        &format!("{store}{FIVE_PER_MINUTE}"),
+    )
+    .await;
+    eight_requests(&redis, &s, "SCRIPT FLUSH").await;
+    assert_eq!(calls_of(&redis, "fcall").await, 0);
+    assert!(calls_of(&redis, "evalsha").await >= 6);
+    let log = s.proc.log_text();
+    assert!(log.contains("refused FUNCTION LOAD"), "{log}");
 }

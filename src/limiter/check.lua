@@ -5,6 +5,10 @@
 -- (limiter/algorithms.rs) shares: the two are run side by side on random traces by
 -- tests/engine.rs and must answer alike.
 --
+-- limiter/layout.rs wraps it as a function library (Redis 7 and later: `FCALL <name>`, the
+-- definitions made once, at load) or as a script (EVALSHA, where FUNCTION is missing or not
+-- allowed); either way each call runs `main` (at the end) with the call's KEYS and ARGV:
+--
 -- ARGV[1]  the time in µs, or "0" for Redis TIME (a sidecar always sends "0"; tests send their
 --          own clock so the memory store and this script see the same instant)
 -- ARGV[2]  the number of operations; then each operation from position p, ARGV[p] its code:
@@ -26,25 +30,18 @@
 --
 -- The reply starts with the time used, so a caller can adjust what it counted.
 
-local floor, ceil, max = math.floor, math.ceil, math.max
-local tonumber, find, sub, format, byte = tonumber, string.find, string.sub, string.format, string.byte
-local call = redis.call
+-- Set by `main` for each call (see the end): the call's keys and arguments, the reply being
+-- built, and the library functions used (a function library's code is loaded where `redis.call`,
+-- `math` and `string` are not there yet). Everything else is defined once: loaded as a Redis
+-- function library, the definitions run when the library is loaded, not on every call.
+local KEYS, ARGV, out
+local call, floor, ceil, max, tonumber, find, sub, format, byte
 
 -- Key expiry only collects what the stored times already say is over (a log's entries, a
 -- window's index, a GCRA time, a lease's or an id's deadline: each is read against `now`).
 -- Redis expires keys on its own clock, so with a clock given by the caller (tests) keys are
 -- kept a minute longer, lest Redis's clock run ahead of the given one.
 local now, now_s, slack
-if ARGV[1] ~= '0' then
-  now, now_s, slack = tonumber(ARGV[1]), ARGV[1], 60000
-else
-  slack = 0
-  local t = call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  -- The same instant as a decimal string (µs zero-padded), so ZADD gets it unformatted.
-  now_s = t[1] .. sub('000000', #t[2] + 1) .. t[2]
-end
-local out = { now }
 
 -- What the script spends its time on, besides the commands, is converting numbers: Lua reads
 -- a number from text with strtod and Redis writes a number argument with printf("%.17g"), each
@@ -60,7 +57,7 @@ end
 -- A whole number from its digits: one digit (most of what the script is sent: codes, counts, a
 -- cost of 1, no retry window) from its byte, longer ones by tonumber, each text once per call
 -- (the requests of a batch mostly share their limits' numbers, and Lua strings are interned).
-local read = {}
+local read
 local function num(text)
   if #text == 1 then
     return byte(text) - 48
@@ -526,33 +523,48 @@ end
 
 local RUN = { [OP_CHECK] = check, [OP_RELEASE] = release, [OP_RENEW] = renew, [OP_ADJUST] = adjust }
 
--- Each operation's place in ARGV and KEYS, from its layout (generated, see the header):
--- { fixed arguments, where its count n is, arguments per item, where the flag for one more key
--- is (0: none), reply values per item when it fails }. An operation that fails (a key holding
--- another type, written by something else) fails alone: its reply is -1 then zeros, and the
--- rest of the call is done as usual.
-local a, k = 3, 1
-for _ = 1, num(ARGV[2]) do
-  local code = num(ARGV[a])
-  local layout = OP_LAYOUT[code]
-  local n = num(ARGV[a + layout[2]])
-  local keys = n
-  if layout[4] > 0 and num(ARGV[a + layout[4]]) > 0 then
-    keys = n + 1
+-- One call: every operation in order. Each operation's place in ARGV and KEYS comes from its
+-- layout (generated, see the header): { fixed arguments, where its count n is, arguments per
+-- item, where the flag for one more key is (0: none), reply values per item when it fails }.
+-- An operation that fails (a key holding another type, written by something else) fails alone:
+-- its reply is -1 then zeros, and the rest of the call is done as usual.
+local function main(call_keys, call_args)
+  KEYS, ARGV, read = call_keys, call_args, {}
+  call, floor, ceil, max = redis.call, math.floor, math.ceil, math.max
+  tonumber, find, sub, format, byte = _G.tonumber, string.find, string.sub, string.format, string.byte
+  if ARGV[1] ~= '0' then
+    now, now_s, slack = tonumber(ARGV[1]), ARGV[1], 60000
+  else
+    slack = 0
+    local t = call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    -- The same instant as a decimal string (µs zero-padded), so ZADD gets it unformatted.
+    now_s = t[1] .. sub('000000', #t[2] + 1) .. t[2]
   end
-  local mark = #out
-  local ok, err = pcall(RUN[code], a, k)
-  if not ok then
-    redis.log(redis.LOG_WARNING, 'sluice: an operation failed: ' .. tostring(err and err.err or err))
-    for i = #out, mark + 1, -1 do
-      out[i] = nil
+  out = { now }
+  local a, k = 3, 1
+  for _ = 1, num(ARGV[2]) do
+    local code = num(ARGV[a])
+    local layout = OP_LAYOUT[code]
+    local n = num(ARGV[a + layout[2]])
+    local keys = n
+    if layout[4] > 0 and num(ARGV[a + layout[4]]) > 0 then
+      keys = n + 1
     end
-    out[#out + 1] = -1
-    for _ = 1, layout[5] * n do
-      out[#out + 1] = 0
+    local mark = #out
+    local ok, err = pcall(RUN[code], a, k)
+    if not ok then
+      redis.log(redis.LOG_WARNING, 'sluice: an operation failed: ' .. tostring(err and err.err or err))
+      for i = #out, mark + 1, -1 do
+        out[i] = nil
+      end
+      out[#out + 1] = -1
+      for _ = 1, layout[5] * n do
+        out[#out + 1] = 0
+      end
     end
+    k = k + keys
+    a = a + layout[1] + layout[3] * n
   end
-  k = k + keys
-  a = a + layout[1] + layout[3] * n
+  return out
 end
-return out

@@ -114,9 +114,25 @@ pub fn lua_header() -> String {
     header
 }
 
-/// The whole script: the generated header, then `check.lua`.
+/// The store's code as a script (EVAL, EVALSHA): the generated header, then `check.lua`, then a
+/// call of its `main` with the script's keys and arguments. Redis runs all of it on every call,
+/// so every definition in it is made anew each time: the form for a Redis without functions.
 pub fn script_source() -> String {
-    format!("{}{}", lua_header(), include_str!("check.lua"))
+    format!(
+        "{}local EVAL_KEYS, EVAL_ARGV = KEYS, ARGV\n{}\nreturn main(EVAL_KEYS, EVAL_ARGV)\n",
+        lua_header(),
+        include_str!("check.lua")
+    )
+}
+
+/// The same code as a Redis function library named `name` (Redis 7 and later): its definitions
+/// are made once, when the library is loaded, and `FCALL name` runs `main`.
+pub fn library_source(name: &str) -> String {
+    format!(
+        "#!lua name={name}\n{}{}\nredis.register_function('{name}', main)\n",
+        lua_header(),
+        include_str!("check.lua")
+    )
 }
 
 #[cfg(test)]

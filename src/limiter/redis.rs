@@ -3,7 +3,8 @@
 
 mod ops;
 
-use self::ops::{bounded, is_slot, queued, Op, Queue, Reply, ScriptClock, Sender};
+use self::ops::{bounded, is_slot, queued, Calling, Op, Queue, Reply, ScriptClock, Sender};
+pub use self::ops::{LIBRARY, SCRIPT};
 use super::ask::{Ask, Check, Decision, LimitState, Parts, Permit, Receipt, Refused};
 use super::breaker::Breaker;
 use super::conn::{Conn, Target};
@@ -50,7 +51,7 @@ pub struct RedisLimiter {
 /// This thread's connection of one limiter: set once connected, shared by concurrent requests.
 #[derive(Default)]
 struct ThreadConn {
-    connection: Arc<tokio::sync::OnceCell<Conn>>,
+    connection: Arc<tokio::sync::OnceCell<(Conn, Calling)>>,
     /// The operations of this thread waiting to be sent.
     queue: Arc<std::sync::Mutex<Queue>>,
     /// When connecting last failed; requests fail fast for [`CONNECT_BACKOFF`] after that.
@@ -209,12 +210,12 @@ impl RedisLimiter {
         if failed_at.is_some_and(|t| t.elapsed() < CONNECT_BACKOFF) {
             return Err(StoreError::Unavailable);
         }
-        // The script is loaded as the connection is made (on every node of a cluster): a first
-        // burst would otherwise meet NOSCRIPT on every call and load it once per request.
+        // The code is loaded as the connection is made (on every node of a cluster): a first
+        // burst would otherwise find it missing on every call and load it once per request.
         let connect = async {
             let mut conn = self.target.connect().await?;
-            ops::SCRIPT.load_async(&mut conn).await?;
-            Ok(conn)
+            let calling = ops::load(&mut conn).await?;
+            Ok((conn, calling))
         };
         let deadline = self.timeout.max(Duration::from_secs(1));
         let result = match fast_timeout(deadline, cell.get_or_try_init(|| connect)).await {
@@ -230,9 +231,10 @@ impl RedisLimiter {
         result
     }
 
-    fn sender(&self, conn: &Conn) -> Sender {
+    fn sender(&self, (conn, calling): &(Conn, Calling)) -> Sender {
         Sender {
             conn: conn.clone(),
+            calling: *calling,
             prefix: self.member_prefix.clone(),
             clock: self.clock.clone(),
             timeout: self.timeout,
@@ -247,8 +249,15 @@ impl RedisLimiter {
         if self.is_cluster() || !batch {
             let timeout = self.timeout;
             let prefix = sender.prefix.clone();
-            let mut replies =
-                ops::send(&mut sender.conn, &[&op], &prefix, &sender.clock, timeout).await?;
+            let mut replies = ops::send(
+                &mut sender.conn,
+                sender.calling,
+                &[&op],
+                &prefix,
+                &sender.clock,
+                timeout,
+            )
+            .await?;
             return replies
                 .pop()
                 .unwrap_or_else(|| Err(StoreError::Reply("no reply".into())));

@@ -12,9 +12,56 @@ use std::borrow::Borrow;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// The script of every call: the generated constants, then `check.lua`.
+/// The store's code as a script, for a Redis without functions (see [`Calling`]).
 pub static SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&super::super::layout::script_source()));
+
+/// The store's code as a function library, named after the script's hash: sidecars of different
+/// versions sharing a Redis load different libraries, and one version's sidecars all replace the
+/// same one with the same code.
+pub static LIBRARY: LazyLock<(String, String)> = LazyLock::new(|| {
+    let name = format!("sluice_{}", &SCRIPT.get_hash()[..16]);
+    let source = super::super::layout::library_source(&name);
+    (name, source)
+});
+
+/// How a connection runs the store's code. A function (Redis 7 and later) has its definitions
+/// made once, when its library is loaded; a script has them made again on every call, which
+/// costs Redis as much as a decision does when a call carries one (`bench/script.sh`). Where
+/// `FUNCTION` is missing (an older Redis) or not allowed (an ACL), the script is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Calling {
+    Function,
+    Script,
+}
+
+/// Loads the store's code on a new connection (on every master of a cluster) and says how to
+/// call it.
+pub async fn load(conn: &mut Conn) -> redis::RedisResult<Calling> {
+    let loaded = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&LIBRARY.1)
+        .query_async::<redis::Value>(conn)
+        .await;
+    match loaded {
+        Ok(_) => Ok(Calling::Function),
+        Err(e) if !matches!(e.kind(), redis::ErrorKind::Server(_)) => Err(e),
+        Err(e) => {
+            log::warn!(
+                "store: Redis refused FUNCTION LOAD ({e}): the store's code goes as a script \
+                 (EVALSHA), which costs Redis more per call"
+            );
+            SCRIPT.load_async(conn).await?;
+            Ok(Calling::Script)
+        }
+    }
+}
+
+/// Whether `e` says the library is not loaded (Redis restarted without it, or was flushed).
+fn function_missing(e: &redis::RedisError) -> bool {
+    e.detail().is_some_and(|d| d.contains("Function not found"))
+}
 
 /// One operation of a script call.
 #[derive(Debug)]
@@ -228,14 +275,18 @@ pub fn quota_instant<C: Borrow<Check>>(checks: &[C], clock: &ScriptClock) -> u64
 /// own failure, or each operation's reply (one can fail while the others stand).
 pub async fn send(
     conn: &mut Conn,
+    calling: Calling,
     ops: &[&Op],
     prefix: &str,
     clock: &ScriptClock,
     timeout: Duration,
 ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
     let keys: usize = ops.iter().map(|o| o.keys().len()).sum();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(SCRIPT.get_hash()).arg(keys);
+    let mut cmd = match calling {
+        Calling::Function => redis::cmd("FCALL").arg(&LIBRARY.0).to_owned(),
+        Calling::Script => redis::cmd("EVALSHA").arg(SCRIPT.get_hash()).to_owned(),
+    };
+    cmd.arg(keys);
     for op in ops {
         for k in op.keys() {
             cmd.arg(k);
@@ -260,7 +311,8 @@ pub async fn send(
     parse(ops, &reply?)
 }
 
-/// The call, loading the script and calling again when Redis answers `NOSCRIPT`.
+/// The call, loading the code and calling again when Redis has lost it (`NOSCRIPT`, or no
+/// such function: restarted without it, or flushed).
 async fn call(
     conn: &mut Conn,
     cmd: &redis::Cmd,
@@ -271,6 +323,10 @@ async fn call(
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
         {
             bounded(timeout, SCRIPT.load_async(conn)).await?;
+            bounded(timeout, cmd.query_async(conn)).await
+        }
+        Err(StoreError::Redis(e)) if function_missing(&e) => {
+            bounded(timeout, load(conn)).await?;
             bounded(timeout, cmd.query_async(conn)).await
         }
         other => other,
@@ -354,6 +410,7 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 #[derive(Clone)]
 pub struct Sender {
     pub conn: Conn,
+    pub calling: Calling,
     pub prefix: Arc<str>,
     pub clock: ScriptClock,
     pub timeout: Duration,
@@ -412,6 +469,7 @@ async fn drive(queue: Arc<Mutex<Queue>>, mut sender: Sender) {
         let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
         let sent = send(
             &mut sender.conn,
+            sender.calling,
             &ops,
             &sender.prefix,
             &sender.clock,
