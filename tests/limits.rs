@@ -658,13 +658,8 @@ async fn concurrent_decisions_share_script_calls_and_each_gets_its_own_answer() 
             assert_eq!(remaining, (0..limit).collect::<Vec<_>>(), "{target}");
         }
     }
-    let stats = redis.cmd("INFO commandstats").await;
-    let calls: usize = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no FCALL in {stats}"));
+    let calls = calls_of(&redis, "fcall").await;
+    assert!(calls > 0, "no FCALL");
     assert!(
         calls < targets.len(),
         "{calls} script calls for {} decisions: nothing was batched",
