@@ -397,8 +397,9 @@ end
 
 -- A limit's state for one operation: what every kind reads, and where its arguments are (`b`)
 -- for the two only some kinds read (see `burst` and `ms`); each kind's LOOK sets the rest.
--- Operations run one at a time, so the i-th limit of each reuses one table: a table made per
--- limit and request (and the garbage collection that follows it) cost more than the commands.
+-- Operations run one at a time, so the i-th limit of each reuses one table (across calls too,
+-- in a function library): a table made per limit and request, with the garbage collection it
+-- fed, cost Redis 8k instructions a decision, as much as two of the commands it runs.
 local states = {}
 local function limit_at(i, b, key)
   local s = states[i]
