@@ -282,11 +282,12 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
     let keys: usize = ops.iter().map(|o| o.keys().len()).sum();
-    let mut cmd = match calling {
-        Calling::Function => redis::cmd("FCALL").arg(&LIBRARY.0).to_owned(),
-        Calling::Script => redis::cmd("EVALSHA").arg(SCRIPT.get_hash()).to_owned(),
+    let (command, code) = match calling {
+        Calling::Function => ("FCALL", LIBRARY.0.as_str()),
+        Calling::Script => ("EVALSHA", SCRIPT.get_hash()),
     };
-    cmd.arg(keys);
+    let mut cmd = redis::cmd(command);
+    cmd.arg(code).arg(keys);
     for op in ops {
         for k in op.keys() {
             cmd.arg(k);
