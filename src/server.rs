@@ -94,6 +94,12 @@ pub fn build(config: Config, path: &std::path::Path) -> Result<Sidecar, StartErr
             .as_ref()
             .and_then(|t| t.ca_file.as_ref())
             .map(|p| p.display().to_string()),
+        // Timeouts of a second or more (the upstream's read and write deadlines, 60 s by
+        // default) on tokio's timer wheel, not Pingora's fast timer: a deadline is set on every
+        // upstream read and almost always cancelled, which tokio's wheel undoes at once, while a
+        // fast timer is kept in a map until it would have fired (callgrind: ~900 instructions
+        // fewer per proxied request). Shorter ones (a route `timeout` under 1 s) stay fast.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let health = crate::upstream::health_checked(&upstreams, &conf)?
