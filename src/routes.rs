@@ -195,10 +195,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    let clean = !bytes.contains(&b'%')
-        && !path.contains("//")
-        && !path.split('/').any(|seg| seg == "." || seg == "..");
-    if clean {
+    if is_normal(bytes) {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(bytes)?;
@@ -223,6 +220,27 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         normal.push('/');
     }
     Ok(Cow::Owned(normal))
+}
+
+/// Whether an absolute `path` is already normal: no escape, no empty segment but the last,
+/// no `.` or `..` segment. One pass over the bytes: every routed request asks.
+fn is_normal(path: &[u8]) -> bool {
+    let mut start = 1;
+    for i in 1..=path.len() {
+        match path.get(i).copied() {
+            Some(b'%') => return false,
+            Some(b'/') | None => {
+                let segment = &path[start..i];
+                let last = i == path.len();
+                if (segment.is_empty() && !last) || segment == b"." || segment == b".." {
+                    return false;
+                }
+                start = i + 1;
+            }
+            Some(_) => {}
+        }
+    }
+    true
 }
 
 fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {

@@ -65,6 +65,21 @@ proptest! {
     }
 
     #[test]
+    fn a_path_is_kept_as_it_came_exactly_when_it_is_already_normal(p in path()) {
+        // Normal: no escape, no doubled slash, no `.` or `..` segment.
+        let normal = !p.contains('%')
+            && !p.contains("//")
+            && p.split('/').all(|s| s != "." && s != "..");
+        match normalize_path(&p) {
+            Ok(std::borrow::Cow::Borrowed(kept)) => {
+                prop_assert!(normal, "{p} kept as it came");
+                prop_assert_eq!(kept, p.as_str());
+            }
+            _ => prop_assert!(!normal, "{p} rewritten or refused"),
+        }
+    }
+
+    #[test]
     fn dot_segments_and_doubled_slashes_never_change_the_route_path(
         segs in prop::collection::vec("[a-z0-9]{1,5}", 1..6),
         noise in prop::collection::vec(0u8..4, 1..6),
