@@ -190,7 +190,7 @@ impl RateLimitHeaders {
 
     fn build(policy: &Policy, index: usize, s: &LimitState, reset: u64) -> Option<Self> {
         Some(Self {
-            ratelimit: format!("\"{}\";r={};t={reset}", policy.name(index), s.remaining),
+            ratelimit: ratelimit_value(policy.name(index), s.remaining, reset),
             policy: policy.header()?,
             // The configured number, or the share of it a sidecar enforces alone while the
             // store is away (on_error: local).
@@ -211,6 +211,19 @@ impl RateLimitHeaders {
         h.insert_header("X-RateLimit-Reset", HeaderValue::from(self.reset))?;
         Ok(())
     }
+}
+
+/// `RateLimit`'s value, `"<name>";r=<remaining>;t=<reset>`, built without `format!`: it is
+/// made for every admitted request of a limited route.
+fn ratelimit_value(name: &str, remaining: u32, reset: u64) -> String {
+    let mut v = String::with_capacity(name.len() + 28);
+    v.push('"');
+    v.push_str(name);
+    v.push_str("\";r=");
+    v.push_str(itoa::Buffer::new().format(remaining));
+    v.push_str(";t=");
+    v.push_str(itoa::Buffer::new().format(reset));
+    v
 }
 
 /// `Retry-After`: whole seconds, at least 1, never before a request would be admitted.

@@ -480,12 +480,14 @@ pub fn query_param(query: &str, name: &str) -> Option<Vec<u8>> {
     })
 }
 
-fn form_decode(text: &str) -> Vec<u8> {
+/// `text` form-decoded (`+` is a space, `%XX` a byte); borrowed when there is nothing to
+/// decode, so comparing a query's keys allocates nothing.
+fn form_decode(text: &str) -> std::borrow::Cow<'_, [u8]> {
     if !text.contains(['+', '%']) {
-        return text.as_bytes().to_vec();
+        return std::borrow::Cow::Borrowed(text.as_bytes());
     }
     let spaced = text.replace('+', " ");
-    percent_decode(spaced.as_bytes()).collect()
+    std::borrow::Cow::Owned(percent_decode(spaced.as_bytes()).collect())
 }
 
 #[cfg(test)]
