@@ -443,6 +443,14 @@ impl ProxyHttp for Worker {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream.status.is_informational()
+            && upstream.status != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            // An interim response (100 Continue, 103 Early Hints): the final one follows, and it
+            // is the one counted, settled and given the RateLimit headers.
+            upstream.append_header("Via", self.shared.via.clone())?;
+            return Ok(());
+        }
         self.shared
             .metrics
             .upstream_status(upstream.status.as_u16());
@@ -457,7 +465,7 @@ impl ProxyHttp for Worker {
             }
             _ => self.settle(ctx, status, Some(&upstream.headers)).await,
         }
-        if let Some(h) = &ctx.rate_headers {
+        if let Some(h) = ctx.rate_headers.take() {
             h.apply(upstream)?;
         }
         if let Some(waited) = ctx.delay {

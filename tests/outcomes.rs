@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::time::Duration;
 
 const LOGIN: &str = "routes:
   - name: login
@@ -105,4 +106,73 @@ async fn only_failed_logins_count_on_the_memory_store() {
     let body = format!("store: {{ backend: memory }}\n{LOGIN}");
     let s = Sidecar::start(&dir, "s1", up.port, &body).await;
     failed_logins_are_limited_and_good_ones_never(&[s.port]).await;
+}
+
+/// An upstream that sends `103 Early Hints` before every answer, a wrong password's 401: the
+/// interim response reaches the client as it came, and the final one is the one counted and
+/// given the RateLimit headers (an interim status once settled the count, so no failed login
+/// behind early hints was ever counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interim_response_passes_and_the_final_one_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = scratch_dir();
+    let hinting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_port = hinting.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = hinting.accept().await {
+            tokio::spawn(async move {
+                let (mut seen, mut chunk) = (Vec::new(), [0u8; 4096]);
+                loop {
+                    // Bodyless requests, answered one at a time as each head is complete.
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer =
+                            "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
+                                      HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n";
+                        if c.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.join("hints.yaml");
+    std::fs::write(
+        &config,
+        format!("server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin}\" }}\nupstream: {{ addrs: [\"127.0.0.1:{up_port}\"] }}\nstore: {{ backend: memory }}\n{LOGIN}"),
+    )
+    .unwrap();
+    let _s = Sidecar::start_with(&dir, "hints", &config, port, admin).await;
+    for i in 0..8 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let head = "POST /login?user_id=mallory HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut raw))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        if i < 5 {
+            let (interim, last) = text.split_once("\r\n\r\n").expect("two heads");
+            assert!(interim.starts_with("http/1.1 103"), "{i}: {text}");
+            assert!(interim.contains("link: </app.css>"), "{i}: {text}");
+            assert!(!interim.contains("ratelimit"), "{i}: {text}");
+            assert!(last.starts_with("http/1.1 401"), "{i}: {text}");
+            let remaining = format!("x-ratelimit-remaining: {}\r\n", 4 - i);
+            assert!(last.contains(&remaining), "{i}: {text}");
+        } else {
+            // The five failures were counted: sluice refuses, and the upstream sees nothing.
+            assert!(text.starts_with("http/1.1 429"), "{i}: {text}");
+            assert!(!text.contains("103 early hints"), "{i}: {text}");
+        }
+    }
 }
