@@ -159,7 +159,7 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitHeaders {
     pub policy: HeaderValue,
-    pub ratelimit: String,
+    pub ratelimit: HeaderValue,
     pub limit: HeaderValue,
     pub remaining: u32,
     pub reset: u64,
@@ -190,7 +190,7 @@ impl RateLimitHeaders {
 
     fn build(policy: &Policy, index: usize, s: &LimitState, reset: u64) -> Option<Self> {
         Some(Self {
-            ratelimit: ratelimit_value(policy.name(index), s.remaining, reset),
+            ratelimit: ratelimit_value(policy.name(index), s.remaining, reset)?,
             policy: policy.header()?,
             // The configured number, or the share of it a sidecar enforces alone while the
             // store is away (on_error: local).
@@ -203,27 +203,60 @@ impl RateLimitHeaders {
         })
     }
 
-    pub fn apply(&self, h: &mut ResponseHeader) -> pingora::Result<()> {
-        h.insert_header("RateLimit-Policy", self.policy.clone())?;
-        h.insert_header("RateLimit", &self.ratelimit)?;
-        h.insert_header("X-RateLimit-Limit", self.limit.clone())?;
-        h.insert_header("X-RateLimit-Remaining", HeaderValue::from(self.remaining))?;
-        h.insert_header("X-RateLimit-Reset", HeaderValue::from(self.reset))?;
+    /// Adds the headers to `h`; taken by value, so the values move in and are not copied.
+    pub fn apply(self, h: &mut ResponseHeader) -> pingora::Result<()> {
+        h.insert_header("RateLimit-Policy", self.policy)?;
+        h.insert_header("RateLimit", self.ratelimit)?;
+        h.insert_header("X-RateLimit-Limit", self.limit)?;
+        h.insert_header("X-RateLimit-Remaining", number_value(self.remaining.into()))?;
+        h.insert_header("X-RateLimit-Reset", number_value(self.reset))?;
         Ok(())
     }
 }
 
-/// `RateLimit`'s value, `"<name>";r=<remaining>;t=<reset>`, built without `format!`: it is
-/// made for every admitted request of a limited route.
-fn ratelimit_value(name: &str, remaining: u32, reset: u64) -> String {
-    let mut v = String::with_capacity(name.len() + 28);
-    v.push('"');
-    v.push_str(name);
-    v.push_str("\";r=");
-    v.push_str(itoa::Buffer::new().format(remaining));
-    v.push_str(";t=");
-    v.push_str(itoa::Buffer::new().format(reset));
-    v
+/// `RateLimit`'s value, `"<name>";r=<remaining>;t=<reset>`, made for every admitted request
+/// of a limited route: written without `format!` and kept as the header's bytes, not copied
+/// again. `None` for a name a header cannot carry (the response then goes without the
+/// RateLimit headers rather than failing).
+fn ratelimit_value(name: &str, remaining: u32, reset: u64) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(name.len() + 28);
+    v.push(b'"');
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(b"\";r=");
+    v.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
+    v.extend_from_slice(b";t=");
+    v.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+}
+
+/// The numbers below this have their header value made once (`X-RateLimit-Remaining` and
+/// `-Reset` are most often small): a value made per response costs two allocations.
+const SMALL_NUMBERS: u64 = 10_000;
+
+/// The text of 0, 1, ... `SMALL_NUMBERS - 1` written one after another, made once.
+static SMALL_NUMBER_TEXT: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+    let mut text = String::with_capacity(38_890);
+    let mut buffer = itoa::Buffer::new();
+    for n in 0..SMALL_NUMBERS {
+        text.push_str(buffer.format(n));
+    }
+    Box::leak(text.into_boxed_str())
+});
+
+/// `n` as a header value; below [`SMALL_NUMBERS`] a static one, which costs nothing to make.
+fn number_value(n: u64) -> HeaderValue {
+    if n >= SMALL_NUMBERS {
+        return HeaderValue::from(n);
+    }
+    // Where n's digits start: 10 one-digit numbers, 90 of two, 900 of three, then four.
+    let (start, len) = match n {
+        0..=9 => (n, 1),
+        10..=99 => (10 + 2 * (n - 10), 2),
+        100..=999 => (190 + 3 * (n - 100), 3),
+        _ => (2890 + 4 * (n - 1000), 4),
+    };
+    let (start, len) = (start as usize, len as usize);
+    HeaderValue::from_static(&SMALL_NUMBER_TEXT[start..start + len])
 }
 
 /// `Retry-After`: whole seconds, at least 1, never before a request would be admitted.
@@ -313,7 +346,7 @@ pub fn too_many_requests(
         }
     };
     let mut h = typed_header(style.status, style.format, body.len())?;
-    h.insert_header("Retry-After", retry_after.to_string())?;
+    h.insert_header("Retry-After", number_value(retry_after))?;
     if let Some(headers) = RateLimitHeaders::refused(policy, refused) {
         headers.apply(&mut h)?;
     }
@@ -436,7 +469,7 @@ fn in_format(format: Format, status: u16, title: &str, detail: &str, json: Strin
 fn typed_header(status: u16, format: Format, len: usize) -> pingora::Result<Box<ResponseHeader>> {
     let mut h = ResponseHeader::build(status, Some(6))?;
     h.insert_header("Content-Type", format.content_type())?;
-    h.insert_header("Content-Length", len.to_string())?;
+    h.insert_header("Content-Length", number_value(len as u64))?;
     h.insert_header("Cache-Control", "no-store")?;
     Ok(Box::new(h))
 }
@@ -444,7 +477,7 @@ fn typed_header(status: u16, format: Format, len: usize) -> pingora::Result<Box<
 fn json_header(status: u16, len: usize) -> pingora::Result<Box<ResponseHeader>> {
     let mut h = ResponseHeader::build(status, Some(6))?;
     h.insert_header("Content-Type", "application/json")?;
-    h.insert_header("Content-Length", len.to_string())?;
+    h.insert_header("Content-Length", number_value(len as u64))?;
     h.insert_header("Cache-Control", "no-store")?;
     Ok(Box::new(h))
 }
@@ -486,6 +519,13 @@ mod tests {
             caller: None,
         };
         too_many_requests("r", &r, &RefusalStyle::default())
+    }
+
+    #[test]
+    fn numbers_are_written_alike_from_the_table_and_beyond_it() {
+        for n in (0..12_000).chain([u32::MAX as u64, u64::MAX]) {
+            assert_eq!(number_value(n), HeaderValue::from(n), "{n}");
+        }
     }
 
     #[test]
