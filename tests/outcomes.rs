@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::time::Duration;
 
 const LOGIN: &str = "routes:
   - name: login
@@ -126,9 +125,10 @@ async fn an_interim_response_passes_and_the_final_one_is_counted() {
                     // Bodyless requests, answered one at a time as each head is complete.
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         seen.drain(..end + 4);
-                        let answer =
-                            "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
-                                      HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n";
+                        let answer = concat!(
+                            "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n",
+                            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+                        );
                         if c.write_all(answer.as_bytes()).await.is_err() {
                             return;
                         }
@@ -141,26 +141,17 @@ async fn an_interim_response_passes_and_the_final_one_is_counted() {
             });
         }
     });
-    let (port, admin) = (free_port(), free_port());
-    let config = dir.join("hints.yaml");
-    std::fs::write(
-        &config,
-        format!("server: {{ listen: \"127.0.0.1:{port}\", admin_listen: \"127.0.0.1:{admin}\" }}\nupstream: {{ addrs: [\"127.0.0.1:{up_port}\"] }}\nstore: {{ backend: memory }}\n{LOGIN}"),
+    let sidecar = Sidecar::start(
+        &dir,
+        "hints",
+        up_port,
+        &format!("store: {{ backend: memory }}\n{LOGIN}"),
     )
-    .unwrap();
-    let _s = Sidecar::start_with(&dir, "hints", &config, port, admin).await;
+    .await;
+    let head = "POST /login?user_id=mallory HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     for i in 0..8 {
-        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let head = "POST /login?user_id=mallory HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        c.write_all(head.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut raw))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap();
-        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        let reply = raw(sidecar.port, head.as_bytes()).await.unwrap();
+        let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
         if i < 5 {
             let (interim, last) = text.split_once("\r\n\r\n").expect("two heads");
             assert!(interim.starts_with("http/1.1 103"), "{i}: {text}");
