@@ -81,8 +81,7 @@ pub fn limit_key(
     key.push_str("}:");
     match kind {
         Kind::Rate(r) => {
-            use std::fmt::Write;
-            let _ = write!(key, "{}", r.window.as_millis());
+            key.push_str(itoa::Buffer::new().format(r.window.as_millis()));
             match r.algorithm {
                 Algorithm::SlidingLog => {}
                 Algorithm::SlidingWindow => key.push_str(":sw"),
