@@ -25,7 +25,7 @@ MODE=full
 if [ "$MODE" = quick ]; then
     SAT_S=2; TRIALS=1; FLOOD_S=6; HOLD_S=4
 else
-    SAT_S=6; TRIALS=3; FLOOD_S=70; HOLD_S=12
+    SAT_S=6; TRIALS=5; FLOOD_S=70; HOLD_S=12
 fi
 CONNS=64
 USERS=100000
@@ -62,7 +62,9 @@ fi
 
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # SIGINT: stock Pingora (the floor) answers SIGTERM with a graceful shutdown that keeps it,
+    # and its port, for minutes; SIGINT is its fast shutdown (sluice and Redis take either).
+    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 for port in $P_UP $P_BARE $P_PASS $P_MEM $P_REDIS $P_PREV $P_GLOBAL $P_GLOG $P_GCL $P_CC $P_MIX \
