@@ -17,7 +17,7 @@ use sluice::limiter::{
 };
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(10);
@@ -125,34 +125,32 @@ struct World {
     runtime: tokio::runtime::Runtime,
 }
 
-/// One redis-server and one Redis store for every case (each case flushes it).
-fn world() -> &'static World {
-    static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let redis = runtime.block_on(Redis::start(&scratch_dir()));
-        let clock = Arc::new(ManualClock::default());
-        let config = StoreConfig {
-            backend: Backend::Redis { url: redis.url() },
-            timeout: Duration::from_secs(2),
-            on_error: OnError::Deny,
-            prefix: "e:".into(),
-            max_callers: 100_000,
-            fallback_share: 1.0,
-            tls_ca_file: None,
-            lease_ttl: LEASE,
-        };
-        let store = RedisLimiter::with_clock(&config, clock.clone()).unwrap();
-        World {
-            redis,
-            clock,
-            store,
-            runtime,
-        }
-    })
+/// One redis-server and one Redis store for every case (each case flushes it), stopped when
+/// the test ends (a static one outlived the test binary: statics are never dropped).
+fn world() -> World {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = runtime.block_on(Redis::start(&scratch_dir()));
+    let clock = Arc::new(ManualClock::default());
+    let config = StoreConfig {
+        backend: Backend::Redis { url: redis.url() },
+        timeout: Duration::from_secs(2),
+        on_error: OnError::Deny,
+        prefix: "e:".into(),
+        max_callers: 100_000,
+        fallback_share: 1.0,
+        tls_ca_file: None,
+        lease_ttl: LEASE,
+    };
+    let store = RedisLimiter::with_clock(&config, clock.clone()).unwrap();
+    World {
+        redis,
+        clock,
+        store,
+        runtime,
+    }
 }
 
 fn checks(palette: &[Kind], limits: &[usize], subject: u8) -> Vec<Check> {
@@ -186,8 +184,7 @@ fn answer(d: Decision) -> (Answer, Option<Permit>, Receipt) {
 }
 
 /// Runs `steps` through both stores and fails at the first answer that differs.
-fn run(start: u64, steps: &[Step]) -> Result<(), TestCaseError> {
-    let w = world();
+fn run(w: &World, start: u64, steps: &[Step]) -> Result<(), TestCaseError> {
     w.runtime
         .block_on(redis_cmd(w.redis.port, "FLUSHALL"))
         .expect("flush");
@@ -265,18 +262,25 @@ fn run(start: u64, steps: &[Step]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("ENGINE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400)
-    ))]
-
-    #[test]
-    fn the_memory_store_and_the_script_answer_alike(
-        offset in 0..2_000_000u64,
-        steps in prop::collection::vec(step(), 1..60),
-    ) {
+#[test]
+fn the_memory_store_and_the_script_answer_alike() {
+    let w = world();
+    let cases = std::env::var("ENGINE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    // As `proptest!` would: failures kept in, and replayed from, tests/engine.proptest-regressions.
+    let config = ProptestConfig {
+        source_file: Some(file!()),
+        ..ProptestConfig::with_cases(cases)
+    };
+    let traces = (0..2_000_000u64, prop::collection::vec(step(), 1..60));
+    let result = proptest::test_runner::TestRunner::new(config).run(&traces, |(offset, steps)| {
         // From 4 s before midnight in Shanghai (2025-11-25 00:00 +08:00), so that the day
         // quota's period ends within most traces.
-        run(1_764_000_000_000_000 - 4_000_000 + offset, &steps)?;
+        run(&w, 1_764_000_000_000_000 - 4_000_000 + offset, &steps)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
