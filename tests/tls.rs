@@ -186,7 +186,9 @@ http {{
         .arg(dir)
         .arg("-c")
         .arg(&file)
-        .args(["-g", "daemon off;"]);
+        // One process: dropping a Proc kills it with SIGKILL, which would leave a master's
+        // workers running, holding their ports, after the test.
+        .args(["-g", "daemon off; master_process off;"]);
     Proc::spawn("nginx", &mut cmd, dir)
 }
 
