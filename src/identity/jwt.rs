@@ -319,8 +319,9 @@ impl Jwt {
             return Err(TokenError::TooLong);
         }
         let now = jsonwebtoken::get_current_timestamp();
-        let key = token_key(token);
-        if let Some(v) = self.cache.lock(&key).get(&key) {
+        let text = token_key(token);
+        let key = self.cache.key(&text);
+        if let Some(v) = self.cache.lock(key).get(key) {
             if now < v.until {
                 return Ok((v.caller.clone(), v.claims.clone()));
             }
@@ -330,8 +331,8 @@ impl Jwt {
         let claims = Arc::new(claims);
         // verify() refused a token without a numeric exp; read it again for the expiry.
         if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
-            let index = self.cache.index(&key);
-            let mut shard = self.cache.lock(&key);
+            let index = self.cache.index(key);
+            let mut shard = self.cache.lock(key);
             if self.cache.make_room(index, &mut shard, now, |v| v.until) {
                 let verified = Verified {
                     caller: caller.clone(),

@@ -73,6 +73,7 @@ impl DenialCache {
     /// The refusal still certain at `now` for a request of `cost` on `key`, its durations
     /// counted down to `now`.
     pub fn get(&self, key: &str, cost: u32, now: Instant, generation: u64) -> Option<LimitState> {
+        let key = self.denials.key(key);
         let mut shard = self.denials.lock(key);
         let denial = shard.get(key)?;
         if now >= denial.until || denial.generation != generation {
@@ -117,6 +118,7 @@ impl DenialCache {
             cost,
             generation,
         };
+        let key = self.denials.key(key);
         let mut shard = self.denials.lock(key);
         if !shard.contains_key(key) && self.denials.is_full(&shard) {
             let index = self.denials.index(key);
@@ -130,7 +132,7 @@ impl DenialCache {
         }
         // Checked again under the shard's lock: a reload clears after setting the generation.
         if generation == self.generation.load(Ordering::Acquire) {
-            shard.insert(key.to_string(), denial);
+            shard.insert(key, denial);
         }
     }
 

@@ -30,14 +30,16 @@ impl Leases {
     /// Whether a new lease could be registered now (its shard may fill meanwhile; then
     /// [`Leases::hold`] says so).
     pub fn has_room(&self, member: u64) -> bool {
-        let shard = self.held.lock(&member.to_string());
+        let text = member.to_string();
+        let shard = self.held.lock(self.held.key(&text));
         !self.held.is_full(&shard)
     }
 
     /// Registers `member`'s slots for renewal; false when the registry is full.
     pub fn hold(&self, member: u64, slots: Vec<String>) -> bool {
-        let key = member.to_string();
-        let mut shard = self.held.lock(&key);
+        let text = member.to_string();
+        let key = self.held.key(&text);
+        let mut shard = self.held.lock(key);
         if self.held.is_full(&shard) {
             return false;
         }
@@ -47,8 +49,9 @@ impl Leases {
 
     /// Stops renewing `member`'s slots.
     pub fn forget(&self, member: u64) {
-        let key = member.to_string();
-        self.held.lock(&key).remove(&key);
+        let text = member.to_string();
+        let key = self.held.key(&text);
+        self.held.lock(key).remove(key);
     }
 
     /// Every lease held now: (member, its slot keys).

@@ -7,9 +7,8 @@ use super::keys::retry_key;
 use super::layout::lease_ms;
 use super::leases::Leases;
 use super::limit::Kind;
-use super::shards::Shards;
+use super::shards::{Key, Shards, Table};
 use super::StoreError;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -85,7 +84,7 @@ const SHARDS: usize = 64;
 /// Every this many decisions, one shard is swept of keys whose windows have emptied.
 const SWEEP_EVERY: u64 = 256;
 
-type Map = HashMap<String, Entry>;
+type Map = Table<Entry>;
 
 /// The shards one operation holds, locked in order.
 struct Locked<'a>(Vec<(usize, MutexGuard<'a, Map>)>);
@@ -97,14 +96,14 @@ impl Locked<'_> {
     }
 
     /// The state of `key`, made empty when missing or of another kind.
-    fn state(&mut self, shard: usize, key: &str, kind: &Kind) -> &mut State {
+    fn state(&mut self, shard: usize, key: Key<'_>, kind: &Kind) -> &mut State {
         let map = self.map(shard);
         if !matches!(map.get(key), Some(Entry::Limit { .. })) {
             let fresh = Entry::Limit {
                 state: State::new(kind),
                 expires_at: 0,
             };
-            map.insert(key.to_string(), fresh);
+            map.insert(key, fresh);
         }
         match map.get_mut(key) {
             Some(Entry::Limit { state, .. }) => state,
@@ -113,7 +112,7 @@ impl Locked<'_> {
     }
 
     /// Records when `key`'s state empties, and drops it when it already has.
-    fn settle(&mut self, shard: usize, key: &str, kind: &Kind, now: u64) {
+    fn settle(&mut self, shard: usize, key: Key<'_>, kind: &Kind, now: u64) {
         let map = self.map(shard);
         if let Some(Entry::Limit { state, expires_at }) = map.get_mut(key) {
             *expires_at = state.expires_at(kind);
@@ -176,16 +175,18 @@ impl MemoryLimiter {
                 return self.check_rate(only, cost, now);
             }
         }
-        let id_key = match (ask.retry, checks.first()) {
+        let id_text = match (ask.retry, checks.first()) {
             (Some(r), Some(first)) => Some((retry_key(&first.key, r.id), r)),
             _ => None,
         };
-        let shards: Vec<usize> = checks.iter().map(|c| self.entries.index(&c.key)).collect();
-        let id_shard = id_key.as_ref().map(|(k, _)| self.entries.index(k));
+        let id_key = id_text.as_ref().map(|(k, r)| (self.entries.key(k), *r));
+        let keys: Vec<Key> = checks.iter().map(|c| self.entries.key(&c.key)).collect();
+        let shards: Vec<usize> = keys.iter().map(|k| self.entries.index(*k)).collect();
+        let id_shard = id_key.as_ref().map(|(k, _)| self.entries.index(*k));
         let mut all = shards.clone();
         all.extend(id_shard);
         let mut locked = Locked(self.entries.lock_many(&all));
-        self.make_room(&mut locked, checks, &shards, now)?;
+        self.make_room(&mut locked, &keys, &shards, now)?;
         let member = self.leases.member();
         if ask.holds_slots() && !self.leases.has_room(member) {
             return Err(StoreError::Full(self.max_keys));
@@ -193,10 +194,8 @@ impl MemoryLimiter {
 
         let mut looks: Vec<Look> = Vec::with_capacity(checks.len());
         let (mut rates_ok, mut slots_ok) = (true, true);
-        for (c, &shard) in checks.iter().zip(&shards) {
-            let look = locked
-                .state(shard, &c.key, &c.kind)
-                .look(&c.kind, now, cost);
+        for ((c, &key), &shard) in checks.iter().zip(&keys).zip(&shards) {
+            let look = locked.state(shard, key, &c.kind).look(&c.kind, now, cost);
             match c.kind {
                 Kind::Concurrency(_) => slots_ok &= look.ok,
                 Kind::Rate(_) | Kind::Quota(_) => rates_ok &= look.ok,
@@ -208,7 +207,7 @@ impl MemoryLimiter {
         let (mut replay, mut marked) = (false, false);
         if let (Some((key, r)), Some(shard)) = (&id_key, id_shard) {
             let map = locked.map(shard);
-            match map.get(key) {
+            match map.get(*key) {
                 Some(Entry::Id { retried, until }) if *until > now => {
                     replay = *retried < r.max_retries;
                 }
@@ -218,7 +217,7 @@ impl MemoryLimiter {
                         retried: 0,
                         until: now + window_us,
                     };
-                    map.insert(key.clone(), id);
+                    map.insert(*key, id);
                     marked = true;
                 }
             }
@@ -227,20 +226,20 @@ impl MemoryLimiter {
         if let (Some((key, _)), Some(shard)) = (&id_key, id_shard) {
             let map = locked.map(shard);
             if replay && admitted {
-                if let Some(Entry::Id { retried, .. }) = map.get_mut(key) {
+                if let Some(Entry::Id { retried, .. }) = map.get_mut(*key) {
                     *retried += 1;
                 }
             }
             if marked && !admitted {
-                map.remove(key);
+                map.remove(*key);
             }
         }
 
         let mut parts: Vec<Parts> = Vec::with_capacity(checks.len());
         let mut slots = Vec::new();
-        for ((c, &shard), mut look) in checks.iter().zip(&shards).zip(looks) {
+        for (((c, &key), &shard), mut look) in checks.iter().zip(&keys).zip(&shards).zip(looks) {
             let slot = matches!(c.kind, Kind::Concurrency(_));
-            let state = locked.state(shard, &c.key, &c.kind);
+            let state = locked.state(shard, key, &c.kind);
             if admitted && (slot || !replay) {
                 state.count(&mut look, now, cost, member, self.lease);
                 if slot {
@@ -248,7 +247,7 @@ impl MemoryLimiter {
                 }
             }
             parts.push(state.report(&look, &c.kind, now, cost, !admitted));
-            locked.settle(shard, &c.key, &c.kind, now);
+            locked.settle(shard, key, &c.kind, now);
         }
         let permit = match slots.is_empty() {
             true => None,
@@ -258,11 +257,11 @@ impl MemoryLimiter {
                 leases: self.leases.clone(),
             }),
             false => {
-                for (c, &shard) in checks.iter().zip(&shards) {
+                for ((c, &key), &shard) in checks.iter().zip(&keys).zip(&shards) {
                     if matches!(c.kind, Kind::Concurrency(_)) {
-                        let state = locked.state(shard, &c.key, &c.kind);
+                        let state = locked.state(shard, key, &c.kind);
                         state.adjust(&c.kind, now, member, 1, 0, now);
-                        locked.settle(shard, &c.key, &c.kind, now);
+                        locked.settle(shard, key, &c.kind, now);
                     }
                 }
                 return Err(StoreError::Full(self.max_keys));
@@ -281,39 +280,51 @@ impl MemoryLimiter {
     /// The plain case: one rate limit and no request id, under one lock and with no
     /// bookkeeping for what the general case handles (several keys, ids, slots).
     fn check_rate(&self, c: &Check, cost: u32, now: u64) -> Result<Decision, StoreError> {
-        let mut shard = self.entries.lock(&c.key);
-        let mut fresh = State::new(&c.kind);
-        let (state, expires_at) = match shard.get_mut(&c.key) {
-            Some(Entry::Limit { state, expires_at }) => (state, expires_at),
-            _ => (&mut fresh, &mut 0),
-        };
-        let mut look = state.look(&c.kind, now, cost);
+        let key = self.entries.key(&c.key);
+        let mut shard = self.entries.lock(key);
         let member = self.leases.member();
-        if look.ok {
-            state.count(&mut look, now, cost, member, self.lease);
-        }
-        let parts = state.report(&look, &c.kind, now, cost, !look.ok);
-        *expires_at = state.expires_at(&c.kind);
-        let (ends, admitted) = (*expires_at, look.ok);
-        if admitted && !shard.contains_key(&c.key) {
-            // A new key counted: it needs room (a full shard first drops its expired keys).
-            if self.entries.is_full(&shard) {
-                let index = self.entries.index(&c.key);
-                if !self
-                    .entries
-                    .make_room(index, &mut shard, now, Entry::expires_at)
-                {
-                    return Err(StoreError::Full(self.max_keys));
+        let (admitted, parts) = match shard.get_mut(key) {
+            Some(Entry::Limit { state, expires_at }) => {
+                let mut look = state.look(&c.kind, now, cost);
+                if look.ok {
+                    state.count(&mut look, now, cost, member, self.lease);
                 }
+                let parts = state.report(&look, &c.kind, now, cost, !look.ok);
+                *expires_at = state.expires_at(&c.kind);
+                if *expires_at <= now {
+                    shard.remove(key);
+                }
+                (look.ok, parts)
             }
-            let entry = Entry::Limit {
-                state: fresh,
-                expires_at: ends,
-            };
-            shard.insert(c.key.clone(), entry);
-        } else if ends <= now {
-            shard.remove(&c.key);
-        }
+            held => {
+                // A key not held (or, never in practice, held by another kind): counted from
+                // empty, and kept only when the request counts.
+                let replaces = held.is_some();
+                let mut state = State::new(&c.kind);
+                let mut look = state.look(&c.kind, now, cost);
+                if look.ok {
+                    state.count(&mut look, now, cost, member, self.lease);
+                }
+                let parts = state.report(&look, &c.kind, now, cost, !look.ok);
+                let expires_at = state.expires_at(&c.kind);
+                if look.ok && expires_at > now {
+                    // A new key needs room (a full shard first drops its expired keys).
+                    let index = self.entries.index(key);
+                    if !self
+                        .entries
+                        .make_room(index, &mut shard, now, Entry::expires_at)
+                    {
+                        return Err(StoreError::Full(self.max_keys));
+                    }
+                    let entry = Entry::Limit { state, expires_at };
+                    match replaces {
+                        true => shard.insert(key, entry),
+                        false => shard.insert_new(key, entry),
+                    }
+                }
+                (look.ok, parts)
+            }
+        };
         let receipt = Receipt {
             member,
             at: now,
@@ -334,14 +345,13 @@ impl MemoryLimiter {
     fn make_room(
         &self,
         locked: &mut Locked<'_>,
-        checks: &[Check],
+        keys: &[Key<'_>],
         shards: &[usize],
         now: u64,
     ) -> Result<(), StoreError> {
-        for (c, &shard) in checks.iter().zip(shards) {
+        for (&key, &shard) in keys.iter().zip(shards) {
             let map = locked.map(shard);
-            if !map.contains_key(&c.key)
-                && !self.entries.make_room(shard, map, now, Entry::expires_at)
+            if !map.contains_key(key) && !self.entries.make_room(shard, map, now, Entry::expires_at)
             {
                 return Err(StoreError::Full(self.max_keys));
             }
@@ -355,9 +365,10 @@ impl MemoryLimiter {
         Ok(checks
             .iter()
             .map(|c| {
-                let mut shard = self.entries.lock(&c.key);
+                let key = self.entries.key(&c.key);
+                let mut shard = self.entries.lock(key);
                 let mut empty = State::new(&c.kind);
-                let state = match shard.get_mut(&c.key) {
+                let state = match shard.get_mut(key) {
                     Some(Entry::Limit { state, .. }) => state,
                     _ => &mut empty,
                 };
@@ -371,6 +382,7 @@ impl MemoryLimiter {
     pub fn release(&self, permit: &Permit) {
         let now = self.clock.now_us();
         for key in &permit.slots {
+            let key = self.entries.key(key);
             let mut shard = self.entries.lock(key);
             if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(key) {
                 let kind = Kind::Concurrency(std::num::NonZeroU32::MIN);
@@ -390,8 +402,9 @@ impl MemoryLimiter {
         let until = now + lease_ms(self.lease) * 1000;
         for (member, keys) in self.leases.snapshot() {
             for key in keys {
-                let mut shard = self.entries.lock(&key);
-                if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(&key) {
+                let key = self.entries.key(&key);
+                let mut shard = self.entries.lock(key);
+                if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(key) {
                     if state.renew(member, now, until) {
                         *expires_at = (*expires_at).max(until);
                     }
@@ -412,15 +425,17 @@ impl MemoryLimiter {
     ) {
         let now = self.clock.now_us();
         for c in checks {
-            let mut shard = self.entries.lock(&c.key);
-            if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(&c.key) {
+            let key = self.entries.key(&c.key);
+            let mut shard = self.entries.lock(key);
+            if let Some(Entry::Limit { state, expires_at }) = shard.get_mut(key) {
                 state.adjust(&c.kind, now, member, counted, cost, at);
                 *expires_at = state.expires_at(&c.kind);
             }
         }
         if let (Some(id), Some(first)) = (retry_id, checks.first()) {
-            let key = retry_key(&first.key, id);
-            self.entries.lock(&key).remove(&key);
+            let text = retry_key(&first.key, id);
+            let key = self.entries.key(&text);
+            self.entries.lock(key).remove(key);
         }
     }
 

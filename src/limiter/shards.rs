@@ -1,10 +1,94 @@
 //! A map split over mutex-guarded shards, swept a shard at a time: the in-process stores' base.
 
+use hashbrown::HashTable;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+/// A key and its hash, computed once per operation and used for both the shard and the
+/// table: a key is hashed once per decision, not once per lookup.
+#[derive(Clone, Copy)]
+pub struct Key<'a> {
+    hash: u64,
+    text: &'a str,
+}
+
+/// One entry: its key's hash is kept beside it, so growing the table hashes nothing and a
+/// lookup compares the text only when the whole hash matches.
+struct Slot<V> {
+    hash: u64,
+    key: Box<str>,
+    value: V,
+}
+
+/// One shard's entries, looked up by [`Key`].
+pub struct Table<V> {
+    slots: HashTable<Slot<V>>,
+}
+
+impl<V> Table<V> {
+    fn new() -> Self {
+        Self {
+            slots: HashTable::new(),
+        }
+    }
+
+    fn eq(k: Key<'_>) -> impl Fn(&Slot<V>) -> bool + '_ {
+        move |s| s.hash == k.hash && *s.key == *k.text
+    }
+
+    pub fn get(&self, k: Key<'_>) -> Option<&V> {
+        self.slots.find(k.hash, Self::eq(k)).map(|s| &s.value)
+    }
+
+    pub fn get_mut(&mut self, k: Key<'_>) -> Option<&mut V> {
+        self.slots
+            .find_mut(k.hash, Self::eq(k))
+            .map(|s| &mut s.value)
+    }
+
+    pub fn contains_key(&self, k: Key<'_>) -> bool {
+        self.get(k).is_some()
+    }
+
+    /// Sets `k`'s value, replacing what it held.
+    pub fn insert(&mut self, k: Key<'_>, value: V) {
+        match self.slots.find_mut(k.hash, Self::eq(k)) {
+            Some(slot) => slot.value = value,
+            None => self.insert_new(k, value),
+        }
+    }
+
+    /// Adds `k`, which the caller has just looked up and not found (nothing is compared).
+    pub fn insert_new(&mut self, k: Key<'_>, value: V) {
+        let slot = Slot {
+            hash: k.hash,
+            key: k.text.into(),
+            value,
+        };
+        self.slots.insert_unique(k.hash, slot, |s| s.hash);
+    }
+
+    pub fn remove(&mut self, k: Key<'_>) -> Option<V> {
+        let found = self.slots.find_entry(k.hash, Self::eq(k)).ok()?;
+        Some(found.remove().0.value)
+    }
+
+    /// Keeps only the entries `keep` says to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut V) -> bool) {
+        self.slots.retain(|s| keep(&s.key, &mut s.value));
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// A shard's lock on a cache line pair of its own: the two workers taking neighbouring shards
+/// do not pull one line back and forth.
+#[repr(align(128))]
+struct Shard<V>(Mutex<Table<V>>);
 
 /// Keys spread over `N` locks so concurrent callers rarely wait on each other.
 ///
@@ -12,7 +96,7 @@ use std::sync::{Mutex, MutexGuard};
 /// owner that calls it every few hundred operations keeps memory bounded by the entries still
 /// alive, without a background task or a pass over everything at once.
 pub struct Shards<V> {
-    shards: Box<[Mutex<HashMap<String, V>>]>,
+    shards: Box<[Shard<V>]>,
     hasher: RandomState,
     next_sweep: AtomicUsize,
     /// Entries one shard may hold: the total capacity spread evenly (the hash spreads keys
@@ -31,7 +115,9 @@ impl<V> Shards<V> {
     pub fn with_capacity(count: usize, capacity: usize) -> Self {
         let count = count.clamp(1, capacity.max(1));
         Self {
-            shards: (0..count).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..count)
+                .map(|_| Shard(Mutex::new(Table::new())))
+                .collect(),
             hasher: RandomState::new(),
             next_sweep: AtomicUsize::new(0),
             per_shard: (capacity / count).max(1),
@@ -39,8 +125,16 @@ impl<V> Shards<V> {
         }
     }
 
+    /// `text` with its hash (keyed per process, so no client can choose colliding keys).
+    pub fn key<'a>(&self, text: &'a str) -> Key<'a> {
+        Key {
+            hash: self.hasher.hash_one(text),
+            text,
+        }
+    }
+
     /// Whether a locked shard holds its share of the capacity: its owner must not add to it.
-    pub fn is_full(&self, shard: &HashMap<String, V>) -> bool {
+    pub fn is_full(&self, shard: &Table<V>) -> bool {
         shard.len() >= self.per_shard
     }
 
@@ -51,7 +145,7 @@ impl<V> Shards<V> {
     pub fn make_room(
         &self,
         index: usize,
-        shard: &mut HashMap<String, V>,
+        shard: &mut Table<V>,
         now: u64,
         expires_at: impl Fn(&V) -> u64,
     ) -> bool {
@@ -77,43 +171,44 @@ impl<V> Shards<V> {
 
     /// The locked shard that holds `key`. A poisoned lock is taken anyway: every update
     /// leaves an entry consistent, so a panic elsewhere cannot leave half-written state.
-    pub fn lock(&self, key: &str) -> MutexGuard<'_, HashMap<String, V>> {
-        lock(&self.shards[self.index(key)])
+    pub fn lock(&self, key: Key<'_>) -> MutexGuard<'_, Table<V>> {
+        lock(&self.shards[self.index(key)].0)
     }
 
-    /// The shard that holds `key`.
-    pub fn index(&self, key: &str) -> usize {
-        self.hasher.hash_one(key) as usize % self.shards.len()
+    /// The shard that holds `key`: the hash's middle bits (the table within a shard uses its
+    /// lowest and highest), so the shards and the buckets in them spread independently.
+    pub fn index(&self, key: Key<'_>) -> usize {
+        (key.hash >> 32) as usize % self.shards.len()
     }
 
     /// The shards `indexes` name, each locked once, in ascending order: two callers locking
     /// overlapping sets can never wait on each other in a circle.
-    pub fn lock_many(&self, indexes: &[usize]) -> Vec<(usize, MutexGuard<'_, HashMap<String, V>>)> {
+    pub fn lock_many(&self, indexes: &[usize]) -> Vec<(usize, MutexGuard<'_, Table<V>>)> {
         let mut sorted = indexes.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
         sorted
             .into_iter()
-            .map(|i| (i, lock(&self.shards[i])))
+            .map(|i| (i, lock(&self.shards[i].0)))
             .collect()
     }
 
     /// Drops, from the next shard in turn, every entry `keep` says is no longer needed.
-    pub fn sweep_one(&self, keep: impl FnMut(&String, &mut V) -> bool) {
+    pub fn sweep_one(&self, keep: impl FnMut(&str, &mut V) -> bool) {
         let i = self.next_sweep.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        lock(&self.shards[i]).retain(keep);
+        lock(&self.shards[i].0).retain(keep);
     }
 
     /// Applies `keep` to every shard, one lock at a time.
-    pub fn sweep_all(&self, mut keep: impl FnMut(&String, &mut V) -> bool) {
+    pub fn sweep_all(&self, mut keep: impl FnMut(&str, &mut V) -> bool) {
         for shard in self.shards.iter() {
-            lock(shard).retain(&mut keep);
+            lock(&shard.0).retain(&mut keep);
         }
     }
 
     /// Entries held across all shards.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(&s.0).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,9 +237,9 @@ mod tests {
             scans.set(scans.get() + 1);
             *v
         };
-        let mut map = lock(&shards.shards[0]);
-        map.insert("a".into(), 10);
-        map.insert("b".into(), 20);
+        let mut map = lock(&shards.shards[0].0);
+        map.insert(shards.key("a"), 10);
+        map.insert(shards.key("b"), 20);
         assert!(
             !shards.make_room(0, &mut map, 5, expires),
             "nothing expired"
@@ -154,7 +249,7 @@ mod tests {
         assert_eq!(scans.get(), 2, "no scan before the earliest expiry");
         assert!(shards.make_room(0, &mut map, 10, expires), "a expired");
         assert_eq!(map.len(), 1);
-        map.insert("c".into(), 30);
+        map.insert(shards.key("c"), 30);
         assert!(!shards.make_room(0, &mut map, 11, expires));
         assert!(shards.make_room(0, &mut map, 20, expires), "b expired");
     }
@@ -163,13 +258,47 @@ mod tests {
     fn a_full_round_of_sweeps_visits_every_shard() {
         let s: Shards<u32> = Shards::with_capacity(8, usize::MAX);
         for i in 0..100 {
-            s.lock(&format!("k{i}")).insert(format!("k{i}"), i);
+            let text = format!("k{i}");
+            let k = s.key(&text);
+            s.lock(k).insert(k, i);
         }
         assert_eq!(s.len(), 100);
         for _ in 0..s.shard_count() {
             s.sweep_one(|_, v| *v % 2 == 0);
         }
         assert_eq!(s.len(), 50);
-        assert_eq!(s.lock("k4").get("k4"), Some(&4));
+        let k4 = s.key("k4");
+        assert_eq!(s.lock(k4).get(k4), Some(&4));
+        let k5 = s.key("k5");
+        assert_eq!(s.lock(k5).get(k5), None);
+    }
+
+    #[test]
+    fn a_table_finds_replaces_and_removes_by_key() {
+        let s: Shards<u32> = Shards::with_capacity(1, usize::MAX);
+        let (a, b) = (s.key("a"), s.key("b"));
+        let mut t = s.lock(a);
+        t.insert(a, 1);
+        t.insert(a, 2);
+        assert_eq!((t.len(), t.get(a)), (1, Some(&2)), "replaced, not added");
+        assert!(!t.contains_key(b));
+        t.insert_new(b, 3);
+        *t.get_mut(b).unwrap() += 1;
+        assert_eq!(t.remove(b), Some(4));
+        assert_eq!(t.remove(b), None);
+        // Growing the table keeps every entry findable (the kept hash, not a new one).
+        let texts: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
+        for (i, text) in texts.iter().enumerate() {
+            t.insert_new(s.key(text), i as u32);
+        }
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(t.get(s.key(text)), Some(&(i as u32)), "{text}");
+        }
+        let mut seen = 0;
+        t.retain(|k, _| {
+            seen += 1;
+            k != "a"
+        });
+        assert_eq!((seen, t.len(), t.get(a)), (1001, 1000, None));
     }
 }
