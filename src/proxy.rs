@@ -122,7 +122,9 @@ pub struct RequestCtx {
     /// The in-flight slots this request holds, given back in `logging` (which runs for every
     /// request: answered here, proxied, failed upstream, or left by its client).
     held: Option<Held>,
-    rewrite: Option<http::Uri>,
+    /// Boxed, as `log` is: most requests carry neither, and the context is moved whole
+    /// through Pingora's request future (a smaller one is copied faster).
+    rewrite: Option<Box<http::Uri>>,
     /// Counts the response decides (limits that count by outcome), settled as soon as its
     /// status is known and before the client sees it.
     settle: Option<Box<Settle>>,
@@ -130,7 +132,7 @@ pub struct RequestCtx {
     /// The rules this request was decided on and its route, for counting an upstream failure.
     decided: Option<(Arc<Decider>, Option<usize>)>,
     /// The access log's entry, while one is written.
-    log: Option<LogCtx>,
+    log: Option<Box<LogCtx>>,
     /// Counts the request in flight (a draining sidecar exits once none is left).
     _in_flight: Option<InFlight>,
 }
@@ -245,7 +247,7 @@ impl ProxyHttp for Worker {
         let format = decider.access_log();
         if format.0 != AccessLog::Off {
             let trace = verdict.trace;
-            ctx.log = Some(LogCtx {
+            ctx.log = Some(Box::new(LogCtx {
                 format,
                 entry: Entry {
                     time: SystemTime::now(),
@@ -260,13 +262,13 @@ impl ProxyHttp for Worker {
                 },
                 started,
                 upstream_sent: None,
-            });
+            }));
         }
         let refusal = match verdict.action {
             Action::Forward(forward) => {
                 ctx.rate_headers = forward.rate_headers;
                 ctx.delay = forward.delay;
-                ctx.rewrite = forward.rewrite;
+                ctx.rewrite = forward.rewrite.map(Box::new);
                 ctx.held = forward.held;
                 ctx.settle = forward.settle;
                 // Moved, not cloned: the request already holds this reference.
@@ -421,7 +423,7 @@ impl ProxyHttp for Worker {
         }
         // The path the route was chosen by is the path the upstream receives.
         if let Some(uri) = &ctx.rewrite {
-            upstream.set_uri(uri.clone());
+            upstream.set_uri(http::Uri::clone(uri));
         }
         if let Some(ip) = peer_ip(session) {
             for (name, value) in forwarded::rewrite(ip, ctx.peer_trusted, &upstream.headers) {
