@@ -219,13 +219,18 @@ impl RateLimitHeaders {
 /// again. `None` for a name a header cannot carry (the response then goes without the
 /// RateLimit headers rather than failing).
 fn ratelimit_value(name: &str, remaining: u32, reset: u64) -> Option<HeaderValue> {
-    let mut v = Vec::with_capacity(name.len() + 28);
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (r, t) = (r.format(remaining).as_bytes(), t.format(reset).as_bytes());
+    // Exactly as long as the value: `Bytes` takes a full vector as it is, but one with room
+    // to spare costs a second allocation (its shared header).
+    let mut v = Vec::with_capacity(name.len() + r.len() + t.len() + 8);
     v.push(b'"');
     v.extend_from_slice(name.as_bytes());
     v.extend_from_slice(b"\";r=");
-    v.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
+    v.extend_from_slice(r);
     v.extend_from_slice(b";t=");
-    v.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
+    v.extend_from_slice(t);
+    debug_assert_eq!(v.len(), v.capacity());
     HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
 }
 
