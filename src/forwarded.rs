@@ -57,12 +57,14 @@ pub fn rewrite(
         return out;
     }
     // Only what the client sent is replaced: a request without these headers costs nothing.
-    let (real_ip, forwarded_by, proto, host) = (
-        headers.contains_key(&X_REAL_IP),
-        headers.contains_key(&FORWARDED),
-        headers.contains_key(&X_FORWARDED_PROTO),
-        headers.contains_key(&X_FORWARDED_HOST),
-    );
+    // One pass over the request's names costs less than four lookups, each hashing a name.
+    let (mut real_ip, mut forwarded_by, mut proto, mut host) = (false, false, false, false);
+    for name in headers.keys() {
+        real_ip |= *name == X_REAL_IP;
+        forwarded_by |= *name == FORWARDED;
+        proto |= *name == X_FORWARDED_PROTO;
+        host |= *name == X_FORWARDED_HOST;
+    }
     if !(real_ip || forwarded_by || proto || host) {
         return out;
     }
