@@ -283,48 +283,49 @@ impl MemoryLimiter {
         let key = self.entries.key(&c.key);
         let mut shard = self.entries.lock(key);
         let member = self.leases.member();
-        let (admitted, parts) = match shard.get_mut(key) {
-            Some(Entry::Limit { state, expires_at }) => {
-                let mut look = state.look(&c.kind, now, cost);
-                if look.ok {
-                    state.count(&mut look, now, cost, member, self.lease);
-                }
-                let parts = state.report(&look, &c.kind, now, cost, !look.ok);
-                *expires_at = state.expires_at(&c.kind);
-                if *expires_at <= now {
-                    shard.remove(key);
-                }
-                (look.ok, parts)
-            }
-            held => {
-                // A key not held (or, never in practice, held by another kind): counted from
-                // empty, and kept only when the request counts.
-                let replaces = held.is_some();
-                let mut state = State::new(&c.kind);
-                let mut look = state.look(&c.kind, now, cost);
-                if look.ok {
-                    state.count(&mut look, now, cost, member, self.lease);
-                }
-                let parts = state.report(&look, &c.kind, now, cost, !look.ok);
-                let expires_at = state.expires_at(&c.kind);
-                if look.ok && expires_at > now {
-                    // A new key needs room (a full shard first drops its expired keys).
-                    let index = self.entries.index(key);
-                    if !self
-                        .entries
-                        .make_room(index, &mut shard, now, Entry::expires_at)
-                    {
-                        return Err(StoreError::Full(self.max_keys));
-                    }
-                    let entry = Entry::Limit { state, expires_at };
-                    match replaces {
-                        true => shard.insert(key, entry),
-                        false => shard.insert_new(key, entry),
-                    }
-                }
-                (look.ok, parts)
+        // A key not held (or, never in practice, held by another kind) is counted from empty
+        // and kept only when the request counts.
+        let (mut fresh, mut replaces) = (None, false);
+        let (state, held_until) = match shard.get_mut(key) {
+            Some(Entry::Limit { state, expires_at }) => (state, Some(expires_at)),
+            other => {
+                replaces = other.is_some();
+                (fresh.insert(State::new(&c.kind)), None)
             }
         };
+        let mut look = state.look(&c.kind, now, cost);
+        if look.ok {
+            state.count(&mut look, now, cost, member, self.lease);
+        }
+        let parts = state.report(&look, &c.kind, now, cost, !look.ok);
+        let (ends, admitted) = (state.expires_at(&c.kind), look.ok);
+        match (held_until, fresh) {
+            (Some(until), _) => {
+                *until = ends;
+                if ends <= now {
+                    shard.remove(key);
+                }
+            }
+            (None, Some(state)) if admitted && ends > now => {
+                // A new key needs room (a full shard first drops its expired keys).
+                let index = self.entries.index(key);
+                if !self
+                    .entries
+                    .make_room(index, &mut shard, now, Entry::expires_at)
+                {
+                    return Err(StoreError::Full(self.max_keys));
+                }
+                let entry = Entry::Limit {
+                    state,
+                    expires_at: ends,
+                };
+                match replaces {
+                    true => shard.insert(key, entry),
+                    false => shard.insert_new(key, entry),
+                }
+            }
+            _ => {}
+        }
         let receipt = Receipt {
             member,
             at: now,
