@@ -285,13 +285,10 @@ impl MemoryLimiter {
         let member = self.leases.member();
         // A key not held (or, never in practice, held by another kind) is counted from empty
         // and kept only when the request counts.
-        let (mut fresh, mut replaces) = (None, false);
+        let mut fresh = None;
         let (state, held_until) = match shard.get_mut(key) {
             Some(Entry::Limit { state, expires_at }) => (state, Some(expires_at)),
-            other => {
-                replaces = other.is_some();
-                (fresh.insert(State::new(&c.kind)), None)
-            }
+            _ => (fresh.insert(State::new(&c.kind)), None),
         };
         let mut look = state.look(&c.kind, now, cost);
         if look.ok {
@@ -319,10 +316,7 @@ impl MemoryLimiter {
                     state,
                     expires_at: ends,
                 };
-                match replaces {
-                    true => shard.insert(key, entry),
-                    false => shard.insert_new(key, entry),
-                }
+                shard.insert(key, entry);
             }
             _ => {}
         }

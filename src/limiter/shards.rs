@@ -1,5 +1,6 @@
 //! A map split over mutex-guarded shards, swept a shard at a time: the in-process stores' base.
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -52,22 +53,18 @@ impl<V> Table<V> {
         self.get(k).is_some()
     }
 
-    /// Sets `k`'s value, replacing what it held.
+    /// Sets `k`'s value, replacing what it held (one search either way).
     pub fn insert(&mut self, k: Key<'_>, value: V) {
-        match self.slots.find_mut(k.hash, Self::eq(k)) {
-            Some(slot) => slot.value = value,
-            None => self.insert_new(k, value),
+        match self.slots.entry(k.hash, Self::eq(k), |s| s.hash) {
+            Entry::Occupied(mut held) => held.get_mut().value = value,
+            Entry::Vacant(room) => {
+                room.insert(Slot {
+                    hash: k.hash,
+                    key: k.text.into(),
+                    value,
+                });
+            }
         }
-    }
-
-    /// Adds `k`, which the caller has just looked up and not found (nothing is compared).
-    pub fn insert_new(&mut self, k: Key<'_>, value: V) {
-        let slot = Slot {
-            hash: k.hash,
-            key: k.text.into(),
-            value,
-        };
-        self.slots.insert_unique(k.hash, slot, |s| s.hash);
     }
 
     pub fn remove(&mut self, k: Key<'_>) -> Option<V> {
@@ -282,14 +279,14 @@ mod tests {
         t.insert(a, 2);
         assert_eq!((t.len(), t.get(a)), (1, Some(&2)), "replaced, not added");
         assert!(!t.contains_key(b));
-        t.insert_new(b, 3);
+        t.insert(b, 3);
         *t.get_mut(b).unwrap() += 1;
         assert_eq!(t.remove(b), Some(4));
         assert_eq!(t.remove(b), None);
         // Growing the table keeps every entry findable (the kept hash, not a new one).
         let texts: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
         for (i, text) in texts.iter().enumerate() {
-            t.insert_new(s.key(text), i as u32);
+            t.insert(s.key(text), i as u32);
         }
         for (i, text) in texts.iter().enumerate() {
             assert_eq!(t.get(s.key(text)), Some(&(i as u32)), "{text}");
